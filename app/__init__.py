@@ -1,0 +1,1 @@
+"""trading-kb: a knowledge base of trustworthy backtest runs."""

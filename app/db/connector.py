@@ -1,0 +1,148 @@
+"""The one object that owns the asyncpg pool."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from app.errors import DatabaseUnavailable
+
+_PASSWORD_IN_URI = re.compile(r"(://[^:/@?]*):[^@/?]*@")
+_PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+# Errors that mean "the server or the network went away", worth a bounded retry.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server and credentials, another database name."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, safe to print."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URI.sub(r"\1:***@", dsn))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Keep json/jsonb as text: callers decode only the keys they need (orjson), and
+    # writes pass JSON text that the server parses once.
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+def describe_connect_error(dsn: str, exc: BaseException) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, socket.gaierror):
+        reason = f"host not found ({reason})"
+    return f"cannot connect to the database {redact_dsn(dsn)}: {reason}; check DATABASE_URL"
+
+
+async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """A single connection (for locks and long sessions), with errors translated."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from exc
+    await _init_connection(conn)
+    return conn
+
+
+class Database:
+    """Owns an asyncpg pool: explicit `open()`/`close()`, or `async with`.
+
+    Pass `pool=` to reuse an existing pool; a pool handed in is never closed here.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: asyncpg.Pool | None = None,
+        min_size: int = 1,
+        max_size: int = 4,
+    ) -> None:
+        if dsn is None and pool is None:
+            raise ValueError("Database needs a dsn or a pool")
+        self.dsn = dsn or ""
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._min_size = min_size
+        self._max_size = max_size
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Database.open() has not been called")
+        return self._pool
+
+    async def open(self) -> Database:
+        if self._pool is not None:
+            return self
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                init=_init_connection,
+                timeout=10.0,
+            )
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(describe_connect_error(self.dsn, exc)) from exc
+        return self
+
+    async def close(self) -> None:
+        if self._pool is not None and self._owns_pool:
+            await self._pool.close()
+        if self._owns_pool:
+            self._pool = None
+
+    async def __aenter__(self) -> Database:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.pool.acquire() as conn:
+            return str(await conn.execute(query, *args))

@@ -1,0 +1,1 @@
+"""Knowledge-base domain: candidacy gate, regime engine, backfills, ingest and recommend."""

@@ -1,0 +1,163 @@
+"""Real PostgreSQL for every test: a template database migrated once per session and
+cloned per test, so code under test can commit freely."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from app.db import Database, with_database
+from app.db.embedded import embedded_dsn
+from app.db.migrate import upgrade
+
+TEMPLATE_DB = f"kb_test_template_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        return url
+    # A private embedded server for the test session; never the user's own KB_HOME.
+    return embedded_dsn(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
+
+
+@pytest.fixture(scope="session")
+def template_dsn(server_dsn: str) -> Iterator[str]:
+    async def create() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+            await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(with_database(server_dsn, TEMPLATE_DB))
+        try:
+            await upgrade(conn)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    yield with_database(server_dsn, TEMPLATE_DB)
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def db_url(server_dsn: str, template_dsn: str) -> AsyncIterator[str]:
+    name = f"kb_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    finally:
+        await admin.close()
+    yield with_database(server_dsn, name)
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url, max_size=6)
+    await database.open()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def make_workspace(db: Database) -> Callable[..., Any]:
+    async def make(name: str = "test workspace", workspace_id: uuid.UUID | None = None) -> uuid.UUID:
+        wid = workspace_id or uuid.uuid4()
+        await db.execute("INSERT INTO workspaces (id, name) VALUES ($1, $2)", wid, name)
+        return wid
+
+    return make
+
+
+BASE_TIME = datetime(2025, 3, 1, tzinfo=UTC)
+
+_RUN_COLUMNS = (
+    "id", "workspace_id", "created_at", "started_at", "completed_at", "run_kind", "status",
+    "strategy_name", "experiment_type", "params", "dataset_meta", "summary", "trade_count",
+    "kb_status", "regime_oos", "regime_is", "regime_schema_version",
+)
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value  # already JSON text (lets tests store JSON strings, odd values)
+    return orjson.dumps(value).decode()
+
+
+def run_row(workspace_id: uuid.UUID, i: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A completed, eligible-looking test variant; override any column."""
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "workspace_id": workspace_id,
+        "created_at": BASE_TIME + timedelta(minutes=i),
+        "started_at": None,
+        "completed_at": None,
+        "run_kind": "test_variant",
+        "status": "completed",
+        "strategy_name": "mean_rev",
+        "experiment_type": None,
+        "params": {"lookback": 20, "z_entry": 1.5},
+        "dataset_meta": {"symbol": "AAPL", "timeframe": "1h"},
+        "summary": {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0, "return_pct": 8.0},
+        "trade_count": None,
+        "kb_status": "excluded",
+        "regime_oos": None,
+        "regime_is": None,
+        "regime_schema_version": None,
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.fixture
+def insert_runs(db: Database) -> Callable[..., Any]:
+    """Insert run dicts (see `run_row`) with COPY-free executemany; returns their ids."""
+
+    async def insert(rows: list[dict[str, Any]]) -> list[uuid.UUID]:
+        records = []
+        for r in rows:
+            records.append(
+                tuple(
+                    _json(r[c]) if c in ("params", "dataset_meta", "summary", "regime_oos", "regime_is")
+                    else r[c]
+                    for c in _RUN_COLUMNS
+                )
+            )
+        cols = ", ".join(_RUN_COLUMNS)
+        placeholders = ", ".join(
+            f"${i + 1}::jsonb" if c in ("params", "dataset_meta", "summary", "regime_oos", "regime_is")
+            else f"${i + 1}"
+            for i, c in enumerate(_RUN_COLUMNS)
+        )
+        async with db.acquire() as conn:
+            await conn.executemany(
+                f"INSERT INTO backtest_runs ({cols}) VALUES ({placeholders})", records
+            )
+        return [r["id"] for r in rows]
+
+    return insert
