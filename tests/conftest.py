@@ -161,3 +161,19 @@ def insert_runs(db: Database) -> Callable[..., Any]:
         return [r["id"] for r in rows]
 
     return insert
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
+    """Run the real `kb` command in-process against the test database: (exit, stdout, stderr)."""
+    from app.services.kb.cli import amain
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await amain([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -60,7 +59,7 @@ async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
     """A single connection (for locks and long sessions), with errors translated."""
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from exc
     await _init_connection(conn)
     return conn
@@ -105,7 +104,7 @@ class Database:
                 init=_init_connection,
                 timeout=10.0,
             )
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(describe_connect_error(self.dsn, exc)) from exc
         return self
 

@@ -1,0 +1,1 @@
+"""The backfill commands and the batch/ledger engine they share."""

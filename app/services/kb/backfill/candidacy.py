@@ -1,0 +1,133 @@
+"""backfill-candidacy: mark eligible historical test variants as KB candidates."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from app.db import Database
+from app.db.queries import q
+from app.errors import NotFound
+from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
+from app.services.kb.candidacy import CandidacyConfig, GateCheck, evaluate_gates, is_candidate
+from app.services.kb.metrics import extract_metrics
+
+# Any non-None value tells the gate a regime snapshot is present; it never looks inside.
+_REGIME_PRESENT = True
+
+
+@dataclass(frozen=True)
+class CandidacyOptions:
+    workspace_id: uuid.UUID
+    since: datetime | None = None
+    limit: int = 1000
+    dry_run: bool = False
+    experiment_type: str = "sweep"
+    batch_size: int = 100
+    resume: bool = False
+    gate: CandidacyConfig = CandidacyConfig(require_regime=False)
+
+
+class CandidacyJob:
+    kind = "candidacy"
+
+    def __init__(self, opts: CandidacyOptions) -> None:
+        self.opts = opts
+
+    def identity(self) -> dict[str, Any]:
+        gate = self.opts.gate
+        return {
+            "workspace_id": str(self.opts.workspace_id),
+            "since": self.opts.since.isoformat() if self.opts.since else None,
+            "experiment_type": self.opts.experiment_type,
+            "require_regime": gate.require_regime,
+            "min_trades": gate.min_trades,
+            "max_drawdown": gate.max_drawdown,
+            "max_overfit_gap": gate.max_overfit_gap,
+            "min_sharpe": gate.min_sharpe,
+        }
+
+    async def fetch_page(
+        self, conn: asyncpg.Connection, after: tuple[datetime, uuid.UUID], size: int
+    ) -> Sequence[asyncpg.Record]:
+        return await conn.fetch(q("select_candidacy_page"), self.opts.workspace_id, after[0], after[1], size)
+
+    def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
+        default_type = self.opts.experiment_type
+        gate = self.opts.gate
+        outcomes = []
+        for row in rows:
+            extracted = extract_metrics(row["summary"], row["trade_count"])
+            if extracted.metrics is None:
+                reason: str | None = extracted.reason
+            else:
+                decision = is_candidate(
+                    extracted.metrics,
+                    _REGIME_PRESENT if row["has_regime"] else None,
+                    row["experiment_type"] or default_type,  # the run's own type wins
+                    gate,
+                )
+                reason = None if decision.eligible else decision.reason
+            outcomes.append(Outcome(row["id"], row["created_at"], reason))
+        return outcomes
+
+    async def write(self, conn: asyncpg.Connection, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
+        status = await conn.execute(
+            q("update_candidacy_batch"), [o.run_id for o in passed], self.opts.workspace_id, backfill_run_id
+        )
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 n": one history row per updated run
+
+
+async def backfill_candidacy(db: Database, opts: CandidacyOptions, **engine: Any) -> BackfillResult:
+    """Run the candidacy backfill; `engine` passes progress/stop hooks to the engine."""
+    engine_opts = EngineOptions(
+        workspace_id=opts.workspace_id,
+        limit=opts.limit,
+        batch_size=opts.batch_size,
+        dry_run=opts.dry_run,
+        resume=opts.resume,
+        since=opts.since,
+        page_size=max(2000, opts.batch_size),
+        **engine,
+    )
+    return await run_backfill(db, CandidacyJob(opts), engine_opts)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    run_id: uuid.UUID
+    selected: bool
+    not_selected_because: list[str]
+    experiment_type: str | None
+    reason: str
+    eligible: bool
+    checks: tuple[GateCheck, ...]
+
+
+async def explain_run(db: Database, run_id: uuid.UUID, opts: CandidacyOptions) -> Explanation:
+    """Every gate for one run: value, threshold, pass or fail, and why the scan would
+    (not) pick the run up at all."""
+    row = await db.fetchrow(q("select_candidacy_run"), run_id)
+    if row is None or row["workspace_id"] != opts.workspace_id:
+        raise NotFound(f"run {run_id} is not in workspace {opts.workspace_id}")
+    not_selected = []
+    if row["run_kind"] != "test_variant":
+        not_selected.append(f"run_kind is {row['run_kind']}, not test_variant")
+    if row["status"] not in ("completed", "success"):
+        not_selected.append(f"status is {row['status']}, not completed")
+    if row["kb_status"] != "excluded":
+        not_selected.append(f"kb_status is already {row['kb_status']}")
+    exp = row["experiment_type"] or opts.experiment_type
+    extracted = extract_metrics(row["summary"], row["trade_count"])
+    if extracted.metrics is None:
+        return Explanation(run_id, not not_selected, not_selected, exp, str(extracted.reason), False, ())
+    decision = is_candidate(extracted.metrics, _REGIME_PRESENT if row["has_regime"] else None, exp, opts.gate)
+    checks = decision.checks or tuple(
+        evaluate_gates(extracted.metrics, _REGIME_PRESENT if row["has_regime"] else None, exp, opts.gate)
+    )
+    return Explanation(run_id, not not_selected, not_selected, exp, decision.reason, decision.eligible, checks)

@@ -1,0 +1,346 @@
+"""The engine both backfills share.
+
+One run of a backfill: take the per-workspace advisory lock, open (or resume) a ledger
+row, read the selection in keyset pages of (created_at, id), let the job judge each row,
+and write the passing rows in transactions of `batch_size`. Each transaction also moves
+the ledger cursor and counts, so after any crash the ledger says exactly which rows are
+done and `--resume` continues from there. A dry run takes the same path and only skips
+the job's write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+
+from app.db import Database
+from app.db.connector import TRANSIENT_ERRORS
+from app.db.queries import q
+from app.errors import BackfillLocked, DatabaseError, NotFound, NothingToResume
+from app.services.kb.backfill.counters import Counters
+
+log = logging.getLogger(__name__)
+
+START_OF_TIME = datetime(1, 1, 1, tzinfo=UTC)
+ZERO_ID = uuid.UUID(int=0)
+RESUMABLE = ("interrupted", "failed", "limit_reached")
+WRITE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict on one scanned row; `reason` None means it passed."""
+
+    run_id: uuid.UUID
+    created_at: datetime
+    reason: str | None
+    payload: Any = None
+
+
+class BackfillJob(Protocol):
+    kind: str
+
+    def identity(self) -> dict[str, Any]:
+        """Configuration that defines "the same run" for resume (not limit or batch size)."""
+        ...
+
+    async def fetch_page(
+        self, conn: asyncpg.Connection, after: tuple[datetime, uuid.UUID], size: int
+    ) -> Sequence[asyncpg.Record]: ...
+
+    def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]: ...
+
+    async def write(self, conn: asyncpg.Connection, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
+        """Write the passing rows with guards; return how many rows were changed."""
+        ...
+
+
+@dataclass
+class EngineOptions:
+    workspace_id: uuid.UUID
+    limit: int
+    batch_size: int = 100
+    dry_run: bool = False
+    resume: bool = False
+    since: datetime | None = None
+    page_size: int = 2000
+    progress: Callable[[int, int], None] | None = None
+    should_stop: Callable[[], bool] = lambda: False
+    # Test hook: called after each committed batch with its index (crash simulations).
+    after_batch: Callable[[int], None] | None = None
+
+
+@dataclass
+class BackfillResult:
+    run_id: uuid.UUID
+    kind: str
+    status: str
+    dry_run: bool
+    counters: Counters
+    totals: Counters
+    resumed: bool
+    elapsed_s: float
+    interrupted_runs_found: list[uuid.UUID] = field(default_factory=list)
+    error: str | None = None
+
+
+def config_key(kind: str, identity: dict[str, Any]) -> str:
+    blob = orjson.dumps({"kind": kind, **identity}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+async def acquire_lock(conn: asyncpg.Connection, kind: str, workspace_id: uuid.UUID) -> None:
+    if await conn.fetchval(q("try_backfill_lock"), kind, str(workspace_id)):
+        return
+    holder = await conn.fetchval(q("backfill_lock_holder"), workspace_id, kind)
+    who = f" (process {holder})" if holder else ""
+    raise BackfillLocked(
+        f"another backfill-{kind} is running on workspace {workspace_id}{who}; "
+        "wait for it to finish or stop it, then try again"
+    )
+
+
+async def release_lock(conn: asyncpg.Connection, kind: str, workspace_id: uuid.UUID) -> None:
+    if not conn.is_closed():
+        await conn.execute(
+            "SELECT pg_advisory_unlock(hashtext('trading-kb:backfill:' || $1::text), hashtext($2::text))",
+            kind,
+            str(workspace_id),
+        )
+
+
+class _Run:
+    """State of one invocation; keeps the loop in `run_backfill` readable."""
+
+    def __init__(self, db: Database, job: BackfillJob, opts: EngineOptions, run_id: uuid.UUID,
+                 base: Counters, lock_conn: asyncpg.Connection) -> None:
+        self.db = db
+        self.job = job
+        self.opts = opts
+        self.run_id = run_id
+        self.base = base
+        self.session = Counters()
+        self.lock_conn = lock_conn
+        self.pending: list[Outcome] = []
+        self.batches = 0
+        self.last_heartbeat = time.monotonic()
+        self.writer: asyncpg.Connection | None = None
+
+    async def _writer(self) -> asyncpg.Connection:
+        if self.writer is None or self.writer.is_closed():
+            self.writer = await self.db.pool.acquire()
+        return self.writer
+
+    async def release(self) -> None:
+        if self.writer is not None:
+            try:
+                await self.db.pool.release(self.writer)
+            except Exception:  # a dead connection; the pool replaces it
+                log.debug("writer connection was already closed", exc_info=True)
+            self.writer = None
+
+    async def flush(self, cursor: tuple[datetime, uuid.UUID]) -> None:
+        """Commit the pending rows and the ledger checkpoint in one transaction."""
+        batch = self.pending
+        counts = self.base.plus(self.session)
+        for attempt in range(WRITE_RETRIES + 1):
+            try:
+                conn = await self._writer()
+                async with conn.transaction():
+                    # After a lost acknowledgement the batch may have committed already.
+                    done = await conn.fetchval(
+                        "SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1",
+                        self.run_id, cursor[0], cursor[1],
+                    )
+                    updated = 0
+                    if not done and batch and not self.opts.dry_run:
+                        updated = await self.job.write(conn, batch, self.run_id)
+                    if not done:
+                        counts.updated += updated
+                        counts.changed_concurrently += 0 if self.opts.dry_run else len(batch) - updated
+                        await conn.execute(q("checkpoint_backfill_run"), self.run_id, cursor[0], cursor[1],
+                                           counts.to_json())
+                break
+            except TRANSIENT_ERRORS as exc:
+                await self.release()
+                if attempt == WRITE_RETRIES:
+                    raise DatabaseError(
+                        f"lost the database connection {WRITE_RETRIES + 1} times while writing a batch "
+                        f"({exc}); everything before it is committed: rerun with --resume"
+                    ) from exc
+                await asyncio.sleep(0.2 * 2**attempt)
+        if not done:
+            self.session.updated += updated
+            if not self.opts.dry_run:
+                self.session.changed_concurrently += len(batch) - updated
+        self.pending = []
+        self.batches += 1
+        if self.opts.after_batch is not None:
+            self.opts.after_batch(self.batches)
+        await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        # The heartbeat goes through the lock connection: if that connection is gone the
+        # lock is gone too, and writing on without it could race another backfill.
+        now = time.monotonic()
+        if now - self.last_heartbeat >= 2.0:
+            try:
+                await self.lock_conn.execute(q("heartbeat_backfill_run"), self.run_id)
+            except TRANSIENT_ERRORS as exc:
+                raise DatabaseError(
+                    f"lost the connection holding the backfill lock ({exc}); "
+                    "committed batches are kept: rerun with --resume"
+                ) from exc
+            self.last_heartbeat = now
+
+
+async def _fetch_with_retry(db: Database, job: BackfillJob, after: tuple[datetime, uuid.UUID],
+                            size: int) -> Sequence[asyncpg.Record]:
+    for attempt in range(WRITE_RETRIES + 1):
+        try:
+            async with db.acquire() as conn:
+                return await job.fetch_page(conn, after, size)
+        except TRANSIENT_ERRORS as exc:
+            if attempt == WRITE_RETRIES:
+                raise DatabaseError(
+                    f"lost the database connection while reading runs ({exc}); rerun with --resume"
+                ) from exc
+            await asyncio.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> BackfillResult:
+    """Run (or resume) one backfill. Raises `BackfillLocked`, `NothingToResume`, `NotFound`."""
+    started = time.monotonic()
+    identity = job.identity()
+    key = config_key(job.kind, identity)
+    if not await db.fetchval(q("workspace_exists"), opts.workspace_id):
+        raise NotFound(f"workspace {opts.workspace_id} does not exist; check --workspace-id")
+    lock_conn: asyncpg.Connection = await db.pool.acquire()
+    run: _Run | None = None
+    try:
+        await acquire_lock(lock_conn, job.kind, opts.workspace_id)
+        try:
+            dead = [r["id"] for r in await lock_conn.fetch(q("mark_dead_runs_interrupted"),
+                                                           opts.workspace_id, job.kind)]
+            if opts.resume:
+                row = await lock_conn.fetchrow(q("find_resumable_run"), opts.workspace_id, job.kind, key,
+                                               opts.dry_run)
+                if row is None or row["status"] not in RESUMABLE:
+                    what = "dry-run " if opts.dry_run else ""
+                    found = f" (the last one, {row['id']}, is {row['status']})" if row is not None else ""
+                    raise NothingToResume(
+                        f"no interrupted {what}backfill-{job.kind} run with this configuration to resume"
+                        f"{found}; run without --resume to start a new one"
+                    )
+                run_id = row["id"]
+                cursor = (row["cursor_created_at"] or _start(opts), row["cursor_id"] or ZERO_ID)
+                base = Counters.from_json(row["counts"])
+                await lock_conn.execute(q("reopen_backfill_run"), run_id, os.getpid())
+            else:
+                cursor = _start(opts)
+                run_id = await lock_conn.fetchval(
+                    q("insert_backfill_run"), opts.workspace_id, job.kind,
+                    orjson.dumps({**identity, "limit": opts.limit, "batch_size": opts.batch_size}).decode(),
+                    key, opts.dry_run, cursor[0], cursor[1], os.getpid(),
+                )
+                base = Counters()
+            run = _Run(db, job, opts, run_id, base, lock_conn)
+            try:
+                status, error = await _loop(run, cursor)
+            except BaseException as exc:
+                await _mark_failed(lock_conn, run_id, exc)
+                raise
+            await lock_conn.execute(q("finish_backfill_run"), run_id, status, error)
+        finally:
+            await release_lock(lock_conn, job.kind, opts.workspace_id)
+    finally:
+        if run is not None:
+            await run.release()
+        await db.pool.release(lock_conn)
+    return BackfillResult(
+        run_id=run.run_id,
+        kind=job.kind,
+        status=status,
+        dry_run=opts.dry_run,
+        counters=run.session,
+        totals=run.base.plus(run.session),
+        resumed=opts.resume,
+        elapsed_s=time.monotonic() - started,
+        interrupted_runs_found=dead,
+        error=error,
+    )
+
+
+async def _mark_failed(conn: asyncpg.Connection, run_id: uuid.UUID, exc: BaseException) -> None:
+    """Best effort: a dead connection leaves the row 'running', which the next run
+    recognises as interrupted because the lock is free."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) else "failed"
+    try:
+        await conn.execute(q("finish_backfill_run"), run_id, status, (str(exc) or type(exc).__name__)[:500])
+    except Exception:
+        log.debug("could not record the failure of backfill run %s", run_id, exc_info=True)
+
+
+def _start(opts: EngineOptions) -> tuple[datetime, uuid.UUID]:
+    # `(created_at, id) > (since, 0)` selects created_at >= since for every real id.
+    return (opts.since or START_OF_TIME, ZERO_ID)
+
+
+async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str | None]:
+    opts, job = run.opts, run.job
+    session = run.session
+    fetched = 0
+    requested = min(opts.page_size, opts.limit)
+    next_page: asyncio.Task[Sequence[asyncpg.Record]] | None = None
+    if requested > 0:
+        next_page = asyncio.create_task(_fetch_with_retry(run.db, job, cursor, requested))
+    try:
+        while next_page is not None:
+            page = await next_page
+            next_page = None
+            fetched += len(page)
+            if len(page) == requested and fetched < opts.limit and not opts.should_stop():
+                last = page[-1]
+                requested = min(opts.page_size, opts.limit - fetched)
+                # Read the next page while this one is judged and written.
+                next_page = asyncio.create_task(
+                    _fetch_with_retry(run.db, job, (last["created_at"], last["id"]), requested))
+            for outcome in job.evaluate(page):
+                session.scanned += 1
+                if outcome.reason is None:
+                    session.passed += 1
+                    run.pending.append(outcome)
+                else:
+                    session.reject(outcome.reason, outcome.run_id)
+                cursor = (outcome.created_at, outcome.run_id)
+                if len(run.pending) >= opts.batch_size:
+                    await run.flush(cursor)
+            if not run.pending and page:
+                await run.flush(cursor)  # checkpoint a page of rejections: cheap, keeps resume exact
+            if opts.progress is not None:
+                opts.progress(session.scanned, opts.limit)
+            if opts.should_stop():
+                if next_page is not None:
+                    next_page.cancel()
+                    next_page = None
+                if run.pending:
+                    await run.flush(cursor)
+                return "interrupted", "stopped by the user"
+        if run.pending:
+            await run.flush(cursor)
+    finally:
+        if next_page is not None:
+            next_page.cancel()
+    return ("limit_reached" if fetched >= opts.limit else "completed"), None

@@ -1,0 +1,150 @@
+"""A run's out-of-sample (and in-sample) window, from `dataset_meta` then `params`.
+
+First match wins:
+1. `oos_start` + `oos_end` (both inclusive);
+2. `date_min`/`date_max` (or `start`/`end`) with `oos_split` (first OOS bar) or
+   `oos_ratio` (the last r of the range);
+3. `date_min`/`date_max` (or `start`/`end`) alone: the whole range is OOS.
+Timestamps are ISO 8601 (naive means UTC) or epoch seconds / milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+MISSING_DATE_RANGE = "missing_date_range"
+INVALID_DATE_RANGE = "invalid_date_range"
+
+# Epoch numbers above this are milliseconds (1e11 s is the year 5138).
+_EPOCH_MS_THRESHOLD = 1e11
+_MIN_TS = datetime(1900, 1, 1, tzinfo=UTC)
+_MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+class BadTimestamp(ValueError):
+    pass
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """A UTC-aware datetime from ISO text, a date, a datetime or epoch s/ms."""
+    if isinstance(value, bool) or value is None:
+        raise BadTimestamp(f"not a timestamp: {value!r}")
+    if isinstance(value, datetime):
+        ts = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, date):
+        ts = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    elif isinstance(value, int | float):
+        number = float(value)
+        if not math.isfinite(number):
+            raise BadTimestamp(f"not a timestamp: {value!r}")
+        seconds = number / 1000.0 if abs(number) >= _EPOCH_MS_THRESHOLD else number
+        try:
+            ts = datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise BadTimestamp(f"epoch out of range: {value!r}") from exc
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 64:
+            raise BadTimestamp(f"not a timestamp: {value[:40]!r}")
+        try:
+            return parse_timestamp(float(text))
+        except (ValueError, BadTimestamp):
+            pass
+        try:
+            ts = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError as exc:
+            raise BadTimestamp(f"not an ISO 8601 timestamp: {text!r}") from exc
+        ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    else:
+        raise BadTimestamp(f"not a timestamp: {type(value).__name__}")
+    ts = ts.astimezone(UTC)
+    if not _MIN_TS <= ts <= _MAX_TS:
+        raise BadTimestamp(f"timestamp out of range: {value!r}")
+    return ts
+
+
+def parse_since(text: str) -> datetime:
+    """`--since`: a date (midnight UTC) or an ISO timestamp (naive means UTC)."""
+    return parse_timestamp(text)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class RunWindows:
+    oos: Window | None
+    is_: Window | None
+    reason: str | None  # None when `oos` is usable
+    source: str = ""
+
+
+def _lookup(sources: list[dict[str, Any]], *names: str) -> tuple[Any, str] | None:
+    for source in sources:
+        for name in names:
+            value = source.get(name)
+            if value is not None and value != "":
+                return value, name
+    return None
+
+
+def _ratio(value: Any) -> float | None:
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        return None
+    return ratio if math.isfinite(ratio) and 0.0 < ratio < 1.0 else None
+
+
+def _window(start: datetime, end: datetime) -> Window | None:
+    return Window(start, end) if end >= start else None
+
+
+def extract_windows(dataset_meta: Any, params: Any) -> RunWindows:
+    """The run's windows, or a reason (`missing_date_range`, `invalid_date_range`)."""
+    sources = [s for s in (dataset_meta, params) if isinstance(s, dict)]
+    try:
+        for source in sources:
+            if source.get("oos_start") is not None and source.get("oos_end") is not None:
+                oos_start = parse_timestamp(source["oos_start"])
+                oos_end = parse_timestamp(source["oos_end"])
+                if oos_end < oos_start:
+                    return RunWindows(None, None, INVALID_DATE_RANGE)
+                is_window = None
+                is_start = _lookup(sources, "is_start")
+                is_end = _lookup(sources, "is_end")
+                if is_start and is_end:
+                    is_window = _window(parse_timestamp(is_start[0]), parse_timestamp(is_end[0]))
+                return RunWindows(Window(oos_start, oos_end), is_window, None, "oos_start/oos_end")
+        lo = _lookup(sources, "date_min", "start")
+        hi = _lookup(sources, "date_max", "end")
+        if lo is None or hi is None:
+            return RunWindows(None, None, MISSING_DATE_RANGE)
+        start, end = parse_timestamp(lo[0]), parse_timestamp(hi[0])
+        if end < start:
+            return RunWindows(None, None, INVALID_DATE_RANGE)
+        split = _lookup(sources, "oos_split")
+        if split is not None:
+            first_oos = parse_timestamp(split[0])
+            if not start < first_oos <= end:
+                return RunWindows(None, None, INVALID_DATE_RANGE)
+            # The in-sample part ends just before the first OOS bar.
+            return RunWindows(Window(first_oos, end), Window(start, first_oos - timedelta(microseconds=1)),
+                              None, "range+oos_split")
+        ratio_value = _lookup(sources, "oos_ratio")
+        if ratio_value is not None:
+            ratio = _ratio(ratio_value[0])
+            if ratio is None:
+                return RunWindows(None, None, INVALID_DATE_RANGE)
+            first_oos = end - (end - start) * ratio
+            return RunWindows(Window(first_oos, end), Window(start, first_oos - timedelta(microseconds=1)),
+                              None, "range+oos_ratio")
+        return RunWindows(Window(start, end), None, None, "range")
+    except BadTimestamp:
+        return RunWindows(None, None, INVALID_DATE_RANGE)
