@@ -1,0 +1,194 @@
+"""backfill-regime: compute each run's own OOS (and IS) regime snapshot from OHLCV data."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+
+from app.db import Database
+from app.db.queries import q
+from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
+from app.services.kb.ohlcv import OhlcvData
+from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_feature_batch, snapshot_dicts
+from app.services.kb.windows import Window, extract_windows
+
+INSUFFICIENT_COVERAGE = "insufficient_ohlcv_coverage"
+SYMBOL_MISMATCH = "symbol_mismatch"
+MISSING_SYMBOL = "missing_symbol"
+TIMEFRAME_MISMATCH = "timeframe_mismatch"
+_CACHE_SIZE = 50_000  # computed snapshots kept for runs that share a window
+
+
+@dataclass(frozen=True)
+class RegimeOptions:
+    workspace_id: uuid.UUID
+    timeframe: str = "1d"
+    symbol: str | None = None
+    since: datetime | None = None
+    limit: int = 500
+    dry_run: bool = False
+    batch_size: int = 100
+    resume: bool = False
+
+
+def file_digest(path: Any) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class RegimeJob:
+    kind = "regime"
+
+    def __init__(self, opts: RegimeOptions, data: OhlcvData, bar_seconds: int, digest: str) -> None:
+        self.opts = opts
+        self.data = data
+        self.bar_ns = bar_seconds * 1_000_000_000
+        self.digest = digest
+        self.cache: OrderedDict[tuple[str | None, int, int], str] = OrderedDict()
+        self.computed_windows = 0
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "workspace_id": str(self.opts.workspace_id),
+            "since": self.opts.since.isoformat() if self.opts.since else None,
+            "symbol": self.opts.symbol,
+            "timeframe": self.opts.timeframe,
+            "ohlcv_file": str(self.data.path),
+            "ohlcv_sha256": self.digest,
+        }
+
+    async def fetch_page(
+        self, conn: asyncpg.Connection, after: tuple[datetime, uuid.UUID], size: int
+    ) -> Sequence[asyncpg.Record]:
+        return await conn.fetch(q("select_regime_page"), self.opts.workspace_id, after[0], after[1], size,
+                                self.opts.symbol)
+
+    def _series_key(self, run_symbol: Any) -> tuple[str | None, str | None]:
+        """(series key, skip reason)."""
+        wanted = self.opts.symbol.upper() if self.opts.symbol else None
+        have = str(run_symbol).strip().upper() if isinstance(run_symbol, str) and run_symbol.strip() else None
+        if self.data.has_symbol_column:
+            key = have or wanted
+            if key is None:
+                return None, MISSING_SYMBOL
+            return (key, None) if key in self.data.series else (None, SYMBOL_MISMATCH)
+        if have is not None and wanted is not None and have != wanted:
+            return None, SYMBOL_MISMATCH
+        return next(iter(self.data.series)), None
+
+    def _span(self, key: str | None, window: Window) -> tuple[int, int] | None:
+        """Index range of the window's bars, or None when the data does not cover it."""
+        ts = self.data.series[key].ts
+        start_ns = int(window.start.timestamp() * 1e6) * 1000
+        end_ns = int(window.end.timestamp() * 1e6) * 1000
+        s = int(np.searchsorted(ts, start_ns, "left"))
+        e = int(np.searchsorted(ts, end_ns, "right")) - 1
+        if e < s or e - s + 1 < MIN_EFFECTIVE_BARS:
+            return None
+        if ts[s] - start_ns > self.bar_ns or end_ns - ts[e] > self.bar_ns:
+            return None
+        return s, e
+
+    def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
+        wanted_tf = self.opts.timeframe.strip().lower()
+        plans: list[tuple[Any, Any, str | None, tuple[int, int] | None, tuple[int, int] | None]] = []
+        for row in rows:
+            meta, params = _json_object(row["dataset_meta"]), _json_object(row["params"])
+            windows = extract_windows(meta, params)
+            reason = windows.reason
+            key: str | None = None
+            oos = is_ = None
+            if reason is None:
+                key, reason = self._series_key(meta.get("symbol"))
+            run_tf = meta.get("timeframe")
+            if reason is None and isinstance(run_tf, str) and run_tf.strip().lower() != wanted_tf:
+                reason = TIMEFRAME_MISMATCH
+            if reason is None and windows.oos is not None:
+                oos = self._span(key, windows.oos)
+                if oos is None:
+                    reason = INSUFFICIENT_COVERAGE
+                elif windows.is_ is not None:
+                    is_ = self._span(key, windows.is_)
+            plans.append((row, reason, key, oos, is_))
+        self._compute_missing([(k, span) for _, r, k, o, i in plans if r is None for span in (o, i) if span])
+        outcomes = []
+        for row, reason, key, oos, is_ in plans:
+            if reason is not None or oos is None:
+                outcomes.append(Outcome(row["id"], row["created_at"], reason))
+                continue
+            payload = (self._cached(key, oos), self._cached(key, is_) if is_ else None)
+            outcomes.append(Outcome(row["id"], row["created_at"], None, payload))
+        return outcomes
+
+    def _cached(self, key: str | None, span: tuple[int, int]) -> str:
+        k = (key, span[0], span[1])
+        self.cache.move_to_end(k)
+        return self.cache[k]
+
+    def _compute_missing(self, wanted: list[tuple[str | None, tuple[int, int]]]) -> None:
+        by_series: dict[str | None, set[tuple[int, int]]] = {}
+        for key, span in wanted:
+            if (key, span[0], span[1]) not in self.cache:
+                by_series.setdefault(key, set()).add(span)
+        for key, spans in by_series.items():
+            series = self.data.series[key]
+            ordered = sorted(spans)
+            starts = np.array([s for s, _ in ordered], dtype=np.int64)
+            ends = np.array([e for _, e in ordered], dtype=np.int64)
+            batch = compute_feature_batch(series.high, series.low, series.close, starts, ends)
+            snaps = snapshot_dicts(batch, series.ts, starts, ends, source="backfill",
+                                   timeframe=self.opts.timeframe, instrument=key,
+                                   total_bars=ends - starts + 1)
+            for (s, e), snap in zip(ordered, snaps, strict=True):
+                self.cache[(key, s, e)] = orjson.dumps(snap).decode()
+            self.computed_windows += len(ordered)
+        while len(self.cache) > max(_CACHE_SIZE, len(wanted)):
+            self.cache.popitem(last=False)
+
+    async def write(self, conn: asyncpg.Connection, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
+        status = await conn.execute(
+            q("update_regime_batch"),
+            [o.run_id for o in passed],
+            [o.payload[0] for o in passed],
+            [o.payload[1] for o in passed],
+            self.opts.workspace_id,
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+
+async def backfill_regime(db: Database, opts: RegimeOptions, data: OhlcvData, bar_seconds: int,
+                          **engine: Any) -> BackfillResult:
+    job = RegimeJob(opts, data, bar_seconds, file_digest(data.path))
+    engine_opts = EngineOptions(
+        workspace_id=opts.workspace_id,
+        limit=opts.limit,
+        batch_size=opts.batch_size,
+        dry_run=opts.dry_run,
+        resume=opts.resume,
+        since=opts.since,
+        page_size=max(2000, opts.batch_size),
+        **engine,
+    )
+    return await run_backfill(db, job, engine_opts)

@@ -1,0 +1,329 @@
+"""Regime snapshots: features, tags and evidence over the trailing bars of a window.
+
+The numeric core works on many windows at once. For windows of equal length every
+feature is a fixed function of the window's bars: Wilder smoothing seeded at the first
+bar is a dot product with a fixed weight vector, and the 50-bar regression is a product
+with a fixed centred index. So a batch of windows is gathered into a (windows x bars)
+matrix per length and computed with a few matrix operations; one snapshot is a batch of one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from app.services.kb.types import SCHEMA_VERSION, RegimeSnapshot
+
+REGIME_WINDOW_BARS = 200
+MIN_EFFECTIVE_BARS = 50
+ATR_PERIOD = 14
+RSI_PERIOD = 14
+BB_PERIOD = 20
+BB_STD = 2.0
+TREND_BARS = 50
+ER_MAX_PERIOD = 50
+TREND_DEAD_BAND = 0.001
+BAD_TICK_JUMP = 0.5
+_CHUNK = 4096  # windows per gathered matrix: bounds memory at about 20 MB
+
+FEATURE_PARAMS: dict[str, Any] = {
+    "window_bars": REGIME_WINDOW_BARS,
+    "atr": {"period": ATR_PERIOD, "smoothing": "wilder", "alpha": 1 / ATR_PERIOD},
+    "rsi": {"period": RSI_PERIOD, "smoothing": "wilder"},
+    "bollinger": {"period": BB_PERIOD, "std": BB_STD, "ddof": 0},
+    "trend": {"bars": TREND_BARS, "dead_band": TREND_DEAD_BAND},
+    "efficiency_ratio": {"max_period": ER_MAX_PERIOD},
+}
+
+_FEATURES = ("atr_pct", "rsi", "bb_width_pct", "std_pct", "range_pct", "zscore", "trend_strength",
+             "trend_dir", "efficiency_ratio", "return_pct", "drift_bps_per_bar")
+
+
+def _wilder_weights(length: int, period: int) -> np.ndarray:
+    """Weights w with (w @ x) == Wilder-smoothed x at its last element, seeded by x[0]."""
+    alpha = 1.0 / period
+    w = alpha * (1.0 - alpha) ** np.arange(length - 1, -1, -1, dtype=np.float64)
+    w[0] = (1.0 - alpha) ** (length - 1)
+    return w
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray, default: float = 0.0) -> np.ndarray:
+    out = np.full(np.broadcast(num, den).shape, default, dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+@dataclass
+class FeatureBatch:
+    """Features of many windows: one array per feature, plus warning flags."""
+
+    values: dict[str, np.ndarray]
+    bad_ticks: np.ndarray
+    n_bars: np.ndarray
+
+    def row(self, i: int) -> dict[str, float]:
+        return {name: float(arr[i]) for name, arr in self.values.items()}
+
+
+def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+    """All features for a (windows x bars) block whose windows share one length."""
+    n = c.shape[1]
+    last = c[:, -1]
+    # True range; the first bar of a window has no previous close inside the window.
+    tr = np.empty_like(c)
+    tr[:, 0] = h[:, 0] - lo[:, 0]
+    if n > 1:
+        prev = c[:, :-1]
+        tr[:, 1:] = np.maximum(h[:, 1:] - lo[:, 1:], np.maximum(np.abs(h[:, 1:] - prev), np.abs(lo[:, 1:] - prev)))
+    atr = tr @ _wilder_weights(n, ATR_PERIOD)
+
+    if n > 1:
+        delta = np.diff(c, axis=1)
+        w = _wilder_weights(n - 1, RSI_PERIOD)
+        avg_gain = np.maximum(delta, 0.0) @ w
+        avg_loss = np.maximum(-delta, 0.0) @ w
+        rs = _safe_div(avg_gain, avg_loss)
+        rsi = np.where(avg_loss > 0, 100.0 - 100.0 / (1.0 + rs), np.where(avg_gain > 0, 100.0, 50.0))
+    else:
+        delta = np.zeros((c.shape[0], 0))
+        rsi = np.full(c.shape[0], 50.0)
+
+    tail = c[:, -min(BB_PERIOD, n):]
+    sma = tail.mean(axis=1)
+    std = np.sqrt(np.maximum(((tail - sma[:, None]) ** 2).mean(axis=1), 0.0))
+
+    k = min(TREND_BARS, n)
+    y = c[:, -k:]
+    if k >= 2:
+        x = np.arange(k, dtype=np.float64) - (k - 1) / 2.0
+        ym = y.mean(axis=1)
+        yc = y - ym[:, None]
+        sxy = yc @ x
+        sxx = float(x @ x)
+        syy = (yc * yc).sum(axis=1)
+        slope = sxy / sxx
+        r2 = np.clip(_safe_div(sxy * sxy, sxx * syy), 0.0, 1.0)
+        rel = _safe_div(slope, ym)
+        direction = np.where(rel > TREND_DEAD_BAND, 1.0, np.where(rel < -TREND_DEAD_BAND, -1.0, 0.0))
+    else:
+        r2 = np.zeros(c.shape[0])
+        direction = np.zeros(c.shape[0])
+
+    p = min(ER_MAX_PERIOD, n // 2)
+    if p >= 1:
+        path = np.abs(delta[:, -p:]).sum(axis=1)
+        er = np.clip(_safe_div(np.abs(last - c[:, -1 - p]), path), 0.0, 1.0)
+    else:
+        er = np.zeros(c.shape[0])
+
+    first = c[:, 0]
+    ret = _safe_div(last, first, 1.0) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drift = np.log(_safe_div(last, first, 1.0)) / max(n - 1, 1) * 1e4
+    return {
+        "atr_pct": _safe_div(atr, last),
+        "rsi": rsi,
+        "bb_width_pct": _safe_div(2.0 * BB_STD * std, sma),
+        "std_pct": _safe_div(std, last),
+        "range_pct": _safe_div(h.max(axis=1) - lo.min(axis=1), last),
+        "zscore": _safe_div(last - sma, std),
+        "trend_strength": r2,
+        "trend_dir": direction,
+        "efficiency_ratio": er,
+        "return_pct": ret,
+        "drift_bps_per_bar": np.nan_to_num(drift, nan=0.0, posinf=0.0, neginf=0.0),
+        "_bad_ticks": (np.abs(_safe_div(delta, c[:, :-1])) > BAD_TICK_JUMP).any(axis=1) if n > 1
+        else np.zeros(c.shape[0], dtype=bool),
+    }
+
+
+def compute_feature_batch(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> FeatureBatch:
+    """Features for windows [starts[i], ends[i]] (inclusive indices) of one series.
+
+    Each window is first cut to its trailing REGIME_WINDOW_BARS bars.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    starts = np.maximum(starts, ends - (REGIME_WINDOW_BARS - 1))
+    lengths = ends - starts + 1
+    count = len(ends)
+    values = {name: np.zeros(count) for name in _FEATURES}
+    bad = np.zeros(count, dtype=bool)
+    for length in np.unique(lengths):
+        members = np.flatnonzero(lengths == length)
+        offsets = np.arange(length)
+        for lo_i in range(0, len(members), _CHUNK):
+            chunk = members[lo_i : lo_i + _CHUNK]
+            idx = starts[chunk][:, None] + offsets[None, :]
+            block = _features_equal_length(high[idx], low[idx], close[idx])
+            bad[chunk] = block.pop("_bad_ticks")
+            for name, arr in block.items():
+                values[name][chunk] = arr
+    for arr in values.values():
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return FeatureBatch(values, bad, lengths)
+
+
+def _ev(metric: str, value: float, op: str, threshold: float) -> dict[str, Any]:
+    margin = value - threshold if op in (">", ">=") else threshold - value
+    return {"metric": metric, "value": value, "op": op, "threshold": threshold, "margin": margin}
+
+
+def tag_regime(f: dict[str, float]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """Tags and, per tag, the rule evidence that produced it (tags sorted)."""
+    evidence: dict[str, list[dict[str, Any]]] = {}
+    ts, direction = f["trend_strength"], f["trend_dir"]
+    if ts >= 0.6:
+        name = "uptrend" if direction > 0 else "downtrend" if direction < 0 else "trending"
+        evidence[name] = [_ev("trend_strength", ts, ">=", 0.6),
+                          {"metric": "trend_dir", "value": direction, "op": "==", "threshold": direction,
+                           "margin": 0.0}]
+    elif ts < 0.3:
+        evidence["flat"] = [_ev("trend_strength", ts, "<", 0.3)]
+    atr = f["atr_pct"]
+    if atr < 0.005:
+        evidence["low_vol"] = [_ev("atr_pct", atr, "<", 0.005)]
+    elif atr > 0.015:
+        evidence["high_vol"] = [_ev("atr_pct", atr, ">", 0.015)]
+    z, bb = f["zscore"], f["bb_width_pct"]
+    if ts < 0.3 and abs(z) > 1.0:
+        evidence["mean_reverting"] = [_ev("trend_strength", ts, "<", 0.3), _ev("abs_zscore", abs(z), ">", 1.0)]
+    if ts < 0.3 and bb < 0.02:
+        evidence["choppy"] = [_ev("trend_strength", ts, "<", 0.3), _ev("bb_width_pct", bb, "<", 0.02)]
+    er = f["efficiency_ratio"]
+    if er < 0.3:
+        evidence["noisy"] = [_ev("efficiency_ratio", er, "<", 0.3)]
+    elif er > 0.7:
+        evidence["efficient"] = [_ev("efficiency_ratio", er, ">", 0.7)]
+    rsi = f["rsi"]
+    if z < -1.5 or rsi < 30.0:
+        evidence["oversold"] = [e for e in (_ev("zscore", z, "<", -1.5), _ev("rsi", rsi, "<", 30.0))
+                                if e["margin"] > 0]
+    if z > 1.5 or rsi > 70.0:
+        evidence["overbought"] = [e for e in (_ev("zscore", z, ">", 1.5), _ev("rsi", rsi, ">", 70.0))
+                                  if e["margin"] > 0]
+    tags = sorted(evidence)
+    return tags, {t: evidence[t] for t in tags}
+
+
+def _iso_many(ns: np.ndarray) -> list[str]:
+    return [t + "Z" for t in np.datetime_as_string(ns.astype("datetime64[ns]"), unit="s").tolist()]
+
+
+# Constant for every snapshot: serialized once and embedded as-is.
+_FEATURE_PARAMS_JSON = orjson.Fragment(orjson.dumps(FEATURE_PARAMS))
+
+
+def snapshot_dicts(
+    batch: FeatureBatch,
+    ts_ns: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    *,
+    source: str,
+    timeframe: str | None,
+    instrument: str | None,
+    total_bars: np.ndarray | None = None,
+    computed_at: str | None = None,
+) -> list[dict[str, Any]]:
+    """JSON-ready snapshot dicts for a computed batch (the backfill's fast path).
+
+    `feature_params` is an `orjson.Fragment`: serialize these with orjson.
+    """
+    stamp = computed_at or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    ends = np.asarray(ends)
+    eff_starts = np.maximum(np.asarray(starts), ends - (REGIME_WINDOW_BARS - 1))
+    names = list(batch.values)
+    columns = [batch.values[n].tolist() for n in names]
+    ts_start = _iso_many(ts_ns[eff_starts])
+    ts_end = _iso_many(ts_ns[ends])
+    n_bars = batch.n_bars.tolist()
+    totals = total_bars.tolist() if total_bars is not None else n_bars
+    bad = batch.bad_ticks.tolist()
+    out = []
+    for i, row in enumerate(zip(*columns, strict=True)):
+        f = dict(zip(names, row, strict=True))
+        n = n_bars[i]
+        warn = []
+        if n < MIN_EFFECTIVE_BARS:
+            warn.append("insufficient_bars")
+        if bad[i]:
+            warn.append("possible_bad_ticks")
+        if f["atr_pct"] == 0.0:
+            warn.append("zero_atr")
+        if f["std_pct"] == 0.0:
+            warn.append("zero_variance")
+        tags, evidence = tag_regime(f)
+        f["schema_version"] = SCHEMA_VERSION
+        f["regime_tags"] = tags
+        f["tag_evidence"] = evidence
+        f["warnings"] = warn
+        f["n_bars"] = totals[i]
+        f["effective_n_bars"] = n
+        f["ts_start"] = ts_start[i]
+        f["ts_end"] = ts_end[i]
+        f["timeframe"] = timeframe
+        f["instrument"] = instrument
+        f["computed_at"] = stamp
+        f["computation_source"] = source
+        f["feature_params"] = _FEATURE_PARAMS_JSON
+        out.append(f)
+    return out
+
+
+def _frame_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    cols = {str(c).lower(): c for c in df.columns}
+    missing = [c for c in ("high", "low", "close") if c not in cols]
+    if missing:
+        raise ValueError(f"OHLCV frame lacks column(s): {', '.join(missing)}")
+    if isinstance(df.index, pd.DatetimeIndex):
+        times = df.index
+    else:
+        time_col = next((cols[c] for c in ("timestamp", "ts", "time", "datetime", "date") if c in cols), None)
+        times = pd.DatetimeIndex(pd.to_datetime(df[time_col], utc=True)) if time_col is not None else None
+    h = pd.to_numeric(df[cols["high"]], errors="coerce").to_numpy(dtype=np.float64)
+    lo = pd.to_numeric(df[cols["low"]], errors="coerce").to_numpy(dtype=np.float64)
+    c = pd.to_numeric(df[cols["close"]], errors="coerce").to_numpy(dtype=np.float64)
+    keep = np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
+    if times is not None:
+        if times.tz is None:
+            times = times.tz_localize("UTC")
+        ts = times.tz_convert("UTC").as_unit("ns").asi8.astype(np.int64)
+    else:
+        ts = np.arange(len(df), dtype=np.int64) * 0
+    total = len(df)
+    return ts[keep], h[keep], lo[keep], c[keep], total
+
+
+def compute_regime_snapshot(
+    df: pd.DataFrame,
+    source: str = "live",
+    timeframe: str | None = None,
+    instrument: str | None = None,
+) -> RegimeSnapshot:
+    """The regime of the trailing REGIME_WINDOW_BARS usable bars of `df`.
+
+    The caller slices `df` to the window it cares about. Fewer than MIN_EFFECTIVE_BARS
+    usable bars still yields a snapshot, flagged `insufficient_bars`, with a warning.
+    """
+    ts, h, lo, c, total = _frame_arrays(df)
+    n = len(c)
+    if n == 0:
+        raise ValueError("no usable bars (every row has a missing high, low or close)")
+    if n < MIN_EFFECTIVE_BARS:
+        warnings.warn(f"only {n} usable bars (< {MIN_EFFECTIVE_BARS}): regime features are unreliable",
+                      RuntimeWarning, stacklevel=2)
+    starts, ends = np.array([0]), np.array([n - 1])
+    batch = compute_feature_batch(h, lo, c, starts, ends)
+    snap = snapshot_dicts(batch, ts, starts, ends, source=source, timeframe=timeframe, instrument=instrument,
+                          total_bars=np.array([total]))[0]
+    snap["feature_params"] = FEATURE_PARAMS
+    return RegimeSnapshot.from_dict(snap)

@@ -1,0 +1,180 @@
+"""backfill-regime through the real command, against PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
+from app.services.kb.ohlcv import load_ohlcv
+from tests.conftest import run_row
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+HOURS = 2000
+
+
+def up_then_down(symbol: str | None = None) -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    half = HOURS // 2
+    # 0.15% per bar each way: beyond the trend_dir dead band of 0.1% per bar
+    trend = 100 * np.exp(np.concatenate([np.arange(half), half - np.arange(HOURS - half)]) * 0.0015)
+    close = trend * (1 + rng.normal(0, 0.001, HOURS))
+    ts = pd.date_range(START, periods=HOURS, freq="h", tz="UTC")
+    df = pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": close,
+                       "high": close * 1.002, "low": close * 0.998, "close": close, "volume": 1000})
+    if symbol:
+        df.insert(0, "symbol", symbol)
+    return df
+
+
+@pytest.fixture
+def ohlcv_file(tmp_path: Path) -> Path:
+    path = tmp_path / "aapl_1h.csv"
+    up_then_down().to_csv(path, index=False)
+    return path
+
+
+def iso(hours: int) -> str:
+    return (START + timedelta(hours=hours)).isoformat()
+
+
+async def test_each_run_gets_its_own_window(cli, db, make_workspace, insert_runs, ohlcv_file) -> None:
+    ws = await make_workspace()
+    up = run_row(ws, 0, dataset_meta={"symbol": "AAPL", "timeframe": "1h", "oos_start": iso(300), "oos_end": iso(900)})
+    down = run_row(ws, 1, dataset_meta={"symbol": "AAPL", "timeframe": "1h"},
+                   params={"date_min": iso(1000), "date_max": iso(1900), "oos_ratio": 0.5})
+    await insert_runs([up, down])
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file,
+                               "--symbol", "AAPL", "--timeframe", "1h", "--batch-size", "1")
+    assert code == 0, err
+    assert "BACKFILL REGIME REPORT" in out and "Computed:       2" in out and "Updated:        2" in out
+    assert f"OHLCV Rows:     {HOURS}" in out and "Date Range:     2024-01-01 to 2024-03-24" in out
+    rows = {r["id"]: r for r in await db.fetch("SELECT * FROM backtest_runs WHERE workspace_id = $1", ws)}
+    a, b = orjson.loads(rows[up["id"]]["regime_oos"]), orjson.loads(rows[down["id"]]["regime_oos"])
+    assert "uptrend" in a["regime_tags"] and "downtrend" in b["regime_tags"]
+    for snap, (lo, hi) in ((a, (300, 900)), (b, (1450, 1900))):
+        start, end = (datetime.fromisoformat(snap[k].replace("Z", "+00:00")) for k in ("ts_start", "ts_end"))
+        assert START + timedelta(hours=lo) <= start < end <= START + timedelta(hours=hi)
+    assert a["ts_end"] == "2024-02-07T12:00:00Z" and a["effective_n_bars"] == 200
+    assert a["computation_source"] == "backfill" and a["schema_version"] == "regime_v1"
+    assert rows[up["id"]]["regime_schema_version"] == "regime_v1"
+    assert rows[up["id"]]["regime_is"] is None
+    # the split form knows its in-sample window too
+    regime_is = orjson.loads(rows[down["id"]]["regime_is"])
+    assert regime_is["ts_end"] < b["ts_start"]
+
+
+async def test_skip_reasons_and_dry_run_parity(cli, db, make_workspace, insert_runs, ohlcv_file) -> None:
+    ws = await make_workspace()
+    meta = {"symbol": "AAPL", "timeframe": "1h"}
+    rows = [
+        run_row(ws, 0, dataset_meta={**meta, "oos_start": iso(300), "oos_end": iso(900)}),
+        run_row(ws, 1, dataset_meta=meta),  # no dates at all
+        run_row(ws, 2, dataset_meta={**meta, "oos_start": iso(900), "oos_end": iso(300)}),
+        run_row(ws, 3, dataset_meta={**meta, "oos_start": iso(1900), "oos_end": iso(2600)}),  # past the data
+        run_row(ws, 4, dataset_meta={**meta, "oos_start": iso(10), "oos_end": iso(40)}),  # < 50 bars
+        run_row(ws, 5, dataset_meta={**meta, "timeframe": "1d", "oos_start": iso(300), "oos_end": iso(900)}),
+        run_row(ws, 6, dataset_meta={"symbol": "MSFT", "oos_start": iso(300), "oos_end": iso(900)}),
+        run_row(ws, 7, status="failed", dataset_meta={**meta, "oos_start": iso(300), "oos_end": iso(900)}),
+    ]
+    await insert_runs(rows)
+    argv = ["backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file, "--symbol", "aapl",
+            "--timeframe", "1h", "--json"]
+    code, out, _ = await cli(*argv, "--dry-run")
+    dry = orjson.loads(out)
+    code, out, _ = await cli(*argv)
+    real = orjson.loads(out)
+    assert dry["reasons"] == real["reasons"] == {
+        "missing_date_range": 1, "invalid_date_range": 1, "insufficient_ohlcv_coverage": 2, "timeframe_mismatch": 1}
+    assert dry["total_scanned"] == real["total_scanned"] == 6  # MSFT filtered by --symbol, failed never selected
+    assert dry["updated"] == 0 and real["updated"] == 1
+    assert str(rows[1]["id"]) in real["examples"]["missing_date_range"]
+
+
+async def test_symbol_column_serves_several_symbols(cli, db, make_workspace, insert_runs, tmp_path) -> None:
+    path = tmp_path / "multi.parquet"
+    pd.concat([up_then_down("AAPL"), up_then_down("MSFT")]).to_parquet(path)
+    ws = await make_workspace()
+    rows = [run_row(ws, i, dataset_meta={"symbol": s, "timeframe": "1h", "oos_start": iso(300), "oos_end": iso(900)})
+            for i, s in enumerate(["AAPL", "MSFT", "TSLA"])]
+    await insert_runs(rows)
+    code, out, _ = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--timeframe", "1h",
+                             "--json")
+    report = orjson.loads(out)
+    assert code == 0 and report["updated"] == 2 and report["reasons"] == {"symbol_mismatch": 1}
+    got = {r["id"]: r["regime_oos"] for r in await db.fetch("SELECT id, regime_oos FROM backtest_runs")}
+    assert orjson.loads(got[rows[1]["id"]])["instrument"] == "MSFT"
+
+
+async def test_file_without_symbol_needs_symbol(cli, make_workspace, ohlcv_file, tmp_path) -> None:
+    ws = await make_workspace()
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file)
+    assert code == 2 and "pass --symbol" in err and out == ""
+    code, _, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", tmp_path / "none.csv",
+                             "--symbol", "X")
+    assert code == 2 and "does not exist" in err
+    code, _, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file, "--symbol", "X",
+                             "--timeframe", "soon")
+    assert code == 2 and "unknown timeframe" in err
+
+
+async def test_shared_windows_computed_once_and_resume(db, make_workspace, insert_runs, ohlcv_file) -> None:
+    ws = await make_workspace()
+    meta = {"symbol": "AAPL", "timeframe": "1h"}
+    rows = [run_row(ws, i, dataset_meta={**meta, "oos_start": iso(300), "oos_end": iso(1100 + (i % 5) * 100)})
+            for i in range(300)]
+    await insert_runs(rows)
+    data = load_ohlcv(ohlcv_file, symbol="AAPL")
+
+    class Crash(Exception):
+        pass
+
+    def crash(batch: int) -> None:
+        if batch == 2:
+            raise Crash
+
+    opts = RegimeOptions(workspace_id=ws, timeframe="1h", symbol="AAPL", limit=1000, batch_size=100)
+    with pytest.raises(Crash):
+        await backfill_regime(db, opts, data, 3600, after_batch=crash)
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE regime_oos IS NOT NULL") == 200
+    result = await backfill_regime(db, RegimeOptions(**{**opts.__dict__, "resume": True}), data, 3600)
+    assert result.totals.updated == 300 and result.totals.scanned == 300
+    assert await db.fetchval("SELECT count(DISTINCT regime_oos->>'ts_end') FROM backtest_runs") == 5
+
+
+async def test_guard_keeps_a_regime_written_meanwhile(db, make_workspace, insert_runs, ohlcv_file) -> None:
+    ws = await make_workspace()
+    rows = [run_row(ws, i, dataset_meta={"symbol": "AAPL", "oos_start": iso(300), "oos_end": iso(900)})
+            for i in range(3)]
+    await insert_runs(rows)
+    from app.services.kb.backfill.engine import EngineOptions, run_backfill
+    from app.services.kb.backfill.regime import RegimeJob
+
+    job = RegimeJob(RegimeOptions(workspace_id=ws, timeframe="1h", symbol="AAPL"), load_ohlcv(ohlcv_file), 3600, "x")
+    original = job.write
+
+    async def write(conn, passed, run_id):
+        await db.execute("UPDATE backtest_runs SET regime_oos = '{\"live\": true}' WHERE id = $1", rows[0]["id"])
+        return await original(conn, passed, run_id)
+
+    job.write = write  # type: ignore[method-assign]
+    result = await run_backfill(db, job, EngineOptions(workspace_id=ws, limit=10))
+    assert result.counters.updated == 2 and result.counters.changed_concurrently == 1
+    assert orjson.loads(await db.fetchval("SELECT regime_oos FROM backtest_runs WHERE id = $1", rows[0]["id"])) == {
+        "live": True}
+
+
+def test_python_dash_m_entry_point(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "app.services.kb.cli", "backfill-regime", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--ohlcv-file" in proc.stdout and "--timeframe" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "app.services.kb.cli", "backfill-candidacy", "--workspace-id", "x"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not a UUID" in proc.stderr and "Traceback" not in proc.stderr
