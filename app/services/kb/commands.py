@@ -12,7 +12,8 @@ import orjson
 
 from app.db.migrate import dump_schema, status
 from app.db.queries import q
-from app.errors import BadInput, KBError
+from app.errors import BadInput
+from app.services.kb import kb_commands
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy, explain_run
 from app.services.kb.backfill.engine import BackfillResult
 from app.services.kb.backfill.report import candidacy_report, result_json
@@ -160,20 +161,16 @@ async def cmd_backfill_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _not_yet(args: argparse.Namespace) -> int:
-    raise KBError(f"`kb {args.command}` is not available in this build")
-
-
 _HANDLERS = {
     "db": cmd_db,
     "backfill-candidacy": cmd_backfill_candidacy,
     "backfill-regime": cmd_backfill_regime,
     "backfill-undo": cmd_backfill_undo,
     "backfill-runs": cmd_backfill_runs,
-    "demo": _not_yet,
-    "seed": _not_yet,
-    "ingest": _not_yet,
-    "status": _not_yet,
-    "recommend": _not_yet,
-    "serve": _not_yet,
+    "demo": kb_commands.cmd_demo,
+    "seed": kb_commands.cmd_seed,
+    "ingest": kb_commands.cmd_ingest,
+    "status": kb_commands.cmd_status,
+    "recommend": kb_commands.cmd_recommend,
+    "serve": kb_commands.cmd_serve,
 }

@@ -23,7 +23,7 @@ def _updated(result: BackfillResult) -> str:
 def _reasons(counters: Counters, indent: str, width: int) -> list[str]:
     lines = []
     for reason, count in counters.reasons.most_common():
-        lines.append(f"{indent}{reason + ':':<{width}}{count}")
+        lines.append(f"{indent}{reason + ':':<{max(width, len(reason) + 2)}}{count}")
         examples = counters.examples.get(reason)
         if examples:
             lines.append(f"{indent}    e.g. {', '.join(examples)}")

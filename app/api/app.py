@@ -1,0 +1,177 @@
+"""FastAPI app: ingest, recommend, status, backfill runs, health.
+
+The database pool lives in the app's lifespan and reaches routes through `Depends`.
+With `KB_API_TOKEN` set every /kb route needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.db import Database
+from app.db.embedded import database_url
+from app.db.queries import q
+from app.errors import KBError, NotFound
+from app.services.kb.ingest import ingest, kb_status
+from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
+from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_regime_snapshot
+from app.services.kb.types import RegimeSnapshot, parse_regime_snapshot
+
+MAX_OHLCV_ROWS = 20_000
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workspace_id: uuid.UUID
+    since: datetime | None = None
+    dry_run: bool = False
+
+
+class Bar(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    timestamp: datetime
+    open: float | None = None
+    high: float = Field(gt=0)
+    low: float = Field(gt=0)
+    close: float = Field(gt=0)
+    volume: float | None = None
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workspace_id: uuid.UUID
+    strategy_name: str = Field(min_length=1, max_length=200)
+    regime: dict[str, Any] | None = None
+    ohlcv: list[Bar] | None = Field(default=None, max_length=MAX_OHLCV_ROWS)
+    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=32)
+    symbol: str | None = Field(default=None, max_length=64)
+    timeframe: str | None = Field(default=None, max_length=16)
+    top_k: int = Field(default=20, ge=1, le=1000)
+    min_sharpe: float | None = None
+    min_trades: int | None = Field(default=None, ge=0)
+    max_drawdown: float | None = Field(default=None, ge=0, le=1)
+
+
+def _token() -> str | None:
+    return os.environ.get("KB_API_TOKEN") or None
+
+
+async def require_token(request: Request) -> None:
+    token = _token()
+    if token is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HTTPException(status_code=401, detail="missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_cache(request: Request) -> TrialCache:
+    cache: TrialCache = request.app.state.cache
+    return cache
+
+
+DB = Annotated[Database, Depends(get_db)]
+
+
+def _regime_from_request(body: RecommendRequest) -> RegimeSnapshot | None:
+    if body.regime is not None:
+        snap = parse_regime_snapshot(body.regime)
+        if snap is None or any(v is None for v in snap.feature_vector()):
+            raise HTTPException(status_code=422, detail="regime must be a regime_v1 snapshot with every feature")
+        return snap
+    if body.ohlcv is not None:
+        if len(body.ohlcv) < MIN_EFFECTIVE_BARS:
+            raise HTTPException(status_code=422, detail=f"ohlcv needs at least {MIN_EFFECTIVE_BARS} bars")
+        frame = pd.DataFrame([b.model_dump() for b in body.ohlcv])
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+        frame = frame.sort_values("timestamp").drop_duplicates("timestamp", keep="last")
+        if (frame["high"] < frame["low"]).any() or not np.isfinite(frame[["high", "low", "close"]].to_numpy()).all():
+            raise HTTPException(status_code=422, detail="ohlcv has rows with high < low or non-finite prices")
+        return compute_regime_snapshot(frame, source="api", timeframe=body.timeframe, instrument=body.symbol)
+    return None
+
+
+def create_app(db: Database | None = None) -> FastAPI:
+    """The app; pass `db` to share an open Database (tests, embedding), else one is
+    opened from DATABASE_URL (or the embedded server) for the app's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = db is None
+        app.state.db = db or await Database(database_url(), max_size=8).open()
+        app.state.cache = TrialCache()
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.db.close()
+
+    app = FastAPI(title="trading-kb", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(KBError)
+    async def kb_error(_: Request, exc: KBError) -> JSONResponse:
+        code = 404 if isinstance(exc, NotFound) else 422 if exc.exit_code == 2 else 503
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+    @app.get("/healthz")
+    async def healthz(db: DB) -> dict[str, Any]:
+        await db.fetchval("SELECT 1")
+        return {"status": "ok"}
+
+    auth = [Depends(require_token)]
+
+    @app.post("/kb/trials/ingest", dependencies=auth)
+    async def ingest_route(body: IngestRequest, db: DB) -> dict[str, Any]:
+        result = await ingest(db, body.workspace_id, since=body.since, dry_run=body.dry_run)
+        return result.to_dict()
+
+    @app.post("/kb/trials/recommend", dependencies=auth)
+    async def recommend_route(body: RecommendRequest, db: DB,
+                              cache: Annotated[TrialCache, Depends(get_cache)]) -> JSONResponse:
+        if sum(x is not None for x in (body.regime, body.ohlcv, body.tags)) != 1:
+            raise HTTPException(status_code=422, detail="give exactly one of regime, ohlcv or tags")
+        regime = _regime_from_request(body)
+        result = await recommend(db, RecommendQuery(
+            workspace_id=body.workspace_id, strategy_name=body.strategy_name, regime=regime,
+            tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
+            min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown), cache)
+        return JSONResponse(content=orjson.loads(orjson.dumps(result)))
+
+    @app.get("/kb/status", dependencies=auth)
+    async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:
+        return await kb_status(db, workspace_id)
+
+    @app.get("/kb/backfill-runs", dependencies=auth)
+    async def backfill_runs(workspace_id: uuid.UUID, db: DB,
+                            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+        rows = await db.fetch(q("list_backfill_runs"), workspace_id, limit)
+        return [
+            {"id": str(r["id"]), "kind": r["kind"], "dry_run": r["dry_run"], "status": r["status"],
+             "config": orjson.loads(r["config"]), "counts": orjson.loads(r["counts"]),
+             "started_at": r["started_at"].isoformat(), "heartbeat_at": r["heartbeat_at"].isoformat(),
+             "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
+             "invocations": r["invocations"], "error": r["error"]}
+            for r in rows
+        ]
+
+    return app

@@ -1,0 +1,88 @@
+-- name: select_ingest_page
+SELECT id, created_at, strategy_name, experiment_type, kb_status, trade_count,
+       params::text AS params, dataset_meta::text AS dataset_meta, summary::text AS summary,
+       regime_oos::text AS regime_oos
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND kb_status IN ('candidate', 'promoted')
+  AND status IN ('completed', 'success')
+  AND (created_at, id) > ($2::timestamptz, $3::uuid)
+ORDER BY created_at, id
+LIMIT $4
+
+-- name: existing_trial_hashes
+SELECT source_run_id, content_hash, archived_at IS NOT NULL AS archived
+FROM kb_trials
+WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
+
+-- name: upsert_trials
+-- Inserts new trials, updates changed (or archived) ones; unchanged rows are skipped
+-- by the WHERE on the conflict branch and so are not returned.
+INSERT INTO kb_trials AS t (workspace_id, source_run_id, strategy_name, symbol, timeframe, experiment_type,
+                            params, sharpe, return_frac, max_dd_frac, win_rate, profit_factor, n_trades,
+                            regime_features, regime_tags, regime_ts_end, kb_status, content_hash)
+SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.experiment_type, u.params::jsonb, u.sharpe,
+       u.return_frac, u.max_dd_frac, u.win_rate, u.profit_factor, u.n_trades,
+       u.features::float8[], u.tags::text[], u.ts_end, u.kb_status, u.content_hash
+FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[],
+            $10::float8[], $11::float8[], $12::float8[], $13::int[], $14::text[], $15::text[], $16::timestamptz[],
+            $17::text[], $18::text[])
+     AS u(run_id, strategy, symbol, timeframe, experiment_type, params, sharpe, return_frac, max_dd_frac,
+          win_rate, profit_factor, n_trades, features, tags, ts_end, kb_status, content_hash)
+ON CONFLICT (workspace_id, source_run_id) DO UPDATE
+SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
+    experiment_type = EXCLUDED.experiment_type, params = EXCLUDED.params, sharpe = EXCLUDED.sharpe,
+    return_frac = EXCLUDED.return_frac, max_dd_frac = EXCLUDED.max_dd_frac, win_rate = EXCLUDED.win_rate,
+    profit_factor = EXCLUDED.profit_factor, n_trades = EXCLUDED.n_trades,
+    regime_features = EXCLUDED.regime_features, regime_tags = EXCLUDED.regime_tags,
+    regime_ts_end = EXCLUDED.regime_ts_end, kb_status = EXCLUDED.kb_status,
+    content_hash = EXCLUDED.content_hash, updated_at = now(), archived_at = NULL
+WHERE t.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR t.archived_at IS NOT NULL
+RETURNING (xmax = 0) AS inserted
+
+-- name: archive_stale_trials
+-- Trials whose run left the KB (rejected, undone, no longer completed).
+UPDATE kb_trials t
+SET archived_at = now(), updated_at = now()
+FROM backtest_runs r
+WHERE t.workspace_id = $1
+  AND t.archived_at IS NULL
+  AND r.id = t.source_run_id
+  AND (r.kb_status NOT IN ('candidate', 'promoted') OR r.status NOT IN ('completed', 'success'))
+
+-- name: count_stale_trials
+SELECT count(*)
+FROM kb_trials t JOIN backtest_runs r ON r.id = t.source_run_id
+WHERE t.workspace_id = $1 AND t.archived_at IS NULL
+  AND (r.kb_status NOT IN ('candidate', 'promoted') OR r.status NOT IN ('completed', 'success'))
+
+-- name: bump_trial_revision
+INSERT INTO kb_trial_revisions (workspace_id, revision, updated_at) VALUES ($1, 1, now())
+ON CONFLICT (workspace_id) DO UPDATE SET revision = kb_trial_revisions.revision + 1, updated_at = now()
+
+-- name: trial_revision
+SELECT revision FROM kb_trial_revisions WHERE workspace_id = $1
+
+-- name: load_trials
+SELECT id, source_run_id, symbol, timeframe, regime_features, regime_tags, sharpe, return_frac, max_dd_frac,
+       n_trades, kb_status, params::text AS params, win_rate, profit_factor
+FROM kb_trials
+WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL
+
+-- name: status_runs_by_kb_status
+SELECT kb_status, count(*) AS n, count(*) FILTER (WHERE regime_oos IS NOT NULL) AS with_regime
+FROM backtest_runs WHERE workspace_id = $1 GROUP BY kb_status
+
+-- name: status_eligible_by_strategy
+SELECT COALESCE(strategy_name, '(none)') AS strategy, count(*) AS n
+FROM backtest_runs
+WHERE workspace_id = $1 AND kb_status IN ('candidate', 'promoted') AND status IN ('completed', 'success')
+GROUP BY 1 ORDER BY 1
+
+-- name: status_trials_by_strategy
+SELECT strategy_name AS strategy, count(*) AS n
+FROM kb_trials WHERE workspace_id = $1 AND archived_at IS NULL
+GROUP BY 1 ORDER BY 1
+
+-- name: status_archived_trials
+SELECT count(*) FROM kb_trials WHERE workspace_id = $1 AND archived_at IS NOT NULL

@@ -1,0 +1,238 @@
+"""Ingest: candidate and promoted runs become KB trials; runs that left the KB are archived.
+
+Idempotent: each trial carries a hash of its content, so a rerun inserts what is new,
+updates what changed and skips the rest. Runs are read in keyset pages and written in
+set-based batches, one transaction each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.db import Database
+from app.db.queries import q
+from app.errors import NotFound
+from app.services.kb.backfill.engine import START_OF_TIME, ZERO_ID
+from app.services.kb.metrics import extract_metrics
+from app.services.kb.types import FEATURE_NAMES
+from app.services.kb.windows import BadTimestamp, parse_timestamp
+
+
+@dataclass
+class IngestResult:
+    workspace_id: uuid.UUID
+    dry_run: bool
+    scanned: int = 0
+    inserted: int = 0
+    updated: int = 0
+    skipped: int = 0
+    archived: int = 0
+    errors: int = 0
+    error_examples: dict[str, list[str]] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    run_id: uuid.UUID
+    strategy: str
+    symbol: str | None
+    timeframe: str | None
+    experiment_type: str | None
+    params: str
+    sharpe: float | None
+    return_frac: float | None
+    max_dd_frac: float | None
+    win_rate: float | None
+    profit_factor: float | None
+    n_trades: int
+    features: str | None
+    tags: str
+    ts_end: datetime | None
+    kb_status: str
+    content_hash: str
+
+
+def _obj(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _pg_array(values: Sequence[Any]) -> str:
+    """A Postgres array literal; tags are quoted, numbers printed exactly."""
+    items = []
+    for v in values:
+        if isinstance(v, str):
+            items.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            items.append(repr(float(v)))
+    return "{" + ",".join(items) + "}"
+
+
+# Keys that describe the data a run saw, not the strategy's parameters.
+DATASET_KEYS = frozenset({"oos_start", "oos_end", "date_min", "date_max", "start", "end", "oos_split",
+                          "oos_ratio", "is_start", "is_end", "symbol", "timeframe"})
+
+
+def _fraction(value: float | None) -> float | None:
+    # win rates arrive as 0.55 or 55; store fractions
+    if value is None:
+        return None
+    return value / 100.0 if value > 1.0 else value
+
+
+def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
+    extracted = extract_metrics(row["summary"], row["trade_count"])
+    if extracted.metrics is None:
+        return None, str(extracted.reason)
+    if not row["strategy_name"]:
+        return None, "missing_strategy"
+    meta = _obj(row["dataset_meta"])
+    regime = _obj(row["regime_oos"])
+    vector = [regime.get(name) for name in FEATURE_NAMES]
+    features = None
+    if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vector):
+        features = _pg_array(vector)
+    tags = sorted(str(t) for t in regime.get("regime_tags") or [] if isinstance(t, str))
+    ts_end = None
+    if regime.get("ts_end"):
+        try:
+            ts_end = parse_timestamp(regime["ts_end"])
+        except BadTimestamp:
+            ts_end = None
+    m = extracted.metrics
+    params = orjson.dumps({k: v for k, v in _obj(row["params"]).items() if k not in DATASET_KEYS},
+                          option=orjson.OPT_SORT_KEYS).decode()
+    symbol = meta.get("symbol") if isinstance(meta.get("symbol"), str) else None
+    timeframe = meta.get("timeframe") if isinstance(meta.get("timeframe"), str) else None
+    content = orjson.dumps(
+        [row["strategy_name"], symbol, timeframe, row["experiment_type"], params, m.sharpe_oos,
+         extracted.return_frac, m.max_dd_frac_oos, extracted.win_rate, extracted.profit_factor,
+         m.n_trades_oos, features, tags, regime.get("ts_end"), row["kb_status"]]
+    )
+    return TrialRow(
+        run_id=row["id"], strategy=row["strategy_name"], symbol=symbol, timeframe=timeframe,
+        experiment_type=row["experiment_type"], params=params, sharpe=m.sharpe_oos,
+        return_frac=extracted.return_frac, max_dd_frac=m.max_dd_frac_oos,
+        win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
+        n_trades=m.n_trades_oos, features=features, tags=_pg_array(tags), ts_end=ts_end,
+        kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32],
+    ), None
+
+
+async def _write(conn: asyncpg.Connection, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
+    cols = list(zip(*[(t.run_id, t.strategy, t.symbol, t.timeframe, t.experiment_type, t.params, t.sharpe,
+                       t.return_frac, t.max_dd_frac, t.win_rate, t.profit_factor, t.n_trades, t.features,
+                       t.tags, t.ts_end, t.kb_status, t.content_hash) for t in trials], strict=True))
+    rows = await conn.fetch(q("upsert_trials"), workspace_id, *[list(c) for c in cols])
+    inserted = sum(1 for r in rows if r["inserted"])
+    return inserted, len(rows) - inserted
+
+
+async def _preview(conn: asyncpg.Connection, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
+    existing = {r["source_run_id"]: r for r in await conn.fetch(
+        q("existing_trial_hashes"), workspace_id, [t.run_id for t in trials])}
+    inserted = sum(1 for t in trials if t.run_id not in existing)
+    updated = sum(1 for t in trials if t.run_id in existing and (
+        existing[t.run_id]["content_hash"] != t.content_hash or existing[t.run_id]["archived"]))
+    return inserted, updated
+
+
+async def ingest(
+    db: Database,
+    workspace_id: uuid.UUID,
+    *,
+    since: datetime | None = None,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestResult:
+    started = time.monotonic()
+    if not await db.fetchval(q("workspace_exists"), workspace_id):
+        raise NotFound(f"workspace {workspace_id} does not exist; check --workspace-id")
+    result = IngestResult(workspace_id, dry_run)
+    cursor = (since or START_OF_TIME, ZERO_ID)
+    async with db.acquire() as conn:
+        while True:
+            page = await conn.fetch(q("select_ingest_page"), workspace_id, cursor[0], cursor[1], batch_size)
+            if not page:
+                break
+            cursor = (page[-1]["created_at"], page[-1]["id"])
+            trials = []
+            for row in page:
+                trial, reason = trial_from_row(row)
+                if trial is None:
+                    result.errors += 1
+                    shown = result.error_examples.setdefault(str(reason), [])
+                    if len(shown) < 3:
+                        shown.append(str(row["id"]))
+                else:
+                    trials.append(trial)
+            result.scanned += len(page)
+            if trials:
+                if dry_run:
+                    inserted, updated = await _preview(conn, workspace_id, trials)
+                else:
+                    async with conn.transaction():
+                        inserted, updated = await _write(conn, workspace_id, trials)
+                        if inserted or updated:
+                            await conn.execute(q("bump_trial_revision"), workspace_id)
+                result.inserted += inserted
+                result.updated += updated
+                result.skipped += len(trials) - inserted - updated
+            if progress is not None:
+                progress(result.scanned, result.scanned)
+        if dry_run:
+            result.archived = int(await conn.fetchval(q("count_stale_trials"), workspace_id))
+        else:
+            async with conn.transaction():
+                status = await conn.execute(q("archive_stale_trials"), workspace_id)
+                result.archived = int(status.rsplit(" ", 1)[-1])
+                if result.archived:
+                    await conn.execute(q("bump_trial_revision"), workspace_id)
+    result.elapsed_s = time.monotonic() - started
+    return result
+
+
+async def kb_status(db: Database, workspace_id: uuid.UUID, recent_backfills: int = 5) -> dict[str, Any]:
+    """Runs by kb_status, eligible runs and active trials (also per strategy), recent backfills."""
+    if not await db.fetchval(q("workspace_exists"), workspace_id):
+        raise NotFound(f"workspace {workspace_id} does not exist; check --workspace-id")
+    by_status = {r["kb_status"]: r for r in await db.fetch(q("status_runs_by_kb_status"), workspace_id)}
+    eligible = {r["strategy"]: r["n"] for r in await db.fetch(q("status_eligible_by_strategy"), workspace_id)}
+    trials = {r["strategy"]: r["n"] for r in await db.fetch(q("status_trials_by_strategy"), workspace_id)}
+    backfills = await db.fetch(q("list_backfill_runs"), workspace_id, recent_backfills)
+    return {
+        "workspace_id": str(workspace_id),
+        "runs_by_kb_status": {k: int(by_status[k]["n"]) if k in by_status else 0
+                              for k in ("excluded", "candidate", "promoted", "rejected")},
+        "runs_with_regime_oos": sum(int(r["with_regime"]) for r in by_status.values()),
+        "eligible": sum(eligible.values()),
+        "eligible_by_strategy": eligible,
+        "active_trials": sum(trials.values()),
+        "active_trials_by_strategy": trials,
+        "archived_trials": int(await db.fetchval(q("status_archived_trials"), workspace_id)),
+        "recent_backfills": [
+            {"id": str(b["id"]), "kind": b["kind"], "dry_run": b["dry_run"], "status": b["status"],
+             "started_at": b["started_at"].isoformat(), "counts": orjson.loads(b["counts"])}
+            for b in backfills
+        ],
+    }

@@ -1,0 +1,292 @@
+"""recommend(): parameters for a strategy in a given market regime, from the KB's trials.
+
+Trials are ranked by the distance between robustly standardized regime feature vectors
+(median / IQR per feature over the workspace's trials of that strategy), blended with
+tag overlap and OOS quality. Parameters are aggregated over the top trials: weighted
+median for numbers, weighted mode otherwise. The trial matrix is cached per workspace
+and strategy and reloaded when an ingest bumps the workspace's revision.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.db import Database
+from app.db.queries import q
+from app.services.kb.types import FEATURE_NAMES, RegimeSnapshot
+
+W_FEATURES, W_TAGS, W_QUALITY = 0.6, 0.25, 0.15
+OOD_DISTANCE = 3.0  # robust units (IQR-scaled, RMS over features) to the nearest trial
+OK_SUPPORT = 10
+MIN_SUPPORT = 3
+_CACHE_ENTRIES = 32
+# The smallest spread per feature that counts as a real difference between regimes
+# (FEATURE_NAMES order). Without it a small, tight cluster of trials has a near-zero
+# IQR and every other regime looks infinitely far away.
+MIN_SCALE = np.array([0.001, 5.0, 0.005, 0.001, 0.01, 0.5, 0.1, 0.5, 0.1, 0.02])
+
+
+@dataclass
+class TrialMatrix:
+    revision: int
+    trial_ids: list[uuid.UUID]
+    run_ids: list[uuid.UUID]
+    features: np.ndarray  # n x d, NaN where a trial has no regime
+    has_features: np.ndarray
+    tags: list[frozenset[str]]
+    sharpe: np.ndarray
+    return_frac: np.ndarray
+    max_dd: np.ndarray
+    n_trades: np.ndarray
+    promoted: np.ndarray
+    symbol: np.ndarray
+    timeframe: np.ndarray
+    params: list[str]
+    center: np.ndarray
+    scale: np.ndarray
+    quality: np.ndarray
+
+
+def _robust_scale(features: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = features.shape[1]
+    if not has.any():
+        return np.zeros(d), MIN_SCALE.copy()
+    x = features[has]
+    center = np.median(x, axis=0)
+    q75, q25 = np.percentile(x, [75, 25], axis=0)
+    scale = (q75 - q25) / 1.349
+    fallback = x.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, fallback)
+    return center, np.maximum(scale, MIN_SCALE)
+
+
+def _quality(sharpe: np.ndarray, max_dd: np.ndarray) -> np.ndarray:
+    s = np.clip(np.nan_to_num(sharpe, nan=0.0) / 3.0, 0.0, 1.0)
+    dd = 1.0 - np.clip(np.nan_to_num(max_dd, nan=0.25) / 0.5, 0.0, 1.0)
+    return 0.7 * s + 0.3 * dd
+
+
+class TrialCache:
+    """Trial matrices per (workspace, strategy), valid for one KB revision."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[uuid.UUID, str], TrialMatrix] = OrderedDict()
+
+    async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str) -> TrialMatrix:
+        revision = int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
+        key = (workspace_id, strategy)
+        hit = self._entries.get(key)
+        if hit is not None and hit.revision == revision:
+            self._entries.move_to_end(key)
+            return hit
+        rows = await db.fetch(q("load_trials"), workspace_id, strategy)
+        n, d = len(rows), len(FEATURE_NAMES)
+        feats = np.full((n, d), np.nan)
+        for i, r in enumerate(rows):
+            if r["regime_features"] is not None and len(r["regime_features"]) == d:
+                feats[i] = r["regime_features"]
+        has = ~np.isnan(feats).any(axis=1)
+        col = lambda name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)  # noqa: E731
+        sharpe, max_dd = col("sharpe"), col("max_dd_frac")
+        center, scale = _robust_scale(feats, has)
+        matrix = TrialMatrix(
+            revision=revision,
+            trial_ids=[r["id"] for r in rows],
+            run_ids=[r["source_run_id"] for r in rows],
+            features=feats, has_features=has,
+            tags=[frozenset(r["regime_tags"] or ()) for r in rows],
+            sharpe=sharpe, return_frac=col("return_frac"), max_dd=max_dd, n_trades=col("n_trades"),
+            promoted=np.array([r["kb_status"] == "promoted" for r in rows], dtype=bool),
+            symbol=np.array([r["symbol"] or "" for r in rows], dtype=object),
+            timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
+            params=[r["params"] for r in rows],
+            center=center, scale=scale, quality=_quality(sharpe, max_dd),
+        )
+        self._entries[key] = matrix
+        while len(self._entries) > _CACHE_ENTRIES:
+            self._entries.popitem(last=False)
+        return matrix
+
+
+DEFAULT_CACHE = TrialCache()
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    workspace_id: uuid.UUID
+    strategy_name: str
+    regime: RegimeSnapshot | None = None
+    tags: tuple[str, ...] = ()
+    symbol: str | None = None
+    timeframe: str | None = None
+    top_k: int = 20
+    min_sharpe: float | None = None
+    min_trades: int | None = None
+    max_drawdown: float | None = None
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    cum = np.cumsum(w)
+    return float(v[np.searchsorted(cum, cum[-1] / 2.0)])
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, p: float) -> float:
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    cum = np.cumsum(w)
+    return float(v[min(np.searchsorted(cum, cum[-1] * p), len(v) - 1)])
+
+
+def aggregate_params(params: list[dict[str, Any]], weights: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Weighted median (numbers; integers stay integers) or weighted mode (anything else),
+    with a spread per parameter: relative IQR for numbers, 1 - agreement otherwise."""
+    keys = sorted({k for p in params for k in p})
+    chosen: dict[str, Any] = {}
+    spread: dict[str, Any] = {}
+    for key in keys:
+        present = [(p[key], w) for p, w in zip(params, weights, strict=True) if key in p]
+        vals = [v for v, _ in present]
+        ws = np.array([w for _, w in present], dtype=float)
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vals)
+        if numeric and vals:
+            arr = np.array(vals, dtype=float)
+            med = _weighted_median(arr, ws)
+            iqr = _weighted_quantile(arr, ws, 0.75) - _weighted_quantile(arr, ws, 0.25)
+            chosen[key] = int(med) if all(isinstance(v, int) for v in vals) else med
+            spread[key] = {"iqr": iqr, "relative": iqr / abs(med) if med else float(iqr > 0)}
+        else:
+            tally: dict[str, tuple[Any, float]] = {}
+            for v, w in present:
+                k = orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+                tally[k] = (v, tally.get(k, (v, 0.0))[1] + w)
+            best_key = max(sorted(tally), key=lambda k: tally[k][1])
+            chosen[key] = tally[best_key][0]
+            agreement = tally[best_key][1] / ws.sum() if ws.sum() > 0 else 0.0
+            spread[key] = {"agreement": agreement, "relative": 1.0 - agreement}
+    return chosen, spread
+
+
+async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | None = None) -> dict[str, Any]:
+    matrix = await (cache or DEFAULT_CACHE).get(db, query.workspace_id, query.strategy_name)
+    reasons: list[str] = []
+    actions: list[str] = []
+    query_tags = frozenset(query.regime.regime_tags if query.regime is not None else query.tags)
+    n = len(matrix.trial_ids)
+    base = np.ones(n, dtype=bool)
+    if query.min_sharpe is not None:
+        base &= np.nan_to_num(matrix.sharpe, nan=-np.inf) >= query.min_sharpe
+    if query.min_trades is not None:
+        base &= np.nan_to_num(matrix.n_trades, nan=0) >= query.min_trades
+    if query.max_drawdown is not None:
+        base &= np.nan_to_num(matrix.max_dd, nan=0) <= query.max_drawdown
+    mask = base.copy()
+    if query.symbol:
+        mask &= matrix.symbol == query.symbol.upper()
+    if query.timeframe:
+        mask &= matrix.timeframe == query.timeframe
+    relaxed = False
+    if mask.sum() < MIN_SUPPORT and (query.symbol or query.timeframe) and base.sum() > mask.sum():
+        mask, relaxed = base, True
+        reasons.append("filters_relaxed")
+    qvec = None
+    if query.regime is not None:
+        vec = query.regime.feature_vector()
+        if all(v is not None for v in vec):
+            qvec = (np.array(vec, dtype=float) - matrix.center) / matrix.scale
+    if qvec is not None:
+        mask &= matrix.has_features
+    idx = np.flatnonzero(mask)
+    considered = int(len(idx))
+    result: dict[str, Any] = {
+        "status": "none", "confidence": 0.0, "params": {}, "param_spread": {}, "considered": considered,
+        "supporting_trials": [], "reasons": reasons, "suggested_actions": actions,
+        "query": {"strategy_name": query.strategy_name, "tags": sorted(query_tags),
+                  "features": None if query.regime is None else dict(zip(FEATURE_NAMES, query.regime.feature_vector(),
+                                                                         strict=True))},
+    }
+    if considered == 0:
+        reasons.append("no_trials")
+        actions += ["run backfill-regime and backfill-candidacy, then kb ingest",
+                    f"check the strategy name {query.strategy_name!r}"]
+        return result
+    tag_sim = np.array([len(query_tags & matrix.tags[i]) / max(len(query_tags | matrix.tags[i]), 1) for i in idx])
+    quality = matrix.quality[idx]
+    if qvec is not None:
+        diff = (matrix.features[idx] - matrix.center) / matrix.scale - qvec
+        dist = np.sqrt((diff * diff).mean(axis=1))
+        feat_sim = 1.0 / (1.0 + dist)
+        score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * quality
+        nearest = float(dist.min())
+        if nearest > OOD_DISTANCE:
+            reasons.append("out_of_distribution")
+            actions.append("the KB has no trials from a regime like this one: backfill older data or wait for "
+                           "runs in this regime")
+            result["nearest_distance"] = nearest
+            return result
+    else:
+        dist = None
+        feat_sim = tag_sim
+        score = (W_TAGS + W_FEATURES) * tag_sim + W_QUALITY * quality
+    score = score + 1e-9 * matrix.promoted[idx]  # promoted trials win ties
+    k = min(query.top_k, len(idx))
+    top = np.argpartition(-score, k - 1)[:k]
+    top = top[np.argsort(-score[top], kind="stable")]
+    chosen_params = [orjson.loads(matrix.params[idx[j]]) for j in top]
+    weights = np.maximum(score[top], 1e-9)
+    params, spread = aggregate_params(chosen_params, weights)
+    support = len(top)
+    if support >= OK_SUPPORT and not relaxed:
+        status = "ok"
+    elif support >= MIN_SUPPORT:
+        status = "degraded"
+        if support < OK_SUPPORT:
+            reasons.append("few_supporting_trials")
+            actions.append("backfill more runs of this strategy to reach 10 supporting trials")
+    else:
+        status = "none"
+        reasons.append("insufficient_support")
+        actions.append("backfill more runs of this strategy")
+    rel = [min(float(s["relative"]), 1.0) for s in spread.values()]
+    agreement = 1.0 - (float(np.mean(rel)) if rel else 0.0)
+    closeness = float(np.mean(feat_sim[top]))
+    confidence = min(1.0, support / OK_SUPPORT) * (0.5 + 0.5 * agreement) * closeness
+    if relaxed:
+        confidence *= 0.8
+    result.update(
+        status=status,
+        confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4) if status != "none" else 0.0,
+        params=params if status != "none" else {},
+        param_spread=spread,
+        supporting_trials=[
+            {
+                "trial_id": str(matrix.trial_ids[idx[j]]),
+                "run_id": str(matrix.run_ids[idx[j]]),
+                "similarity": round(float(feat_sim[j]), 4),
+                "tag_overlap": round(float(tag_sim[j]), 4),
+                "distance": None if dist is None else round(float(dist[j]), 4),
+                "score": round(float(score[j]), 4),
+                "params": p,
+                "sharpe": _num(matrix.sharpe[idx[j]]),
+                "return_frac": _num(matrix.return_frac[idx[j]]),
+                "max_dd_frac": _num(matrix.max_dd[idx[j]]),
+                "n_trades": None if math.isnan(matrix.n_trades[idx[j]]) else int(matrix.n_trades[idx[j]]),
+                "kb_status": "promoted" if matrix.promoted[idx[j]] else "candidate",
+                "regime_tags": sorted(matrix.tags[idx[j]]),
+            }
+            for j, p in zip(top, chosen_params, strict=True)
+        ],
+    )
+    return result
+
+
+def _num(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)

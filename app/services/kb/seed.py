@@ -1,0 +1,83 @@
+"""Bulk synthetic runs loaded with COPY, for benchmarks and scale checks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from app.db import Database
+
+_COLUMNS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type",
+            "params", "dataset_meta", "summary", "trade_count", "kb_status")
+_STRATEGIES = ("mean_rev", "breakout", "trend_follow")
+_CHUNK = 50_000
+SEED_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Generator,
+             eligible_share: float) -> list[tuple[object, ...]]:
+    eligible = rng.random(count) < eligible_share
+    # Ineligible rows fail one gate each, spread over the reasons.
+    failure = rng.integers(0, 3, count)
+    trades = np.where(eligible | (failure != 0), rng.integers(5, 200, count), rng.integers(0, 5, count))
+    dd = np.where(eligible | (failure != 1), rng.uniform(1, 25, count), rng.uniform(25.5, 80, count))
+    sharpe = np.where(eligible | (failure != 2), rng.uniform(0.1, 3, count), rng.uniform(-2, 0.09, count))
+    ret = rng.normal(5, 10, count)
+    lookback = rng.integers(5, 100, count)
+    z = rng.uniform(0.5, 3, count)
+    strategy = rng.integers(0, len(_STRATEGIES), count)
+    oos_start = rng.integers(0, 300, count)
+    oos_len = rng.integers(20, 120, count)
+    base_ms = int(SEED_EPOCH.timestamp() * 1000)
+    ids = rng.integers(0, 2**63, size=(count, 2), dtype=np.int64).astype(np.uint64)
+    out = []
+    for i in range(count):
+        n = start + i
+        day0 = oos_start[i]
+        out.append((
+            uuid.UUID(int=(int(ids[i, 0]) << 64) | int(ids[i, 1]), version=4),
+            workspace_id,
+            SEED_EPOCH + timedelta(seconds=n),
+            "test_variant",
+            "completed",
+            _STRATEGIES[strategy[i]],
+            None,
+            f'{{"lookback": {lookback[i]}, "z_entry": {z[i]:.3f}}}',
+            f'{{"symbol": "SYM{strategy[i]}", "timeframe": "1d", "oos_start": {base_ms + int(day0) * 86_400_000},'
+            f' "oos_end": {base_ms + int(day0 + oos_len[i]) * 86_400_000}}}',
+            f'{{"trades": {trades[i]}, "sharpe": {sharpe[i]:.4f}, "max_drawdown_pct": -{dd[i]:.3f},'
+            f' "return_pct": {ret[i]:.3f}}}',
+            None,
+            "excluded",
+        ))
+    return out
+
+
+async def seed_runs(
+    db: Database,
+    workspace_id: uuid.UUID,
+    runs: int,
+    *,
+    seed: int = 1,
+    eligible_share: float = 0.3,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Insert `runs` synthetic completed test variants with COPY; returns the count."""
+    rng = np.random.default_rng(seed)
+    async with db.acquire() as conn:
+        await conn.execute("INSERT INTO workspaces (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                           workspace_id, f"seed {workspace_id}")
+        start = int(await conn.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1",
+                                        workspace_id))
+        done = 0
+        while done < runs:
+            count = min(_CHUNK, runs - done)
+            records = _records(workspace_id, start + done, count, rng, eligible_share)
+            await conn.copy_records_to_table("backtest_runs", records=records, columns=_COLUMNS)
+            done += count
+            if progress is not None:
+                progress(done, runs)
+    return done

@@ -1,0 +1,228 @@
+"""Ingest, status, recommend and the HTTP API against PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from app.api.app import create_app
+from app.services.kb.ingest import ingest, kb_status
+from app.services.kb.recommend import RecommendQuery, TrialCache, aggregate_params, recommend
+from app.services.kb.regime import compute_regime_snapshot
+from tests.conftest import run_row
+from tests.integration.test_backfill_regime import START, iso, up_then_down
+
+
+def trend_snapshot(direction: int, noise: float = 0.0, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.arange(200) * 0.002 * direction + rng.normal(0, noise + 1e-4, 200))
+    ts = pd.date_range("2024-01-01", periods=200, freq="h", tz="UTC")
+    df = pd.DataFrame({"timestamp": ts, "high": close * 1.002, "low": close * 0.998, "close": close})
+    return compute_regime_snapshot(df, source="test", timeframe="1h").to_dict()
+
+
+async def test_end_to_end_backfills_grow_trials_and_support(cli, db, make_workspace, insert_runs, tmp_path):
+    """Candidates exist only after backfill-regime then backfill-candidacy --require-regime."""
+    path = tmp_path / "aapl.csv"
+    up_then_down().to_csv(path, index=False)
+    ws = await make_workspace()
+    rows = [run_row(ws, i, strategy_name="trend",
+                    params={"fast": 5 + i % 7, "slow": 50},
+                    dataset_meta={"symbol": "AAPL", "timeframe": "1h", "oos_start": iso(200 + i * 10),
+                                  "oos_end": iso(700 + i * 10)}) for i in range(30)]
+    # five runs already in the KB before the backfill
+    rows += [run_row(ws, 100 + i, strategy_name="trend", kb_status="candidate", params={"fast": 9, "slow": 60},
+                     regime_oos=trend_snapshot(1, seed=i)) for i in range(5)]
+    await insert_runs(rows)
+    query = RecommendQuery(ws, "trend", regime=compute_regime_snapshot(up_then_down().iloc[300:700]), top_k=50)
+    cache = TrialCache()
+    await ingest(db, ws)
+    a = (await kb_status(db, ws))["active_trials"]
+    before = await recommend(db, query, cache)
+    code, _, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol", "AAPL",
+                             "--timeframe", "1h")
+    assert code == 0, err
+    code, out, _ = await cli("backfill-candidacy", "--workspace-id", ws, "--require-regime", "--json")
+    assert orjson.loads(out)["updated"] == 30
+    status = await kb_status(db, ws)
+    assert status["eligible"] == 35 and status["active_trials"] == a == 5  # the plan's "KB trial count" rose
+    code, out, _ = await cli("ingest", "--workspace-id", ws, "--json")
+    assert code == 0 and orjson.loads(out)["inserted"] == 30
+    code, out, _ = await cli("status", "--workspace-id", ws, "--json")
+    b = orjson.loads(out)["active_trials"]
+    assert b == 35 > a
+    assert set(orjson.loads(out)) >= {"runs_by_kb_status", "eligible", "active_trials"}
+    after = await recommend(db, query, cache)
+    assert len(after["supporting_trials"]) > len(before["supporting_trials"])
+    assert after["status"] == "ok" and before["status"] in ("none", "degraded")
+
+
+async def test_ingest_is_idempotent_and_archives_rejected(db, make_workspace, insert_runs):
+    ws = await make_workspace()
+    rows = [run_row(ws, i, kb_status="candidate", regime_oos=trend_snapshot(1, seed=i),
+                    params={"fast": i, "oos_ratio": 0.3}) for i in range(12)]
+    rows.append(run_row(ws, 50, kb_status="promoted", summary='"broken"'))
+    await insert_runs(rows)
+    first = await ingest(db, ws)
+    assert (first.inserted, first.updated, first.skipped, first.errors) == (12, 0, 0, 1)
+    assert first.error_examples == {"invalid_summary": [str(rows[-1]["id"])]}
+    again = await ingest(db, ws)
+    assert (again.inserted, again.updated, again.skipped, again.archived) == (0, 0, 12, 0)
+    dry = await ingest(db, ws, dry_run=True)
+    assert (dry.inserted, dry.updated) == (0, 0)
+    trial = await db.fetchrow("SELECT * FROM kb_trials WHERE source_run_id = $1", rows[0]["id"])
+    assert orjson.loads(trial["params"]) == {"fast": 0}  # the window key is not a strategy parameter
+    assert trial["max_dd_frac"] == pytest.approx(0.12) and trial["return_frac"] == pytest.approx(0.08)
+    assert len(trial["regime_features"]) == 10 and "uptrend" in trial["regime_tags"]
+    await db.execute("UPDATE backtest_runs SET kb_status = 'rejected' WHERE id = $1", rows[1]["id"])
+    await db.execute("UPDATE backtest_runs SET kb_status = 'promoted' WHERE id = $1", rows[2]["id"])
+    assert (await ingest(db, ws, dry_run=True)).archived == 1
+    third = await ingest(db, ws)
+    assert (third.updated, third.archived, third.skipped) == (1, 1, 10)
+    assert (await kb_status(db, ws))["active_trials"] == 11
+
+
+async def test_recommend_prefers_the_nearest_regime(db, make_workspace, insert_runs):
+    ws = await make_workspace()
+    ups = [run_row(ws, i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(1, 0.002, i),
+                   params={"fast": 10, "mode": "long"}) for i in range(12)]
+    downs = [run_row(ws, 100 + i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(-1, 0.002, i),
+                     params={"fast": 30, "mode": "short"}) for i in range(12)]
+    await insert_runs(ups + downs)
+    await ingest(db, ws)
+    query = RecommendQuery(ws, "s", regime=compute_regime_snapshot(pd.DataFrame(trend_snapshot_frame(1))), top_k=10)
+    result = await recommend(db, query)
+    up_ids = {str(r["id"]) for r in ups}
+    assert result["status"] == "ok" and result["considered"] == 24
+    assert {t["run_id"] for t in result["supporting_trials"]} <= up_ids
+    assert result["params"] == {"fast": 10, "mode": "long"}
+    assert isinstance(result["params"]["fast"], int)
+    assert 0 < result["confidence"] <= 1
+    by_tags = await recommend(db, RecommendQuery(ws, "s", tags=("downtrend",), top_k=5))
+    assert by_tags["params"]["mode"] == "short"
+
+
+def trend_snapshot_frame(direction: int) -> dict:
+    close = 100 * np.exp(np.arange(200) * 0.002 * direction)
+    return {"timestamp": pd.date_range("2024-03-01", periods=200, freq="h", tz="UTC"),
+            "high": close * 1.002, "low": close * 0.998, "close": close}
+
+
+async def test_statuses_relaxation_and_abstention(db, make_workspace, insert_runs):
+    ws = await make_workspace()
+    rows = [run_row(ws, i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(1, 0.002, i),
+                    dataset_meta={"symbol": "AAPL", "timeframe": "1h"}) for i in range(5)]
+    await insert_runs(rows)
+    await ingest(db, ws)
+    up = compute_regime_snapshot(pd.DataFrame(trend_snapshot_frame(1)))
+    few = await recommend(db, RecommendQuery(ws, "s", regime=up))
+    assert few["status"] == "degraded" and "few_supporting_trials" in few["reasons"]
+    relaxed = await recommend(db, RecommendQuery(ws, "s", regime=up, symbol="MSFT"))
+    assert relaxed["status"] == "degraded" and "filters_relaxed" in relaxed["reasons"]
+    none = await recommend(db, RecommendQuery(ws, "unknown", regime=up))
+    assert none["status"] == "none" and "no_trials" in none["reasons"] and none["suggested_actions"]
+    wild = compute_regime_snapshot(pd.DataFrame(crash_frame()))
+    far = await recommend(db, RecommendQuery(ws, "s", regime=wild))
+    assert far["status"] == "none" and "out_of_distribution" in far["reasons"] and far["params"] == {}
+
+
+def crash_frame() -> dict:
+    rng = np.random.default_rng(1)
+    close = 100 * np.exp(np.cumsum(rng.normal(-0.01, 0.08, 200)))
+    return {"timestamp": pd.date_range("2024-03-01", periods=200, freq="h", tz="UTC"),
+            "high": close * 1.2, "low": close * 0.8, "close": close}
+
+
+def test_aggregate_params_weighted() -> None:
+    params = [{"n": 10, "x": 1.5, "mode": "a"}, {"n": 20, "x": 2.5, "mode": "b"}, {"n": 30, "x": 3.5, "mode": "b"}]
+    chosen, spread = aggregate_params(params, np.array([5.0, 1.0, 1.0]))
+    assert chosen == {"n": 10, "x": 1.5, "mode": "a"}
+    chosen, spread = aggregate_params(params, np.array([1.0, 1.0, 1.0]))
+    assert chosen == {"n": 20, "x": 2.5, "mode": "b"} and spread["mode"]["agreement"] == pytest.approx(2 / 3)
+
+
+@pytest.fixture
+async def api(db, monkeypatch):
+    monkeypatch.setenv("KB_API_TOKEN", "s3cret")
+    app = create_app(db)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+async def test_api_auth_validation_and_isolation(api, db, make_workspace, insert_runs):
+    ws, other = await make_workspace(), await make_workspace("other")
+    await insert_runs([run_row(ws, i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(1, 0.002, i))
+                       for i in range(12)])
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.get(f"/kb/status?workspace_id={ws}")).status_code == 401
+    assert (await api.get(f"/kb/status?workspace_id={ws}", headers={"Authorization": "Bearer nope"})).status_code == 401
+    r = await api.post("/kb/trials/ingest", json={"workspace_id": str(ws)}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["inserted"] == 12
+    body = {"workspace_id": str(ws), "strategy_name": "s", "tags": ["uptrend"], "top_k": 5}
+    r = await api.post("/kb/trials/recommend", json=body, headers=AUTH)
+    assert r.status_code == 200 and r.json()["status"] == "degraded" and len(r.json()["supporting_trials"]) == 5
+    assert set(r.json()) >= {"status", "confidence", "params", "considered", "supporting_trials", "reasons"}
+    bars = [{"timestamp": (START + timedelta(hours=i)).isoformat(), "high": 101 + i * 0.2, "low": 99 + i * 0.2,
+             "close": 100 + i * 0.2} for i in range(120)]
+    r = await api.post("/kb/trials/recommend", json={**body, "tags": None, "ohlcv": bars}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["query"]["features"]["trend_strength"] > 0.9
+    # another workspace's data is not reachable by naming the strategy
+    r = await api.post("/kb/trials/recommend", json={**body, "workspace_id": str(other)}, headers=AUTH)
+    assert r.json()["considered"] == 0 and r.json()["supporting_trials"] == []
+    assert (await api.get(f"/kb/status?workspace_id={other}", headers=AUTH)).json()["active_trials"] == 0
+    for bad in [
+        {**body, "workspace_id": "not-a-uuid"},
+        {**body, "top_k": 0},
+        {**body, "top_k": "many"},
+        {**body, "regime": {"rsi": 50}, "tags": None},
+        {**body, "ohlcv": bars},  # two regime inputs
+        {**body, "strategy_name": ""},
+        {**body, "unexpected": 1},
+        {**body, "tags": None, "ohlcv": bars[:10]},
+        {**body, "strategy_name": "s'; DROP TABLE kb_trials; --"},
+    ]:
+        r = await api.post("/kb/trials/recommend", json=bad, headers=AUTH)
+        if bad.get("strategy_name", "").startswith("s'"):
+            assert r.status_code == 200 and r.json()["status"] == "none"
+        else:
+            assert r.status_code == 422, bad
+    assert await db.fetchval("SELECT count(*) FROM kb_trials") == 12
+    r = await api.post("/kb/trials/recommend", content=b"x" * 100, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422
+    r = await api.get(f"/kb/status?workspace_id={uuid.uuid4()}", headers=AUTH)
+    assert r.status_code == 404
+    assert (await api.get(f"/kb/backfill-runs?workspace_id={ws}", headers=AUTH)).json() == []
+    assert "/kb/trials/recommend" in (await api.get("/openapi.json")).json()["paths"]
+
+
+async def test_serve_refuses_open_bind_without_token(cli, monkeypatch):
+    monkeypatch.delenv("KB_API_TOKEN", raising=False)
+    code, _, err = await cli("serve", "--host", "0.0.0.0")
+    assert code == 2 and "refusing to listen" in err
+
+
+async def test_recommend_cli(cli, db, make_workspace, insert_runs, tmp_path):
+    ws = await make_workspace()
+    await insert_runs([run_row(ws, i, strategy_name="s", kb_status="candidate",
+                               regime_oos=trend_snapshot(1, 0.002, i)) for i in range(12)])
+    await cli("ingest", "--workspace-id", ws)
+    path = tmp_path / "up.csv"
+    pd.DataFrame(trend_snapshot_frame(1)).to_csv(path, index=False)
+    code, out, _ = await cli("recommend", "--workspace-id", ws, "--strategy", "s", "--ohlcv-file", path,
+                             "--symbol", "AAPL", "--json")
+    assert code == 0 and orjson.loads(out)["status"] == "ok"
+    code, out, _ = await cli("recommend", "--workspace-id", ws, "--strategy", "s", "--tags", "uptrend")
+    assert code == 0 and "RECOMMENDATION" in out and "Status:         degraded" not in out
+    code, _, err = await cli("recommend", "--workspace-id", ws, "--strategy", "s")
+    assert code == 2 and "--ohlcv-file or as --tags" in err
