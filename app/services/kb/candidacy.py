@@ -31,7 +31,7 @@ class CandidacyConfig:
     min_sharpe: float = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VariantMetricsForCandidacy:
     """OOS metrics of one variant. Drawdown is a fraction (0.12 means 12%)."""
 
@@ -52,7 +52,7 @@ class GateCheck:
     note: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CandidacyDecision:
     eligible: bool
     reason: str
@@ -60,7 +60,7 @@ class CandidacyDecision:
 
 
 def _finite(value: float | None) -> bool:
-    return value is None or math.isfinite(value)
+    return value is None or value - value == 0.0
 
 
 def evaluate_gates(
@@ -69,7 +69,7 @@ def evaluate_gates(
     experiment_type: str | None,
     config: CandidacyConfig,
 ) -> list[GateCheck]:
-    """Every gate in order with its outcome; `is_candidate` takes the first failure."""
+    """Every gate in order with its outcome (for `--explain`)."""
     exp = (experiment_type or "").strip().lower()
     dd = metrics.max_dd_frac_oos
     checks = [
@@ -96,17 +96,6 @@ def evaluate_gates(
     return checks
 
 
-_REASON_BY_GATE = {
-    "experiment_type": UNKNOWN_EXPERIMENT_TYPE,
-    "not_manual": MANUAL_EXCLUDED,
-    "regime_oos": MISSING_REGIME,
-    "min_trades": INSUFFICIENT_TRADES,
-    "max_drawdown": DD_TOO_HIGH,
-    "max_overfit_gap": OVERFIT_TOO_HIGH,
-    "min_sharpe": SHARPE_TOO_LOW,
-}
-
-
 def is_candidate(
     metrics: VariantMetricsForCandidacy,
     regime_oos: object | None = None,
@@ -117,14 +106,38 @@ def is_candidate(
 
     `regime_oos` is the run's OOS regime snapshot; the gate only asks whether one is
     present, so any non-None value counts. Checks run in the spec's order and the first
-    failure is the reason. Non-finite metrics never pass.
+    failure is the reason. Non-finite metrics never pass. `evaluate_gates` gives the
+    same verdicts gate by gate, for explanations.
     """
     cfg = config or CandidacyConfig()
-    values = (metrics.max_dd_frac_oos, metrics.sharpe_oos, metrics.overfit_gap)
-    if not all(_finite(v) for v in values) or metrics.n_trades_oos < 0:
+    dd, sharpe, gap = metrics.max_dd_frac_oos, metrics.sharpe_oos, metrics.overfit_gap
+    if not (_finite(dd) and _finite(sharpe) and _finite(gap)) or metrics.n_trades_oos < 0:
         return CandidacyDecision(False, INVALID_METRICS)
-    checks = evaluate_gates(metrics, regime_oos, experiment_type, cfg)
-    for check in checks:
-        if check.passed is False:
-            return CandidacyDecision(False, _REASON_BY_GATE[check.gate], tuple(checks))
-    return CandidacyDecision(True, PASSED, tuple(checks))
+    exp = (experiment_type or "").strip().lower()
+    if exp not in KNOWN_EXPERIMENT_TYPES:
+        return CandidacyDecision(False, UNKNOWN_EXPERIMENT_TYPE)
+    if exp == "manual":
+        return CandidacyDecision(False, MANUAL_EXCLUDED)
+    if cfg.require_regime and regime_oos is None:
+        return CandidacyDecision(False, MISSING_REGIME)
+    if metrics.n_trades_oos < cfg.min_trades:
+        return CandidacyDecision(False, INSUFFICIENT_TRADES)
+    if dd is not None and dd > cfg.max_drawdown:
+        return CandidacyDecision(False, DD_TOO_HIGH)
+    if gap is not None and gap > cfg.max_overfit_gap:
+        return CandidacyDecision(False, OVERFIT_TOO_HIGH)
+    if sharpe is not None and sharpe < cfg.min_sharpe:
+        return CandidacyDecision(False, SHARPE_TOO_LOW)
+    return CandidacyDecision(True, PASSED)
+
+
+def explain_candidacy(
+    metrics: VariantMetricsForCandidacy,
+    regime_oos: object | None,
+    experiment_type: str | None,
+    config: CandidacyConfig,
+) -> CandidacyDecision:
+    """`is_candidate`'s decision together with every gate's value, threshold and verdict."""
+    decision = is_candidate(metrics, regime_oos, experiment_type, config)
+    return CandidacyDecision(decision.eligible, decision.reason,
+                             tuple(evaluate_gates(metrics, regime_oos, experiment_type, config)))

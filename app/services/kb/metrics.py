@@ -44,6 +44,18 @@ def to_number(value: Any) -> float | None:
     return number
 
 
+def _num(value: Any) -> float | None:
+    """`to_number` with a fast path for the plain numbers almost every summary holds."""
+    kind = type(value)
+    if kind is float:
+        if value - value != 0.0:  # NaN or infinity
+            raise _Invalid
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return float(value)
+    return to_number(value)
+
+
 def decode_summary(raw: Any) -> dict[str, Any] | None:
     """The summary as a dict, or None when it is not (or does not hold) a JSON object.
 
@@ -67,7 +79,7 @@ def decode_summary(raw: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExtractedMetrics:
     metrics: VariantMetricsForCandidacy | None
     reason: str | None  # None when usable
@@ -82,20 +94,20 @@ def extract_metrics(summary: Any, trade_count: Any = None) -> ExtractedMetrics:
     if data is None:
         return ExtractedMetrics(None, INVALID_SUMMARY)
     try:
-        trades = to_number(trade_count)
+        trades = _num(trade_count)
         if trades is None:
-            trades = to_number(data.get("trades"))
+            trades = _num(data.get("trades"))
         if trades is None:
-            trades = to_number(data.get("trade_count"))
+            trades = _num(data.get("trade_count"))
         if trades is None:
             trades = 0.0
         if trades < 0 or trades != int(trades) or trades > 2**31:
             raise _Invalid
-        dd_pct = to_number(data.get("max_drawdown_pct"))
-        sharpe = to_number(data.get("sharpe"))
-        return_pct = to_number(data.get("return_pct"))
-        win_rate = to_number(data.get("win_rate"))
-        profit_factor = to_number(data.get("profit_factor"))
+        dd_pct = _num(data.get("max_drawdown_pct"))
+        sharpe = _num(data.get("sharpe"))
+        return_pct = _num(data.get("return_pct"))
+        win_rate = _num(data.get("win_rate"))
+        profit_factor = _num(data.get("profit_factor"))
     except _Invalid:
         return ExtractedMetrics(None, INVALID_METRICS)
     metrics = VariantMetricsForCandidacy(

@@ -14,7 +14,7 @@ from app.db import Database
 from app.db.queries import q
 from app.errors import NotFound
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
-from app.services.kb.candidacy import CandidacyConfig, GateCheck, evaluate_gates, is_candidate
+from app.services.kb.candidacy import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
 from app.services.kb.metrics import extract_metrics
 
 # Any non-None value tells the gate a regime snapshot is present; it never looks inside.
@@ -126,8 +126,6 @@ async def explain_run(db: Database, run_id: uuid.UUID, opts: CandidacyOptions) -
     extracted = extract_metrics(row["summary"], row["trade_count"])
     if extracted.metrics is None:
         return Explanation(run_id, not not_selected, not_selected, exp, str(extracted.reason), False, ())
-    decision = is_candidate(extracted.metrics, _REGIME_PRESENT if row["has_regime"] else None, exp, opts.gate)
-    checks = decision.checks or tuple(
-        evaluate_gates(extracted.metrics, _REGIME_PRESENT if row["has_regime"] else None, exp, opts.gate)
-    )
-    return Explanation(run_id, not not_selected, not_selected, exp, decision.reason, decision.eligible, checks)
+    decision = explain_candidacy(extracted.metrics, _REGIME_PRESENT if row["has_regime"] else None, exp, opts.gate)
+    return Explanation(run_id, not not_selected, not_selected, exp, decision.reason, decision.eligible,
+                       decision.checks)

@@ -11,6 +11,7 @@ the job's write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -136,6 +137,7 @@ class _Run:
         self.batches = 0
         self.last_heartbeat = time.monotonic()
         self.writer: asyncpg.Connection | None = None
+        self.inflight: asyncio.Task[None] | None = None
 
     async def _writer(self) -> asyncpg.Connection:
         if self.writer is None or self.writer.is_closed():
@@ -143,6 +145,11 @@ class _Run:
         return self.writer
 
     async def release(self) -> None:
+        if self.inflight is not None and not self.inflight.done():
+            self.inflight.cancel()
+            with contextlib.suppress(BaseException):
+                await self.inflight
+        self.inflight = None
         if self.writer is not None:
             try:
                 await self.db.pool.release(self.writer)
@@ -151,18 +158,36 @@ class _Run:
             self.writer = None
 
     async def flush(self, cursor: tuple[datetime, uuid.UUID]) -> None:
-        """Commit the pending rows and the ledger checkpoint in one transaction."""
-        batch = self.pending
-        counts = self.base.plus(self.session)
+        """Hand the pending rows to a background commit; judging the next rows goes on
+        meanwhile. At most one commit is in flight, so checkpoints stay in order."""
+        batch, self.pending = self.pending, []
+        # The tallies as of `cursor`: the ledger must describe exactly the rows up to it.
+        seen = Counters(self.session.scanned, self.session.passed, self.session.rejected, 0, 0,
+                        self.session.reasons.copy(), {k: list(v) for k, v in self.session.examples.items()})
+        await self.drain()
+        self.inflight = asyncio.create_task(self._commit(batch, cursor, seen))
+
+    async def drain(self) -> None:
+        """Wait for the commit in flight; its failure surfaces here."""
+        if self.inflight is not None:
+            task, self.inflight = self.inflight, None
+            await task
+
+    async def _commit(self, batch: list[Outcome], cursor: tuple[datetime, uuid.UUID], seen: Counters) -> None:
+        """Write one batch and the ledger checkpoint in one transaction, with retries."""
+        counts = self.base.plus(seen)
+        counts.updated += self.session.updated
+        counts.changed_concurrently += self.session.changed_concurrently
         for attempt in range(WRITE_RETRIES + 1):
             try:
                 conn = await self._writer()
                 async with conn.transaction():
-                    # After a lost acknowledgement the batch may have committed already.
-                    done = await conn.fetchval(
-                        "SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1",
-                        self.run_id, cursor[0], cursor[1],
-                    )
+                    done = False
+                    if attempt:
+                        # A retry after a lost acknowledgement: the batch may have committed.
+                        done = bool(await conn.fetchval(
+                            "SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1",
+                            self.run_id, cursor[0], cursor[1]))
                     updated = 0
                     if not done and batch and not self.opts.dry_run:
                         updated = await self.job.write(conn, batch, self.run_id)
@@ -184,7 +209,6 @@ class _Run:
             self.session.updated += updated
             if not self.opts.dry_run:
                 self.session.changed_concurrently += len(batch) - updated
-        self.pending = []
         self.batches += 1
         if self.opts.after_batch is not None:
             self.opts.after_batch(self.batches)
@@ -337,9 +361,11 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
                     next_page = None
                 if run.pending:
                     await run.flush(cursor)
+                await run.drain()
                 return "interrupted", "stopped by the user"
         if run.pending:
             await run.flush(cursor)
+        await run.drain()
     finally:
         if next_page is not None:
             next_page.cancel()
