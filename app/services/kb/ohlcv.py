@@ -120,6 +120,8 @@ def _rename(df: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def _parse_times(col: pd.Series, path: Path) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(col):  # Parquet and typed frames: already times
+        return pd.to_datetime(col, utc=True)
     numeric = pd.to_numeric(col, errors="coerce")
     if numeric.notna().all() and len(col):
         # epoch seconds or milliseconds, decided by magnitude

@@ -25,7 +25,7 @@ INSUFFICIENT_COVERAGE = "insufficient_ohlcv_coverage"
 SYMBOL_MISMATCH = "symbol_mismatch"
 MISSING_SYMBOL = "missing_symbol"
 TIMEFRAME_MISMATCH = "timeframe_mismatch"
-_CACHE_SIZE = 50_000  # computed snapshots kept for runs that share a window
+_CACHE_SIZE = 20_000  # computed snapshots kept for runs that share a window
 
 
 @dataclass(frozen=True)
@@ -143,14 +143,15 @@ class RegimeJob:
         return outcomes
 
     def _cached(self, key: str | None, span: tuple[int, int]) -> str:
-        k = (key, span[0], span[1])
-        self.cache.move_to_end(k)
-        return self.cache[k]
+        return self.cache[(key, span[0], span[1])]
 
     def _compute_missing(self, wanted: list[tuple[str | None, tuple[int, int]]]) -> None:
         by_series: dict[str | None, set[tuple[int, int]]] = {}
         for key, span in wanted:
-            if (key, span[0], span[1]) not in self.cache:
+            k = (key, span[0], span[1])
+            if k in self.cache:
+                self.cache.move_to_end(k)  # in use by this page: never the one evicted below
+            else:
                 by_series.setdefault(key, set()).add(span)
         for key, spans in by_series.items():
             series = self.data.series[key]

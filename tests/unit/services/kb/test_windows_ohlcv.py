@@ -114,6 +114,14 @@ def test_json_records_data_wrapper_and_parquet(tmp_path) -> None:
     assert len(load_ohlcv(tmp_path / "c.parquet", symbol="msft").series) == 1
 
 
+def test_parquet_native_timestamps(tmp_path) -> None:
+    ts = pd.date_range("2024-01-01", periods=3, freq="h", tz="UTC").as_unit("us")
+    pd.DataFrame({"timestamp": ts, "high": [2.0] * 3, "low": [1.0] * 3, "close": [1.5] * 3}).to_parquet(
+        tmp_path / "t.parquet")
+    s = load_ohlcv(tmp_path / "t.parquet").series[None]
+    assert list(s.ts) == [1704067200 * 10**9 + h * 3600 * 10**9 for h in range(3)]
+
+
 def test_mixed_time_zones_become_utc(tmp_path) -> None:
     p = write(tmp_path, "tz.csv", "time,high,low,close\n2024-01-01T02:00:00+02:00,2,1,1.5\n2024-01-01T01:00:00Z,2,1,1.5\n")
     s = load_ohlcv(p).series[None]
