@@ -155,7 +155,7 @@ def create_app(db: Database | None = None) -> FastAPI:
             workspace_id=body.workspace_id, strategy_name=body.strategy_name, regime=regime,
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown), cache)
-        return JSONResponse(content=orjson.loads(orjson.dumps(result)))
+        return JSONResponse(content=orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)))
 
     @app.get("/kb/status", dependencies=auth)
     async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class TrialMatrix:
     center: np.ndarray
     scale: np.ndarray
     quality: np.ndarray
+    scaled: np.ndarray  # (features - center) / scale, computed once per load
+    tag_vocab: dict[str, int]
+    tag_bits: np.ndarray  # one bit per tag in tag_vocab
+    tag_count: np.ndarray
 
 
 def _robust_scale(features: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +100,11 @@ class TrialCache:
         col = lambda name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)  # noqa: E731
         sharpe, max_dd = col("sharpe"), col("max_dd_frac")
         center, scale = _robust_scale(feats, has)
+        tag_sets = [frozenset(r["regime_tags"] or ()) for r in rows]
+        vocab = {t: i for i, t in enumerate(sorted(set().union(*tag_sets)))} if tag_sets else {}
+        if len(vocab) > 63:  # bitmasks hold 63 tags; rarer ones beyond that do not count for overlap
+            vocab = dict(list(vocab.items())[:63])
+        bits = np.array([sum(1 << vocab[t] for t in ts if t in vocab) for ts in tag_sets], dtype=np.int64)
         matrix = TrialMatrix(
             revision=revision,
             trial_ids=[r["id"] for r in rows],
@@ -108,6 +117,8 @@ class TrialCache:
             timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
             params=[r["params"] for r in rows],
             center=center, scale=scale, quality=_quality(sharpe, max_dd),
+            scaled=(feats - center) / scale, tag_vocab=vocab, tag_bits=bits,
+            tag_count=np.bitwise_count(bits).astype(np.float64),
         )
         self._entries[key] = matrix
         while len(self._entries) > _CACHE_ENTRIES:
@@ -170,7 +181,7 @@ def aggregate_params(params: list[dict[str, Any]], weights: np.ndarray) -> tuple
                 tally[k] = (v, tally.get(k, (v, 0.0))[1] + w)
             best_key = max(sorted(tally), key=lambda k: tally[k][1])
             chosen[key] = tally[best_key][0]
-            agreement = tally[best_key][1] / ws.sum() if ws.sum() > 0 else 0.0
+            agreement = float(tally[best_key][1] / ws.sum()) if ws.sum() > 0 else 0.0
             spread[key] = {"agreement": agreement, "relative": 1.0 - agreement}
     return chosen, spread
 
@@ -218,10 +229,15 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
         actions += ["run backfill-regime and backfill-candidacy, then kb ingest",
                     f"check the strategy name {query.strategy_name!r}"]
         return result
-    tag_sim = np.array([len(query_tags & matrix.tags[i]) / max(len(query_tags | matrix.tags[i]), 1) for i in idx])
+    qbits = sum(1 << matrix.tag_vocab[t] for t in query_tags if t in matrix.tag_vocab)
+    unknown = sum(1 for t in query_tags if t not in matrix.tag_vocab)
+    trial_bits = matrix.tag_bits[idx]
+    inter = np.bitwise_count(trial_bits & qbits).astype(np.float64)
+    union = np.bitwise_count(trial_bits | qbits).astype(np.float64) + unknown
+    tag_sim = inter / np.maximum(union, 1.0)
     quality = matrix.quality[idx]
     if qvec is not None:
-        diff = (matrix.features[idx] - matrix.center) / matrix.scale - qvec
+        diff = matrix.scaled[idx] - qvec
         dist = np.sqrt((diff * diff).mean(axis=1))
         feat_sim = 1.0 / (1.0 + dist)
         score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * quality

@@ -1,0 +1,110 @@
+"""KB at scale: 100,000 trials of one strategy. Prints ingest trials/s and recommend
+latency p50/p95/p99 over 1,000 queries, in process and through HTTP on loopback.
+BENCH_TRIALS / BENCH_QUERIES override the sizes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import orjson
+import uvicorn
+from _common import env_int, fresh_database, peak_rss_mb
+
+from app.api.app import create_app
+from app.services.kb.ingest import ingest
+from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
+from app.services.kb.types import FEATURE_NAMES, RegimeSnapshot
+
+
+def fake_regime(rng: np.random.Generator) -> dict:
+    f = {"atr_pct": rng.uniform(0.002, 0.03), "rsi": rng.uniform(20, 80), "bb_width_pct": rng.uniform(0.01, 0.1),
+         "std_pct": rng.uniform(0.002, 0.03), "range_pct": rng.uniform(0.02, 0.3), "zscore": rng.normal(0, 1.2),
+         "trend_strength": rng.uniform(0, 1), "trend_dir": float(rng.integers(-1, 2)),
+         "efficiency_ratio": rng.uniform(0, 1), "return_pct": rng.normal(0, 0.1)}
+    tags = sorted(rng.choice(["uptrend", "downtrend", "flat", "high_vol", "low_vol", "noisy", "choppy"], 2,
+                             replace=False).tolist())
+    return {**f, "regime_tags": tags, "schema_version": "regime_v1"}
+
+
+def percentiles(samples: list[float]) -> str:
+    p50, p95, p99 = np.percentile(np.array(samples) * 1000, [50, 95, 99])
+    return f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms"
+
+
+async def main() -> None:
+    trials, queries = env_int("BENCH_TRIALS", 100_000), env_int("BENCH_QUERIES", 1000)
+    rng = np.random.default_rng(0)
+    db = await fresh_database("kb_bench_kb")
+    ws = uuid.uuid4()
+    await db.execute("INSERT INTO workspaces (id, name) VALUES ($1, 'bench')", ws)
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    records = [
+        (uuid.uuid4(), ws, base + timedelta(seconds=i), "test_variant", "completed", "strat", "candidate",
+         orjson.dumps({"fast": int(rng.integers(5, 30)), "slow": int(rng.integers(40, 200)),
+                       "mode": str(rng.choice(["a", "b"]))}).decode(),
+         orjson.dumps({"trades": int(rng.integers(5, 200)), "sharpe": float(rng.uniform(0.1, 3)),
+                       "max_drawdown_pct": -float(rng.uniform(1, 25)), "return_pct": float(rng.normal(5, 5))}).decode(),
+         orjson.dumps(fake_regime(rng)).decode())
+        for i in range(trials)
+    ]
+    async with db.acquire() as conn:
+        await conn.copy_records_to_table("backtest_runs", records=records, columns=(
+            "id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "kb_status", "params",
+            "summary", "regime_oos"))
+        await conn.execute("VACUUM ANALYZE backtest_runs")
+    result = await ingest(db, ws)
+    print(f"ingest: {result.inserted:,} trials in {result.elapsed_s:.1f}s = "
+          f"{result.inserted / result.elapsed_s:,.0f} trials/s; peak RSS {peak_rss_mb():.0f} MB")
+    again = await ingest(db, ws)
+    print(f"re-ingest (all unchanged): {again.skipped:,} skipped in {again.elapsed_s:.1f}s")
+    regimes = [fake_regime(rng) for _ in range(queries)]
+    cache = TrialCache()
+    await recommend(db, RecommendQuery(ws, "strat", regime=RegimeSnapshot.from_dict(regimes[0])), cache)  # warm
+    samples = []
+    for r in regimes:
+        started = time.perf_counter()
+        out = await recommend(db, RecommendQuery(ws, "strat", regime=RegimeSnapshot.from_dict(r)), cache)
+        samples.append(time.perf_counter() - started)
+    assert out["status"] in ("ok", "degraded", "none")
+    print(f"recommend in process over {trials:,} trials: {percentiles(samples)}")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(db), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
+        body = lambda r: {"workspace_id": str(ws), "strategy_name": "strat",  # noqa: E731
+                          "regime": r}
+        await client.post("/kb/trials/recommend", json=body(regimes[0]))
+        samples = []
+        for r in regimes:
+            started = time.perf_counter()
+            resp = await client.post("/kb/trials/recommend", json=body(r))
+            samples.append(time.perf_counter() - started)
+            assert resp.status_code == 200, resp.text
+        print(f"recommend over HTTP (loopback, same process client): {percentiles(samples)}")
+        concurrent = 200
+        started = time.perf_counter()
+        results = await asyncio.gather(*(client.post("/kb/trials/recommend", json=body(regimes[i % queries]))
+                                         for i in range(concurrent)))
+        wall = time.perf_counter() - started
+        errors = sum(1 for r in results if r.status_code != 200)
+        print(f"{concurrent} concurrent HTTP recommends: {errors} errors, all done in {wall * 1000:.0f} ms")
+    server.should_exit = True
+    await task
+    print(f"features per trial: {len(FEATURE_NAMES)}; peak RSS {peak_rss_mb():.0f} MB")
+    await db.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
