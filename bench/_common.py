@@ -11,9 +11,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.db import Database, with_database  # noqa: E402
-from app.db.embedded import database_url  # noqa: E402
-from app.db.migrate import upgrade  # noqa: E402
+from app.db import Database, with_database
+from app.db.embedded import database_url
+from app.db.migrate import upgrade
 
 
 async def fresh_database(name: str) -> Database:

@@ -79,7 +79,7 @@ async def main() -> None:
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(db), host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110  (uvicorn exposes no event for "listening")
         await asyncio.sleep(0.05)
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:

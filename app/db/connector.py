@@ -11,8 +11,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from app.errors import DatabaseUnavailable
+
+# What code receives from `Database.acquire()` or `connect()`; both speak the same API.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 _PASSWORD_IN_URI = re.compile(r"(://[^:/@?]*):[^@/?]*@")
 _PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
@@ -55,10 +59,10 @@ def describe_connect_error(dsn: str, exc: BaseException) -> str:
     return f"cannot connect to the database {redact_dsn(dsn)}: {reason}; check DATABASE_URL"
 
 
-async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
     """A single connection (for locks and long sessions), with errors translated."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=timeout)
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from exc
     await _init_connection(conn)
@@ -126,7 +130,7 @@ class Database:
         await self.close()
 
     @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+    async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
         async with self.pool.acquire() as conn:
             yield conn
 

@@ -9,6 +9,7 @@ from importlib import resources
 
 import asyncpg
 
+from app.db.connector import Conn
 from app.errors import KBError
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def _applied(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+async def _applied(conn: Conn) -> dict[int, asyncpg.Record]:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return {}
@@ -67,7 +68,7 @@ async def _applied(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
     return {r["version"]: r for r in rows}
 
 
-async def upgrade(conn: asyncpg.Connection) -> list[Migration]:
+async def upgrade(conn: Conn) -> list[Migration]:
     """Apply pending migrations; returns those applied by this call.
 
     The advisory lock makes concurrent upgrades wait for each other; the loser then
@@ -102,7 +103,7 @@ async def upgrade(conn: asyncpg.Connection) -> list[Migration]:
     return applied_now
 
 
-async def status(conn: asyncpg.Connection) -> list[MigrationState]:
+async def status(conn: Conn) -> list[MigrationState]:
     applied = await _applied(conn)
     states = []
     for migration in load_migrations():
@@ -118,7 +119,7 @@ async def status(conn: asyncpg.Connection) -> list[MigrationState]:
     return states
 
 
-async def pending_count(conn: asyncpg.Connection) -> int:
+async def pending_count(conn: Conn) -> int:
     return sum(1 for s in await status(conn) if not s.applied)
 
 
@@ -154,7 +155,7 @@ ORDER BY c.relname, t.tgname
 """
 
 
-async def dump_schema(conn: asyncpg.Connection) -> str:
+async def dump_schema(conn: Conn) -> str:
     """A stable text description of the public schema (tables, columns, constraints,
     indexes, triggers), independent of server version formatting quirks in pg_dump."""
     lines: list[str] = []

@@ -173,8 +173,8 @@ async def test_guard_keeps_a_regime_written_meanwhile(db, make_workspace, insert
 
 def test_python_dash_m_entry_point(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "app.services.kb.cli", "backfill-regime", "--help"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and "--ohlcv-file" in proc.stdout and "--timeframe" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "app.services.kb.cli", "backfill-candidacy", "--workspace-id", "x"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "not a UUID" in proc.stderr and "Traceback" not in proc.stderr

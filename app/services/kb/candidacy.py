@@ -5,7 +5,6 @@ Pure functions only; nothing here touches the database.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 KNOWN_EXPERIMENT_TYPES = ("tune", "sweep", "ablation", "manual")

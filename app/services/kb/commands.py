@@ -33,17 +33,16 @@ async def dispatch(args: argparse.Namespace) -> int:
 
 
 async def cmd_db(args: argparse.Namespace) -> int:
-    async with open_database(migrate=False if args.db_command != "upgrade" else True) as db:
-        async with db.acquire() as conn:
-            if args.db_command == "upgrade":
-                states = await status(conn)
-                echo(f"schema up to date: {len(states)} migration(s) applied")
-            elif args.db_command == "status":
-                for s in await status(conn):
-                    mark = f"applied {s.applied_at}" if s.applied else "pending"
-                    echo(f"{s.version:04d}_{s.name}  {mark}")
-            else:
-                sys.stdout.write(await dump_schema(conn))
+    async with open_database(migrate=args.db_command == "upgrade") as db, db.acquire() as conn:
+        if args.db_command == "upgrade":
+            states = await status(conn)
+            echo(f"schema up to date: {len(states)} migration(s) applied")
+        elif args.db_command == "status":
+            for s in await status(conn):
+                mark = f"applied {s.applied_at}" if s.applied else "pending"
+                echo(f"{s.version:04d}_{s.name}  {mark}")
+        else:
+            sys.stdout.write(await dump_schema(conn))
     return 0
 
 

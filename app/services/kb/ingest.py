@@ -20,6 +20,7 @@ import asyncpg
 import orjson
 
 from app.db import Database
+from app.db.connector import Conn
 from app.db.queries import q
 from app.errors import NotFound
 from app.services.kb.backfill.engine import START_OF_TIME, ZERO_ID
@@ -138,7 +139,7 @@ def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
     ), None
 
 
-async def _write(conn: asyncpg.Connection, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
+async def _write(conn: Conn, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
     cols = list(zip(*[(t.run_id, t.strategy, t.symbol, t.timeframe, t.experiment_type, t.params, t.sharpe,
                        t.return_frac, t.max_dd_frac, t.win_rate, t.profit_factor, t.n_trades, t.features,
                        t.tags, t.ts_end, t.kb_status, t.content_hash) for t in trials], strict=True))
@@ -147,7 +148,7 @@ async def _write(conn: asyncpg.Connection, workspace_id: uuid.UUID, trials: list
     return inserted, len(rows) - inserted
 
 
-async def _preview(conn: asyncpg.Connection, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
+async def _preview(conn: Conn, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
     existing = {r["source_run_id"]: r for r in await conn.fetch(
         q("existing_trial_hashes"), workspace_id, [t.run_id for t in trials])}
     inserted = sum(1 for t in trials if t.run_id not in existing)

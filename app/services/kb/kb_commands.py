@@ -72,7 +72,8 @@ def recommend_report(r: dict[str, Any]) -> str:
     if r["supporting_trials"]:
         lines.append("Top trials (similarity, sharpe, run):")
         for t in r["supporting_trials"][:5]:
-            lines.append(f"  {t['similarity']:.3f}  {t['sharpe'] if t['sharpe'] is not None else '-':>6}  {t['run_id']}")
+            sharpe = t["sharpe"] if t["sharpe"] is not None else "-"
+            lines.append(f"  {t['similarity']:.3f}  {sharpe:>6}  {t['run_id']}")
     lines.append("=" * 50)
     return "\n".join(lines)
 

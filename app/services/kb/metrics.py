@@ -50,7 +50,7 @@ def _num(value: Any) -> float | None:
     if kind is float:
         if value - value != 0.0:  # NaN or infinity
             raise _Invalid
-        return value  # type: ignore[no-any-return]
+        return float(value)
     if kind is int:
         return float(value)
     return to_number(value)

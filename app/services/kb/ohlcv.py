@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -125,7 +126,7 @@ def _parse_times(col: pd.Series, path: Path) -> pd.Series:
     numeric = pd.to_numeric(col, errors="coerce")
     if numeric.notna().all() and len(col):
         # epoch seconds or milliseconds, decided by magnitude
-        unit = "ms" if float(numeric.abs().max()) >= 1e11 else "s"
+        unit: Literal["ms", "s"] = "ms" if float(numeric.abs().max()) >= 1e11 else "s"
         try:
             return pd.to_datetime(numeric, unit=unit, utc=True)
         except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime) as exc:

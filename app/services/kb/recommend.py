@@ -216,7 +216,7 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
     if qvec is not None:
         mask &= matrix.has_features
     idx = np.flatnonzero(mask)
-    considered = int(len(idx))
+    considered = len(idx)
     result: dict[str, Any] = {
         "status": "none", "confidence": 0.0, "params": {}, "param_spread": {}, "considered": considered,
         "supporting_trials": [], "reasons": reasons, "suggested_actions": actions,

@@ -284,6 +284,7 @@ def _frame_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     missing = [c for c in ("high", "low", "close") if c not in cols]
     if missing:
         raise ValueError(f"OHLCV frame lacks column(s): {', '.join(missing)}")
+    times: pd.DatetimeIndex | None
     if isinstance(df.index, pd.DatetimeIndex):
         times = df.index
     else:

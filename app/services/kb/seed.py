@@ -33,7 +33,7 @@ def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Gen
     oos_len = rng.integers(20, 120, count)
     base_ms = int(SEED_EPOCH.timestamp() * 1000)
     ids = rng.integers(0, 2**63, size=(count, 2), dtype=np.int64).astype(np.uint64)
-    out = []
+    out: list[tuple[object, ...]] = []
     for i in range(count):
         n = start + i
         day0 = oos_start[i]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from app.db import Database
+from app.db.connector import Conn
 from app.db.queries import q
 from app.errors import NotFound
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
@@ -30,7 +31,7 @@ class CandidacyOptions:
     experiment_type: str = "sweep"
     batch_size: int = 100
     resume: bool = False
-    gate: CandidacyConfig = CandidacyConfig(require_regime=False)
+    gate: CandidacyConfig = field(default_factory=lambda: CandidacyConfig(require_regime=False))
 
 
 class CandidacyJob:
@@ -53,7 +54,7 @@ class CandidacyJob:
         }
 
     async def fetch_page(
-        self, conn: asyncpg.Connection, after: tuple[datetime, uuid.UUID], size: int
+        self, conn: Conn, after: tuple[datetime, uuid.UUID], size: int
     ) -> Sequence[asyncpg.Record]:
         return await conn.fetch(q("select_candidacy_page"), self.opts.workspace_id, after[0], after[1], size)
 
@@ -76,7 +77,7 @@ class CandidacyJob:
             outcomes.append(Outcome(row["id"], row["created_at"], reason))
         return outcomes
 
-    async def write(self, conn: asyncpg.Connection, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
+    async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
         status = await conn.execute(
             q("update_candidacy_batch"), [o.run_id for o in passed], self.opts.workspace_id, backfill_run_id
         )

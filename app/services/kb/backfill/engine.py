@@ -24,9 +24,10 @@ from typing import Any, Protocol
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from app.db import Database
-from app.db.connector import TRANSIENT_ERRORS
+from app.db.connector import TRANSIENT_ERRORS, Conn
 from app.db.queries import q
 from app.errors import BackfillLocked, DatabaseError, NotFound, NothingToResume
 from app.services.kb.backfill.counters import Counters
@@ -57,12 +58,12 @@ class BackfillJob(Protocol):
         ...
 
     async def fetch_page(
-        self, conn: asyncpg.Connection, after: tuple[datetime, uuid.UUID], size: int
+        self, conn: Conn, after: tuple[datetime, uuid.UUID], size: int
     ) -> Sequence[asyncpg.Record]: ...
 
     def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]: ...
 
-    async def write(self, conn: asyncpg.Connection, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
+    async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
         """Write the passing rows with guards; return how many rows were changed."""
         ...
 
@@ -101,7 +102,7 @@ def config_key(kind: str, identity: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-async def acquire_lock(conn: asyncpg.Connection, kind: str, workspace_id: uuid.UUID) -> None:
+async def acquire_lock(conn: Conn, kind: str, workspace_id: uuid.UUID) -> None:
     if await conn.fetchval(q("try_backfill_lock"), kind, str(workspace_id)):
         return
     holder = await conn.fetchval(q("backfill_lock_holder"), workspace_id, kind)
@@ -112,7 +113,7 @@ async def acquire_lock(conn: asyncpg.Connection, kind: str, workspace_id: uuid.U
     )
 
 
-async def release_lock(conn: asyncpg.Connection, kind: str, workspace_id: uuid.UUID) -> None:
+async def release_lock(conn: Conn, kind: str, workspace_id: uuid.UUID) -> None:
     if not conn.is_closed():
         await conn.execute(
             "SELECT pg_advisory_unlock(hashtext('trading-kb:backfill:' || $1::text), hashtext($2::text))",
@@ -125,7 +126,7 @@ class _Run:
     """State of one invocation; keeps the loop in `run_backfill` readable."""
 
     def __init__(self, db: Database, job: BackfillJob, opts: EngineOptions, run_id: uuid.UUID,
-                 base: Counters, lock_conn: asyncpg.Connection) -> None:
+                 base: Counters, lock_conn: Conn) -> None:
         self.db = db
         self.job = job
         self.opts = opts
@@ -136,10 +137,10 @@ class _Run:
         self.pending: list[Outcome] = []
         self.batches = 0
         self.last_heartbeat = time.monotonic()
-        self.writer: asyncpg.Connection | None = None
+        self.writer: PoolConnectionProxy | None = None
         self.inflight: asyncio.Task[None] | None = None
 
-    async def _writer(self) -> asyncpg.Connection:
+    async def _writer(self) -> PoolConnectionProxy:
         if self.writer is None or self.writer.is_closed():
             self.writer = await self.db.pool.acquire()
         return self.writer
@@ -251,7 +252,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     key = config_key(job.kind, identity)
     if not await db.fetchval(q("workspace_exists"), opts.workspace_id):
         raise NotFound(f"workspace {opts.workspace_id} does not exist; check --workspace-id")
-    lock_conn: asyncpg.Connection = await db.pool.acquire()
+    lock_conn: PoolConnectionProxy = await db.pool.acquire()
     run: _Run | None = None
     try:
         await acquire_lock(lock_conn, job.kind, opts.workspace_id)
@@ -269,7 +270,8 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
                         f"{found}; run without --resume to start a new one"
                     )
                 run_id = row["id"]
-                cursor = (row["cursor_created_at"] or _start(opts), row["cursor_id"] or ZERO_ID)
+                start = _start(opts)
+                cursor = (row["cursor_created_at"] or start[0], row["cursor_id"] or ZERO_ID)
                 base = Counters.from_json(row["counts"])
                 await lock_conn.execute(q("reopen_backfill_run"), run_id, os.getpid())
             else:
@@ -307,7 +309,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     )
 
 
-async def _mark_failed(conn: asyncpg.Connection, run_id: uuid.UUID, exc: BaseException) -> None:
+async def _mark_failed(conn: Conn, run_id: uuid.UUID, exc: BaseException) -> None:
     """Best effort: a dead connection leaves the row 'running', which the next run
     recognises as interrupted because the lock is free."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) else "failed"

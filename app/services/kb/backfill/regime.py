@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from app.db import Database
+from app.db.connector import Conn
 from app.db.queries import q
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
 from app.services.kb.ohlcv import OhlcvData
@@ -80,7 +81,7 @@ class RegimeJob:
         }
 
     async def fetch_page(
-        self, conn: asyncpg.Connection, after: tuple[datetime, uuid.UUID], size: int
+        self, conn: Conn, after: tuple[datetime, uuid.UUID], size: int
     ) -> Sequence[asyncpg.Record]:
         return await conn.fetch(q("select_regime_page"), self.opts.workspace_id, after[0], after[1], size,
                                 self.opts.symbol)
@@ -168,7 +169,7 @@ class RegimeJob:
         while len(self.cache) > max(_CACHE_SIZE, len(wanted)):
             self.cache.popitem(last=False)
 
-    async def write(self, conn: asyncpg.Connection, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
+    async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
         status = await conn.execute(
             q("update_regime_batch"),
             [o.run_id for o in passed],

@@ -44,6 +44,7 @@ async def undo_backfill(db: Database, backfill_run_id: uuid.UUID) -> UndoResult:
                     workspace_id, f'{{"undo_of": "{backfill_run_id}"}}', f"undo:{backfill_run_id}",
                 )
                 result = await conn.fetchrow(q("undo_backfill_changes"), backfill_run_id, undo_id)
+                assert result is not None  # an aggregate query always returns its one row
                 examples = await conn.fetch(q("undo_skipped_examples"), backfill_run_id, undo_id)
                 reverted, changed = int(result["reverted"]), int(result["changed_by_backfill"])
                 await conn.execute(

@@ -101,7 +101,7 @@ def test_csv_with_aliases_epoch_ms_dupes_nan_and_bad_prices(tmp_path) -> None:
 
 
 def test_json_records_data_wrapper_and_parquet(tmp_path) -> None:
-    rows = [{"Date": "2024-01-0%dT00:00:00Z" % i, "Open": 1, "High": 2, "Low": 1, "Close": 1.5} for i in range(1, 4)]
+    rows = [{"Date": f"2024-01-0{i}T00:00:00Z", "Open": 1, "High": 2, "Low": 1, "Close": 1.5} for i in range(1, 4)]
     import orjson
 
     assert len(load_ohlcv(write(tmp_path, "a.json", orjson.dumps(rows))).series[None]) == 3
@@ -123,7 +123,8 @@ def test_parquet_native_timestamps(tmp_path) -> None:
 
 
 def test_mixed_time_zones_become_utc(tmp_path) -> None:
-    p = write(tmp_path, "tz.csv", "time,high,low,close\n2024-01-01T02:00:00+02:00,2,1,1.5\n2024-01-01T01:00:00Z,2,1,1.5\n")
+    p = write(tmp_path, "tz.csv",
+              "time,high,low,close\n2024-01-01T02:00:00+02:00,2,1,1.5\n2024-01-01T01:00:00Z,2,1,1.5\n")
     s = load_ohlcv(p).series[None]
     # 02:00+02:00 is 00:00Z, so it sorts before 01:00Z
     assert list(s.ts) == [1704067200 * 10**9, 1704070800 * 10**9]
