@@ -24,7 +24,7 @@ from app.db.connector import Conn
 from app.db.queries import q
 from app.errors import NotFound
 from app.services.kb.backfill.engine import START_OF_TIME, ZERO_ID
-from app.services.kb.metrics import extract_metrics
+from app.services.kb.metrics import extract_metrics, json_object
 from app.services.kb.types import FEATURE_NAMES
 from app.services.kb.windows import BadTimestamp, parse_timestamp
 
@@ -67,16 +67,6 @@ class TrialRow:
     content_hash: str
 
 
-def _obj(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _pg_array(values: Sequence[Any]) -> str:
     """A Postgres array literal; tags are quoted, numbers printed exactly."""
     items = []
@@ -106,8 +96,8 @@ def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
         return None, str(extracted.reason)
     if not row["strategy_name"]:
         return None, "missing_strategy"
-    meta = _obj(row["dataset_meta"])
-    regime = _obj(row["regime_oos"])
+    meta = json_object(row["dataset_meta"])
+    regime = json_object(row["regime_oos"])
     vector = [regime.get(name) for name in FEATURE_NAMES]
     features = None
     if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vector):
@@ -120,7 +110,7 @@ def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
         except BadTimestamp:
             ts_end = None
     m = extracted.metrics
-    params = orjson.dumps({k: v for k, v in _obj(row["params"]).items() if k not in DATASET_KEYS},
+    params = orjson.dumps({k: v for k, v in json_object(row["params"]).items() if k not in DATASET_KEYS},
                           option=orjson.OPT_SORT_KEYS).decode()
     symbol = meta.get("symbol") if isinstance(meta.get("symbol"), str) else None
     timeframe = meta.get("timeframe") if isinstance(meta.get("timeframe"), str) else None

@@ -79,6 +79,11 @@ def decode_summary(raw: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def json_object(raw: Any) -> dict[str, Any]:
+    """A JSON object column (dataset_meta, params, regime) as a dict; {} when it is not one."""
+    return decode_summary(raw) or {} if raw is not None else {}
+
+
 @dataclass(frozen=True, slots=True)
 class ExtractedMetrics:
     metrics: VariantMetricsForCandidacy | None

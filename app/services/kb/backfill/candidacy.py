@@ -14,7 +14,7 @@ from app.db import Database
 from app.db.connector import Conn
 from app.db.queries import q
 from app.errors import NotFound
-from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
+from app.services.kb.backfill.engine import BackfillResult, Outcome, engine_options, run_backfill
 from app.services.kb.candidacy import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
 from app.services.kb.metrics import extract_metrics
 
@@ -86,16 +86,7 @@ class CandidacyJob:
 
 async def backfill_candidacy(db: Database, opts: CandidacyOptions, **engine: Any) -> BackfillResult:
     """Run the candidacy backfill; `engine` passes progress/stop hooks to the engine."""
-    engine_opts = EngineOptions(
-        workspace_id=opts.workspace_id,
-        limit=opts.limit,
-        batch_size=opts.batch_size,
-        dry_run=opts.dry_run,
-        resume=opts.resume,
-        since=opts.since,
-        page_size=max(2000, opts.batch_size),
-        **engine,
-    )
+    engine_opts = engine_options(opts, **engine)
     return await run_backfill(db, CandidacyJob(opts), engine_opts)
 
 

@@ -83,6 +83,21 @@ class EngineOptions:
     after_batch: Callable[[int], None] | None = None
 
 
+def engine_options(opts: Any, **engine: Any) -> EngineOptions:
+    """EngineOptions from a command's options (workspace, limit, batch size, dry run,
+    resume, since) plus the caller's hooks (progress, should_stop, after_batch)."""
+    return EngineOptions(
+        workspace_id=opts.workspace_id,
+        limit=opts.limit,
+        batch_size=opts.batch_size,
+        dry_run=opts.dry_run,
+        resume=opts.resume,
+        since=opts.since,
+        page_size=max(2000, opts.batch_size),
+        **engine,
+    )
+
+
 @dataclass
 class BackfillResult:
     run_id: uuid.UUID

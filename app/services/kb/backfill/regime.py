@@ -17,7 +17,8 @@ import orjson
 from app.db import Database
 from app.db.connector import Conn
 from app.db.queries import q
-from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
+from app.services.kb.backfill.engine import BackfillResult, Outcome, engine_options, run_backfill
+from app.services.kb.metrics import json_object
 from app.services.kb.ohlcv import OhlcvData
 from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_feature_batch, snapshot_dicts
 from app.services.kb.windows import Window, extract_windows
@@ -47,16 +48,6 @@ def file_digest(path: Any) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:32]
-
-
-def _json_object(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class RegimeJob:
@@ -116,7 +107,7 @@ class RegimeJob:
         wanted_tf = self.opts.timeframe.strip().lower()
         plans: list[tuple[Any, Any, str | None, tuple[int, int] | None, tuple[int, int] | None]] = []
         for row in rows:
-            meta, params = _json_object(row["dataset_meta"]), _json_object(row["params"])
+            meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
             windows = extract_windows(meta, params)
             reason = windows.reason
             key: str | None = None
@@ -183,14 +174,5 @@ class RegimeJob:
 async def backfill_regime(db: Database, opts: RegimeOptions, data: OhlcvData, bar_seconds: int,
                           **engine: Any) -> BackfillResult:
     job = RegimeJob(opts, data, bar_seconds, file_digest(data.path))
-    engine_opts = EngineOptions(
-        workspace_id=opts.workspace_id,
-        limit=opts.limit,
-        batch_size=opts.batch_size,
-        dry_run=opts.dry_run,
-        resume=opts.resume,
-        since=opts.since,
-        page_size=max(2000, opts.batch_size),
-        **engine,
-    )
+    engine_opts = engine_options(opts, **engine)
     return await run_backfill(db, job, engine_opts)
