@@ -25,6 +25,7 @@ from app.db import Database
 from app.db.embedded import database_url
 from app.db.queries import q
 from app.errors import KBError, NotFound
+from app.services.kb.backfill.report import ledger_row_json
 from app.services.kb.ingest import ingest, kb_status
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_regime_snapshot
@@ -165,13 +166,6 @@ def create_app(db: Database | None = None) -> FastAPI:
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,
                             limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         rows = await db.fetch(q("list_backfill_runs"), workspace_id, limit)
-        return [
-            {"id": str(r["id"]), "kind": r["kind"], "dry_run": r["dry_run"], "status": r["status"],
-             "config": orjson.loads(r["config"]), "counts": orjson.loads(r["counts"]),
-             "started_at": r["started_at"].isoformat(), "heartbeat_at": r["heartbeat_at"].isoformat(),
-             "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
-             "invocations": r["invocations"], "error": r["error"]}
-            for r in rows
-        ]
+        return [ledger_row_json(r) for r in rows]
 
     return app

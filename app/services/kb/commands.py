@@ -16,7 +16,7 @@ from app.errors import BadInput
 from app.services.kb import kb_commands
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy, explain_run
 from app.services.kb.backfill.engine import BackfillResult
-from app.services.kb.backfill.report import candidacy_report, result_json
+from app.services.kb.backfill.report import candidacy_report, ledger_row_json, result_json
 from app.services.kb.backfill.undo import undo_backfill
 from app.services.kb.candidacy import CandidacyConfig
 from app.services.kb.console import Progress, StopFlag, echo
@@ -137,16 +137,7 @@ async def cmd_backfill_undo(args: argparse.Namespace) -> int:
 async def cmd_backfill_runs(args: argparse.Namespace) -> int:
     async with open_database() as db:
         rows = await db.fetch(q("list_backfill_runs"), args.workspace_id, args.limit)
-    items = [
-        {
-            "id": str(r["id"]), "kind": r["kind"], "dry_run": r["dry_run"], "status": r["status"],
-            "started_at": r["started_at"].isoformat(), "heartbeat_at": r["heartbeat_at"].isoformat(),
-            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
-            "invocations": r["invocations"], "counts": orjson.loads(r["counts"]),
-            "config": orjson.loads(r["config"]), "error": r["error"],
-        }
-        for r in rows
-    ]
+    items = [ledger_row_json(r) for r in rows]
     if args.json:
         _print_json(items)
         return 0

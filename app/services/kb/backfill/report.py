@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from app.services.kb.backfill.counters import Counters
 from app.services.kb.backfill.engine import BackfillResult
 
@@ -125,4 +127,15 @@ def result_json(result: BackfillResult, **extra: Any) -> dict[str, Any]:
         "run_totals": result.totals.to_dict(),
         "resumed": result.resumed,
         "elapsed_s": round(result.elapsed_s, 3),
+    }
+
+
+def ledger_row_json(r: Any) -> dict[str, Any]:
+    """One `list_backfill_runs` row as JSON-ready data (CLI `backfill-runs` and the API)."""
+    return {
+        "id": str(r["id"]), "kind": r["kind"], "dry_run": r["dry_run"], "status": r["status"],
+        "config": orjson.loads(r["config"]), "counts": orjson.loads(r["counts"]),
+        "started_at": r["started_at"].isoformat(), "heartbeat_at": r["heartbeat_at"].isoformat(),
+        "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
+        "invocations": r["invocations"], "error": r["error"],
     }
