@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -35,6 +36,20 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_gone(conn: Conn) -> bool:
+    """True when the connection is closed; a pooled connection whose server side was
+    lost is detached from its proxy, and asking the proxy raises instead of answering."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+def application_name() -> str:
+    """How this process shows up in pg_stat_activity: `trading-kb[<pid>]`."""
+    return f"trading-kb[{os.getpid()}]"
+
+
 def with_database(dsn: str, name: str) -> str:
     """The same server and credentials, another database name."""
     parts = urlsplit(dsn)
@@ -62,7 +77,8 @@ def describe_connect_error(dsn: str, exc: BaseException) -> str:
 async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
     """A single connection (for locks and long sessions), with errors translated."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout,
+                                     server_settings={"application_name": application_name()})
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from exc
     await _init_connection(conn)
@@ -107,6 +123,7 @@ class Database:
                 max_size=self._max_size,
                 init=_init_connection,
                 timeout=10.0,
+                server_settings={"application_name": application_name()},
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(describe_connect_error(self.dsn, exc)) from exc

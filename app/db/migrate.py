@@ -68,13 +68,14 @@ async def _applied(conn: Conn) -> dict[int, asyncpg.Record]:
     return {r["version"]: r for r in rows}
 
 
-async def upgrade(conn: Conn) -> list[Migration]:
-    """Apply pending migrations; returns those applied by this call.
+async def upgrade(conn: Conn, migrations: list[Migration] | None = None) -> list[Migration]:
+    """Apply pending migrations (the packaged ones unless given); returns those applied
+    by this call.
 
     The advisory lock makes concurrent upgrades wait for each other; the loser then
     finds nothing pending.
     """
-    migrations = load_migrations()
+    migrations = load_migrations() if migrations is None else migrations
     applied_now: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:

@@ -1,36 +1,46 @@
-"""Process-level faults: bad connection settings, parallel upgrades, SIGKILL mid-backfill."""
+"""Process-level faults against real `kb` processes: bad connection settings, parallel
+upgrades, SIGKILL and SIGINT mid-backfill, connections terminated by the server, a
+network outage, concurrent edits by another session, a competing backfill, and a schema
+upgrade while a backfill writes. After each, the database must end as an uninterrupted
+run leaves it."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import signal
-import subprocess
-import sys
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from app.db import with_database
-from tests.conftest import run_row
-
-KB = [sys.executable, "-m", "app.services.kb.cli"]
-
-
-def run_kb(*argv: str, url: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": url}
-    return subprocess.run([*KB, *argv], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+from app.db.migrate import Migration, load_migrations, upgrade
+from tests.integration.faultkit import (
+    BATCH,
+    OutageProxy,
+    Workload,
+    assert_same_as_uninterrupted,
+    candidacy_workload,
+    kb_argv,
+    ohlcv_csv,
+    regime_workload,
+    run_kb,
+    start_kb,
+    terminate_backends,
+    wait_for_progress,
+)
 
 
 @pytest.mark.parametrize("url", [
     "postgresql://kb:secret-pw@no-such-host.invalid:5432/kb",
     "postgresql://kb:secret-pw@127.0.0.1:1/kb",
 ])
-def test_unreachable_database_is_one_line_exit_1(url: str) -> None:
-    proc = run_kb("db", "status", url=url)
-    assert proc.returncode == 1
-    assert proc.stderr.count("\n") == 1 and "cannot connect to the database" in proc.stderr
-    assert "secret-pw" not in proc.stderr and "Traceback" not in proc.stderr
+async def test_unreachable_database_is_one_line_exit_1(url: str) -> None:
+    code, _, err = await run_kb(url, "db", "status")
+    assert code == 1
+    assert err.count("\n") == 1 and "cannot connect to the database" in err
+    assert "secret-pw" not in err and "Traceback" not in err
 
 
 async def test_parallel_db_upgrade_from_empty(server_dsn: str) -> None:
@@ -39,8 +49,8 @@ async def test_parallel_db_upgrade_from_empty(server_dsn: str) -> None:
     await admin.execute('CREATE DATABASE "kb_test_parallel_cli"')
     try:
         url = with_database(server_dsn, "kb_test_parallel_cli")
-        procs = await asyncio.gather(*(asyncio.to_thread(run_kb, "db", "upgrade", url=url) for _ in range(2)))
-        assert [p.returncode for p in procs] == [0, 0], [p.stderr for p in procs]
+        procs = await asyncio.gather(*(run_kb(url, "db", "upgrade") for _ in range(2)))
+        assert [p[0] for p in procs] == [0, 0], [p[2] for p in procs]
         conn = await asyncpg.connect(url)
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
         await conn.close()
@@ -49,44 +59,207 @@ async def test_parallel_db_upgrade_from_empty(server_dsn: str) -> None:
         await admin.close()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kill_after_batches", [3, 40])
-async def test_sigkill_then_resume_equals_uninterrupted(db, db_url, make_workspace, insert_runs, kill_after_batches):
+
+KINDS = ["candidacy", "regime"]
+
+
+@pytest.fixture
+async def workload(request, db, make_workspace, insert_runs, tmp_path) -> tuple[object, Workload]:
     ws = await make_workspace()
-    good = {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0}
-    rows = [run_row(ws, i, summary=good if i % 10 < 3 else {**good, "sharpe": -1}) for i in range(20_000)]
-    await insert_runs(rows)
-    eligible = {r["id"] for i, r in enumerate(rows) if i % 10 < 3}
-    env = {**os.environ, "DATABASE_URL": db_url}
-    proc = subprocess.Popen([*KB, "backfill-candidacy", "--workspace-id", str(ws), "--limit", "100000",
-                             "--batch-size", "50"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):
-            done = await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1", ws)
-            if done >= kill_after_batches * 50 or proc.poll() is not None:
+    if request.param == "candidacy":
+        work = candidacy_workload(ws)
+    else:
+        work = regime_workload(ws, ohlcv_csv(tmp_path / "aapl_1h.csv"))
+    await insert_runs(work.rows)
+    return ws, work
+
+
+def whole_batches(done: int, work: Workload) -> bool:
+    return done % BATCH == 0 or done == len(work.expected)
+
+
+async def ledger_status(db, ws) -> list[str]:
+    return [r["status"] for r in await db.fetch(
+        "SELECT status FROM kb_backfill_runs WHERE workspace_id = $1 AND NOT dry_run", ws)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", KINDS, indirect=True)
+@pytest.mark.parametrize("seed", [11, 22, 33])
+async def test_sigkill_at_random_points_then_resume(db, db_url, workload, seed) -> None:
+    """Two SIGKILLs at random moments (a random row count, then a random delay that
+    usually lands mid-batch); after --resume the state equals an uninterrupted run."""
+    ws, work = workload
+    rng = random.Random(seed)
+    resume: tuple[str, ...] = ()
+    for _ in range(2):
+        done = await work.done(db, ws)
+        proc = await start_kb(db_url, *kb_argv(work, ws, *resume))
+        await wait_for_progress(db, work, ws, proc, done + rng.randint(1, 3000))
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        assert whole_batches(await work.done(db, ws), work)  # only whole batches are ever committed
+        resume = ("--resume",)
+        if (await ledger_status(db, ws)) == ["completed"]:
+            break
+    if (await ledger_status(db, ws)) != ["completed"]:
+        code, _, err = await run_kb(db_url, *kb_argv(work, ws, "--resume"))
+        assert code == 0, err
+    await assert_same_as_uninterrupted(db, work, ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", KINDS, indirect=True)
+async def test_sigint_stops_after_the_batch_then_resume(db, db_url, workload) -> None:
+    ws, work = workload
+    proc = await start_kb(db_url, *kb_argv(work, ws))
+    await wait_for_progress(db, work, ws, proc, 500)
+    proc.send_signal(signal.SIGINT)
+    _, err = await proc.communicate()
+    assert proc.returncode == 130, err
+    assert "stopping after the current batch" in err.decode() and "Traceback" not in err.decode()
+    assert await ledger_status(db, ws) == ["interrupted"]
+    done = await work.done(db, ws)
+    assert 500 <= done < len(work.expected) and whole_batches(done, work)
+    code, out, err2 = await run_kb(db_url, *kb_argv(work, ws, "--resume"))
+    assert code == 0, err2
+    await assert_same_as_uninterrupted(db, work, ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", KINDS, indirect=True)
+async def test_server_terminating_connections_is_retried(db, db_url, workload) -> None:
+    """pg_terminate_backend on every connection of the process, twice: the writer
+    retries, the lock is taken again, and the run completes in one invocation."""
+    ws, work = workload
+    proc = await start_kb(db_url, *kb_argv(work, ws))
+    for at_least in (500, 2000):
+        await wait_for_progress(db, work, ws, proc, at_least)
+        assert await terminate_backends(db, proc.pid) >= 1
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    await assert_same_as_uninterrupted(db, work, ws)
+    assert await db.fetchval("SELECT invocations FROM kb_backfill_runs WHERE workspace_id = $1", ws) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", KINDS, indirect=True)
+async def test_outage_fails_with_exit_1_and_resume_finishes(db, db_url, server_dsn, workload) -> None:
+    """The server terminates the connections and the network then refuses new ones:
+    bounded retries with backoff, one error line, exit 1; --resume afterwards finishes."""
+    ws, work = workload
+    async with OutageProxy(server_dsn) as proxy:
+        url = proxy.url(urlsplit(db_url).path.lstrip("/"))
+        proc = await start_kb(url, *kb_argv(work, ws))
+        await wait_for_progress(db, work, ws, proc, 500)
+        proxy.outage()
+        await terminate_backends(db, proc.pid)
+        started = asyncio.get_running_loop().time()
+        _, err_bytes = await asyncio.wait_for(proc.communicate(), 60)
+        waited = asyncio.get_running_loop().time() - started
+        err = err_bytes.decode()
+        assert proc.returncode == 1, err
+        assert err.count("kb: error:") == 1 and "--resume" in err.splitlines()[-1] and "Traceback" not in err
+        assert 1.0 < waited < 30  # it backed off and retried, and gave up in bounded time
+        done = await work.done(db, ws)
+        assert done < len(work.expected) and whole_batches(done, work)
+        proxy.restore()
+        code, _, err = await run_kb(url, *kb_argv(work, ws, "--resume"))
+        assert code == 0, err
+    await assert_same_as_uninterrupted(db, work, ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", KINDS, indirect=True)
+async def test_concurrent_edits_are_kept_and_counted(db, db_url, workload) -> None:
+    """Another session locks 20 target rows the backfill has already read, changes them
+    while the backfill waits on them, and commits: none is overwritten, each is counted
+    as changed_concurrently."""
+    ws, work = workload
+    ordered = [r["id"] for r in work.rows if r["id"] in work.expected]
+    targets = ordered[10:410:20]  # all inside the first page the backfill reads
+    async with db.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SELECT 1 FROM backtest_runs WHERE id = ANY($1) FOR UPDATE", targets)
+        proc = await start_kb(db_url, *kb_argv(work, ws))
+        for _ in range(3000):
+            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                                 "AND wait_event_type = 'Lock'", f"trading-kb[{proc.pid}]"):
                 break
             await asyncio.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    before = await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1", ws)
-    assert before % 50 == 0  # only whole batches are ever committed
-    ledger = await db.fetchrow("SELECT status, counts FROM kb_backfill_runs WHERE workspace_id = $1", ws)
-    resumed = await asyncio.to_thread(run_kb, "backfill-candidacy", "--workspace-id", str(ws), "--limit", "100000",
-                                      "--batch-size", "50", "--resume", "--json", url=db_url)
-    if ledger["status"] == "completed":
-        assert resumed.returncode == 2  # the kill came after the end: nothing to resume
+        else:
+            raise AssertionError("the backfill never reached the locked rows")
+        if work.kind == "candidacy":
+            await conn.execute("UPDATE backtest_runs SET kb_status = CASE WHEN id = ANY($2) THEN 'promoted' "
+                               "ELSE 'rejected' END, kb_status_changed_by = 'analyst' WHERE id = ANY($1)",
+                               targets, targets[::2])
+        else:
+            await conn.execute("UPDATE backtest_runs SET regime_oos = '{\"computation_source\": \"analyst\"}' "
+                               "WHERE id = ANY($1)", targets)
+        await tx.commit()
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    counts = await db.fetchrow("SELECT counts::json->>'updated' AS updated, "
+                               "counts::json->>'changed_concurrently' AS changed FROM kb_backfill_runs "
+                               "WHERE workspace_id = $1", ws)
+    assert int(counts["changed"]) == len(targets) == 20
+    assert int(counts["updated"]) == len(work.expected) - 20
+    kept = await db.fetch("SELECT id, kb_status, kb_status_changed_by, regime_oos::text AS regime "
+                          "FROM backtest_runs WHERE id = ANY($1)", targets)
+    if work.kind == "candidacy":
+        assert {r["id"]: r["kb_status"] for r in kept} == {
+            t: "promoted" if i % 2 == 0 else "rejected" for i, t in enumerate(targets)}
+        assert await db.fetchval("SELECT count(*) FROM kb_status_history WHERE run_id = ANY($1)", targets) == 0
     else:
-        assert resumed.returncode == 0, resumed.stderr
-    got = {r["id"] for r in await db.fetch(
-        "SELECT id FROM backtest_runs WHERE workspace_id = $1 AND kb_status = 'candidate'", ws)}
-    assert got == eligible
-    assert await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1", ws) == len(eligible)
-    assert await db.fetchval(
-        "SELECT count(DISTINCT run_id) FROM kb_status_history WHERE workspace_id = $1", ws) == len(eligible)
-    final = await db.fetchrow("SELECT status, counts::json->>'updated' AS updated, counts::json->>'scanned' AS scanned"
-                              " FROM kb_backfill_runs WHERE workspace_id = $1", ws)
-    assert final["status"] == "completed"
-    assert int(final["updated"]) == len(eligible) and int(final["scanned"]) == 20_000
+        assert all("analyst" in r["regime"] for r in kept)
+    changed = {r["id"] for r in await db.fetch(work.changed_sql(), ws)}
+    expected = work.expected - set(targets) if work.kind == "candidacy" else work.expected
+    assert changed == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", ["candidacy"], indirect=True)
+async def test_competing_backfills(db, db_url, workload, make_workspace, insert_runs) -> None:
+    """Same kind and workspace: the second refuses with a clear message. Another
+    workspace runs in parallel."""
+    ws, work = workload
+    other = await make_workspace("other")
+    other_work = candidacy_workload(other, 3000)
+    await insert_runs(other_work.rows)
+    first = await start_kb(db_url, *kb_argv(work, ws))
+    await wait_for_progress(db, work, ws, first, 1)
+    second, parallel = await asyncio.gather(run_kb(db_url, *kb_argv(work, ws)),
+                                            run_kb(db_url, *kb_argv(other_work, other)))
+    assert first.returncode is None  # still running while the others finished
+    assert second[0] == 1 and second[2].count("\n") == 1
+    assert f"another backfill-candidacy is running on workspace {ws} (process {first.pid})" in second[2]
+    assert parallel[0] == 0, parallel[2]
+    _, err = await first.communicate()
+    assert first.returncode == 0, err
+    await assert_same_as_uninterrupted(db, work, ws)
+    await assert_same_as_uninterrupted(db, other_work, other)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", KINDS, indirect=True)
+async def test_schema_upgrade_during_a_backfill(db, db_url, workload) -> None:
+    """`kb db upgrade` while a backfill writes, and a real schema change (a new column
+    and index on backtest_runs) applied mid-run: the backfill waits for the DDL and
+    finishes with the same result."""
+    ws, work = workload
+    proc = await start_kb(db_url, *kb_argv(work, ws))
+    await wait_for_progress(db, work, ws, proc, 300)
+    code, _, err = await run_kb(db_url, "db", "upgrade")
+    assert code == 0, err
+    extra = Migration(9001, "fault_test_column", "ALTER TABLE backtest_runs ADD COLUMN fault_note text;\n"
+                                                 "CREATE INDEX backtest_runs_fault_note ON backtest_runs (fault_note);")
+    async with db.acquire() as conn:
+        applied = await upgrade(conn, [*load_migrations(), extra])
+    assert [m.version for m in applied] == [9001]
+    assert proc.returncode is None  # the schema changed under a running backfill
+    _, err_bytes = await proc.communicate()
+    assert proc.returncode == 0, err_bytes
+    await assert_same_as_uninterrupted(db, work, ws)

@@ -104,6 +104,12 @@ UPDATE kb_backfill_runs
 SET status = $2, finished_at = now(), heartbeat_at = now(), error = $3
 WHERE id = $1
 
+-- name: fail_backfill_run
+-- Only a run still marked running: never overwrite what another process recorded.
+UPDATE kb_backfill_runs
+SET status = $2, finished_at = now(), heartbeat_at = now(), error = $3
+WHERE id = $1 AND status = 'running'
+
 -- name: heartbeat_backfill_run
 UPDATE kb_backfill_runs SET heartbeat_at = now() WHERE id = $1
 

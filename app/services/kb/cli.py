@@ -18,6 +18,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
+from app.db.connector import TRANSIENT_ERRORS
 from app.errors import BadInput, KBError
 from app.services.kb import commands
 from app.services.kb.candidacy import KNOWN_EXPERIMENT_TYPES
@@ -224,6 +227,26 @@ async def amain(argv: Sequence[str] | None = None) -> int:
             logging.exception("failed")
         sys.stderr.write(f"kb: error: {exc}\n")
         return exc.exit_code
+    except _CONNECTION_LOST as exc:
+        if args.verbose:
+            logging.exception("failed")
+        sys.stderr.write(f"kb: error: lost the database connection ({_first_line(exc)}); "
+                         "committed work is kept, run the command again (backfills: --resume)\n")
+        return 1
+    except asyncpg.PostgresError as exc:
+        if args.verbose:
+            logging.exception("failed")
+        sys.stderr.write(f"kb: error: the database refused the command: {_first_line(exc)}\n")
+        return 1
+
+
+# Transient database errors, minus bare OSError (a file error must not read as a lost connection).
+_CONNECTION_LOST = tuple(e for e in TRANSIENT_ERRORS if e is not OSError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from app.db import Database
-from app.db.connector import TRANSIENT_ERRORS, Conn
+from app.db.connector import TRANSIENT_ERRORS, Conn, is_gone
 from app.db.queries import q
 from app.errors import BackfillLocked, DatabaseError, NotFound, NothingToResume
 from app.services.kb.backfill.counters import Counters
@@ -129,19 +129,24 @@ async def acquire_lock(conn: Conn, kind: str, workspace_id: uuid.UUID) -> None:
 
 
 async def release_lock(conn: Conn, kind: str, workspace_id: uuid.UUID) -> None:
-    if not conn.is_closed():
+    """Unlock; a closed connection has released the lock already."""
+    if is_gone(conn):
+        return
+    try:
         await conn.execute(
             "SELECT pg_advisory_unlock(hashtext('trading-kb:backfill:' || $1::text), hashtext($2::text))",
             kind,
             str(workspace_id),
         )
+    except TRANSIENT_ERRORS:
+        log.debug("lock connection closed while unlocking", exc_info=True)
 
 
 class _Run:
     """State of one invocation; keeps the loop in `run_backfill` readable."""
 
     def __init__(self, db: Database, job: BackfillJob, opts: EngineOptions, run_id: uuid.UUID,
-                 base: Counters, lock_conn: Conn) -> None:
+                 base: Counters, lock_conn: PoolConnectionProxy) -> None:
         self.db = db
         self.job = job
         self.opts = opts
@@ -156,7 +161,7 @@ class _Run:
         self.inflight: asyncio.Task[None] | None = None
 
     async def _writer(self) -> PoolConnectionProxy:
-        if self.writer is None or self.writer.is_closed():
+        if self.writer is None or is_gone(self.writer):
             self.writer = await self.db.pool.acquire()
         return self.writer
 
@@ -166,11 +171,11 @@ class _Run:
             with contextlib.suppress(BaseException):
                 await self.inflight
         self.inflight = None
+        await self.drop_writer()
+
+    async def drop_writer(self) -> None:
         if self.writer is not None:
-            try:
-                await self.db.pool.release(self.writer)
-            except Exception:  # a dead connection; the pool replaces it
-                log.debug("writer connection was already closed", exc_info=True)
+            await _release_quietly(self.db, self.writer)
             self.writer = None
 
     async def flush(self, cursor: tuple[datetime, uuid.UUID]) -> None:
@@ -196,6 +201,7 @@ class _Run:
         counts.changed_concurrently += self.session.changed_concurrently
         for attempt in range(WRITE_RETRIES + 1):
             try:
+                await self.ensure_lock()
                 conn = await self._writer()
                 async with conn.transaction():
                     done = False
@@ -214,7 +220,8 @@ class _Run:
                                            counts.to_json())
                 break
             except TRANSIENT_ERRORS as exc:
-                await self.release()
+                await self.drop_writer()  # not release(): this runs inside the in-flight task
+                log.warning("writing a batch failed (%s); attempt %d of %d", exc, attempt + 1, WRITE_RETRIES + 1)
                 if attempt == WRITE_RETRIES:
                     raise DatabaseError(
                         f"lost the database connection {WRITE_RETRIES + 1} times while writing a batch "
@@ -231,18 +238,58 @@ class _Run:
         await self._heartbeat()
 
     async def _heartbeat(self) -> None:
-        # The heartbeat goes through the lock connection: if that connection is gone the
-        # lock is gone too, and writing on without it could race another backfill.
         now = time.monotonic()
         if now - self.last_heartbeat >= 2.0:
-            try:
-                await self.lock_conn.execute(q("heartbeat_backfill_run"), self.run_id)
-            except TRANSIENT_ERRORS as exc:
-                raise DatabaseError(
-                    f"lost the connection holding the backfill lock ({exc}); "
-                    "committed batches are kept: rerun with --resume"
-                ) from exc
+            await self.ledger(q("heartbeat_backfill_run"), self.run_id)
             self.last_heartbeat = now
+
+    async def ledger(self, query: str, *args: Any) -> None:
+        """Run a ledger statement on the lock connection, re-taking the lock first if
+        the server dropped that connection."""
+        for attempt in range(WRITE_RETRIES + 1):
+            try:
+                await self.ensure_lock()
+                await self.lock_conn.execute(query, *args)
+                return
+            except TRANSIENT_ERRORS as exc:
+                if attempt == WRITE_RETRIES:
+                    raise DatabaseError(
+                        f"lost the connection holding the backfill lock {WRITE_RETRIES + 1} times ({exc}); "
+                        "committed batches are kept: rerun with --resume"
+                    ) from exc
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def ensure_lock(self) -> None:
+        """The advisory lock lives as long as its connection. If the server terminated
+        that connection, take the lock again on a new one, unless another process took
+        it (or took over this run) meanwhile: then stop rather than race it."""
+        if not is_gone(self.lock_conn):
+            return
+        conn: PoolConnectionProxy = await self.db.pool.acquire()
+        try:
+            got = await conn.fetchval(q("try_backfill_lock"), self.job.kind, str(self.opts.workspace_id))
+            status = await conn.fetchval("SELECT status FROM kb_backfill_runs WHERE id = $1", self.run_id)
+            if got and status != "running":
+                await release_lock(conn, self.job.kind, self.opts.workspace_id)
+        except BaseException:
+            await _release_quietly(self.db, conn)
+            raise
+        if not got or status != "running":
+            await _release_quietly(self.db, conn)
+            raise BackfillLocked(
+                f"the connection holding the backfill lock was closed and another process took over "
+                f"backfill-{self.job.kind} on workspace {self.opts.workspace_id}; committed batches are kept"
+            )
+        old, self.lock_conn = self.lock_conn, conn
+        await _release_quietly(self.db, old)
+        log.info("re-took the backfill lock on a new connection")
+
+
+async def _release_quietly(db: Database, conn: PoolConnectionProxy) -> None:
+    try:
+        await db.pool.release(conn)
+    except Exception:  # a dead connection; the pool replaces it
+        log.debug("connection was already closed", exc_info=True)
 
 
 async def _fetch_with_retry(db: Database, job: BackfillJob, after: tuple[datetime, uuid.UUID],
@@ -300,16 +347,18 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
             run = _Run(db, job, opts, run_id, base, lock_conn)
             try:
                 status, error = await _loop(run, cursor)
+                await run.ledger(q("finish_backfill_run"), run_id, status, error)
             except BaseException as exc:
-                await _mark_failed(lock_conn, run_id, exc)
+                await _mark_failed(run, exc)
                 raise
-            await lock_conn.execute(q("finish_backfill_run"), run_id, status, error)
         finally:
+            if run is not None:
+                lock_conn = run.lock_conn
             await release_lock(lock_conn, job.kind, opts.workspace_id)
     finally:
         if run is not None:
             await run.release()
-        await db.pool.release(lock_conn)
+        await _release_quietly(db, lock_conn)
     return BackfillResult(
         run_id=run.run_id,
         kind=job.kind,
@@ -324,14 +373,18 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     )
 
 
-async def _mark_failed(conn: Conn, run_id: uuid.UUID, exc: BaseException) -> None:
-    """Best effort: a dead connection leaves the row 'running', which the next run
-    recognises as interrupted because the lock is free."""
+async def _mark_failed(run: _Run, exc: BaseException) -> None:
+    """Best effort, on the lock connection or else a fresh one. If even that fails the
+    row stays 'running', and the next run sees it as interrupted because the lock is free."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) else "failed"
+    args = (run.run_id, status, (str(exc) or type(exc).__name__)[:500])
     try:
-        await conn.execute(q("finish_backfill_run"), run_id, status, (str(exc) or type(exc).__name__)[:500])
+        if not is_gone(run.lock_conn):
+            await run.lock_conn.execute(q("fail_backfill_run"), *args)
+        else:
+            await run.db.execute(q("fail_backfill_run"), *args)
     except Exception:
-        log.debug("could not record the failure of backfill run %s", run_id, exc_info=True)
+        log.debug("could not record the failure of backfill run %s", run.run_id, exc_info=True)
 
 
 def _start(opts: EngineOptions) -> tuple[datetime, uuid.UUID]:

@@ -1,0 +1,200 @@
+"""Helpers for the fault tests: workloads for both backfills, a `kb` subprocess, and a
+TCP proxy that can cut every connection and refuse new ones (a network outage)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+
+from app.db import Database
+from tests.conftest import BASE_TIME, run_row
+
+KB = [sys.executable, "-m", "app.services.kb.cli"]
+BATCH = 50
+HOURS = 3000
+
+
+@dataclass
+class Workload:
+    """Rows for one backfill kind, and how to tell which of them the backfill changed."""
+
+    kind: str
+    rows: list[dict[str, Any]]
+    expected: set[uuid.UUID]  # the rows an uninterrupted run changes
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def command(self) -> str:
+        return f"backfill-{self.kind}"
+
+    def changed_sql(self) -> str:
+        if self.kind == "candidacy":
+            return "SELECT id FROM backtest_runs WHERE workspace_id = $1 AND kb_status = 'candidate'"
+        return "SELECT id FROM backtest_runs WHERE workspace_id = $1 AND regime_oos IS NOT NULL"
+
+    async def done(self, db: Database, ws: uuid.UUID) -> int:
+        """Rows written so far (committed)."""
+        if self.kind == "candidacy":
+            return int(await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1", ws))
+        return int(await db.fetchval(
+            "SELECT count(*) FROM backtest_runs WHERE workspace_id = $1 AND regime_oos IS NOT NULL", ws))
+
+
+def candidacy_workload(ws: uuid.UUID, n: int = 20_000) -> Workload:
+    good = {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0}
+    rows = [run_row(ws, i, summary=good if i % 10 < 3 else {**good, "sharpe": -1}) for i in range(n)]
+    return Workload("candidacy", rows, {r["id"] for i, r in enumerate(rows) if i % 10 < 3})
+
+
+def ohlcv_csv(path: Path) -> Path:
+    rng = np.random.default_rng(5)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, HOURS)))
+    ts = pd.date_range(BASE_TIME - timedelta(days=200), periods=HOURS, freq="h", tz="UTC")
+    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": close, "high": close * 1.003,
+                  "low": close * 0.997, "close": close, "volume": 1000}).to_csv(path, index=False)
+    return path
+
+
+def regime_workload(ws: uuid.UUID, ohlcv: Path, n: int = 20_000) -> Workload:
+    """Runs with many distinct OOS windows; every 10th has no dates (skipped)."""
+    start = BASE_TIME - timedelta(days=200)
+    rows, expected = [], set()
+    for i in range(n):
+        meta: dict[str, Any] = {"symbol": "AAPL", "timeframe": "1h"}
+        if i % 10:
+            lo = (i * 7) % (HOURS - 700)
+            meta["oos_start"] = (start + timedelta(hours=lo)).isoformat()
+            meta["oos_end"] = (start + timedelta(hours=lo + 200 + i % 400)).isoformat()
+        row = run_row(ws, i, dataset_meta=meta)
+        rows.append(row)
+        if i % 10:
+            expected.add(row["id"])
+    args = ["--ohlcv-file", str(ohlcv), "--symbol", "AAPL", "--timeframe", "1h"]
+    return Workload("regime", rows, expected, args)
+
+
+def kb_argv(work: Workload, ws: uuid.UUID, *extra: str) -> list[str]:
+    return [work.command, "--workspace-id", str(ws), "--limit", "100000", "--batch-size", str(BATCH),
+            *work.args, *extra]
+
+
+async def start_kb(url: str, *argv: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "DATABASE_URL": url}
+    return await asyncio.create_subprocess_exec(*KB, *argv, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+
+
+async def run_kb(url: str, *argv: str, limit_s: float = 120) -> tuple[int, str, str]:
+    proc = await start_kb(url, *argv)
+    out, err = await asyncio.wait_for(proc.communicate(), limit_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def wait_for_progress(db: Database, work: Workload, ws: uuid.UUID, proc: asyncio.subprocess.Process,
+                            at_least: int, limit_s: float = 60) -> int:
+    """Poll until `at_least` rows are committed or the process has ended."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while loop.time() < deadline:
+        done = await work.done(db, ws)
+        if done >= at_least or proc.returncode is not None:
+            return done
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no progress to {at_least} rows within {limit_s} s")
+
+
+async def terminate_backends(db: Database, pid: int) -> int:
+    """pg_terminate_backend every server connection of the `kb` process `pid`."""
+    return int(await db.fetchval(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = $1", f"trading-kb[{pid}]"))
+
+
+async def assert_same_as_uninterrupted(db: Database, work: Workload, ws: uuid.UUID) -> None:
+    """The final state an uninterrupted run leaves: exactly the expected rows changed,
+    one history row each (candidacy), and a completed ledger that counts them."""
+    got = {r["id"] for r in await db.fetch(work.changed_sql(), ws)}
+    assert got == work.expected, (len(got), len(work.expected))
+    if work.kind == "candidacy":
+        assert await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1",
+                                 ws) == len(work.expected)
+        assert await db.fetchval("SELECT count(DISTINCT run_id) FROM kb_status_history WHERE workspace_id = $1",
+                                 ws) == len(work.expected)
+    ledger = await db.fetch("SELECT status, counts::json->>'updated' AS updated, counts::json->>'scanned' AS "
+                            "scanned FROM kb_backfill_runs WHERE workspace_id = $1 AND NOT dry_run", ws)
+    assert [r["status"] for r in ledger] == ["completed"]
+    assert int(ledger[0]["updated"]) == len(work.expected)
+    assert int(ledger[0]["scanned"]) == len(work.rows)
+
+
+class OutageProxy:
+    """Forwards TCP connections to the PostgreSQL server. `outage()` drops every open
+    connection and turns new ones away until `restore()`."""
+
+    def __init__(self, server_dsn: str) -> None:
+        parts = urlsplit(server_dsn)
+        query = parse_qs(parts.query)
+        self._socket_dir = (query.get("host") or [parts.hostname or ""])[0]
+        self._port = parts.port or 5432
+        self._user = parts.username or "postgres"
+        self._password = parts.password
+        self._server: asyncio.Server | None = None
+        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.refusing = False
+        self.port = 0
+
+    async def __aenter__(self) -> OutageProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.outage()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def url(self, database: str) -> str:
+        auth = self._user + (f":{self._password}" if self._password else "")
+        return urlunsplit(("postgresql", f"{auth}@127.0.0.1:{self.port}", "/" + database, "", ""))
+
+    def outage(self) -> None:
+        self.refusing = True
+        for a, b in self._links:
+            for w in (a, b):
+                w.transport.abort()
+        self._links.clear()
+
+    def restore(self) -> None:
+        self.refusing = False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
+        if self._socket_dir.startswith("/"):
+            up_r, up_w = await asyncio.open_unix_connection(f"{self._socket_dir}/.s.PGSQL.{self._port}")
+        else:
+            up_r, up_w = await asyncio.open_connection(self._socket_dir, self._port)
+        self._links.append((writer, up_w))
+        await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
