@@ -20,6 +20,7 @@ import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import Database
 from app.db.embedded import database_url
@@ -32,6 +33,62 @@ from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_regime_snapshot
 from app.services.kb.types import RegimeSnapshot, parse_regime_snapshot
 
 MAX_OHLCV_ROWS = 20_000
+# 20,000 bars of JSON are about 2.5 MB; anything far beyond that is refused unread.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request body over `limit` bytes, whether it
+    declares its length or streams it in chunks, without buffering the excess."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge(self.limit)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = orjson.dumps({"detail": f"request body over {self.limit:,} bytes"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(HTTPException):
+    """Raised while the body streams in; FastAPI passes HTTPExceptions through its body
+    parsing, so the client gets the 413 either way."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body over {limit:,} bytes")
 
 
 class IngestRequest(BaseModel):
@@ -128,6 +185,7 @@ def create_app(db: Database | None = None) -> FastAPI:
                 await app.state.db.close()
 
     app = FastAPI(title="trading-kb", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(KBError)
     async def kb_error(_: Request, exc: KBError) -> JSONResponse:

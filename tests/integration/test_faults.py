@@ -229,11 +229,16 @@ async def test_competing_backfills(db, db_url, workload, make_workspace, insert_
     other = await make_workspace("other")
     other_work = candidacy_workload(other, 3000)
     await insert_runs(other_work.rows)
-    first = await start_kb(db_url, *kb_argv(work, ws))
-    await wait_for_progress(db, work, ws, first, 1)
-    second, parallel = await asyncio.gather(run_kb(db_url, *kb_argv(work, ws)),
-                                            run_kb(db_url, *kb_argv(other_work, other)))
-    assert first.returncode is None  # still running while the others finished
+    # Hold one row the first backfill will write, so it is surely still running (and
+    # holding its lock) while the other two start.
+    held = [r["id"] for r in work.rows if r["id"] in work.expected][500]  # rows are in created_at order
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM backtest_runs WHERE id = $1 FOR UPDATE", held)
+        first = await start_kb(db_url, *kb_argv(work, ws))
+        await wait_for_progress(db, work, ws, first, 1)
+        second, parallel = await asyncio.gather(run_kb(db_url, *kb_argv(work, ws)),
+                                                run_kb(db_url, *kb_argv(other_work, other)))
+        assert first.returncode is None
     assert second[0] == 1 and second[2].count("\n") == 1
     assert f"another backfill-candidacy is running on workspace {ws} (process {first.pid})" in second[2]
     assert parallel[0] == 0, parallel[2]

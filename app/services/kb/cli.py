@@ -208,6 +208,9 @@ def _configure_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # asyncpg logs its own reconnect attempts with tracebacks; our retries already say
+    # what happened in one line each.
+    logging.getLogger("asyncpg").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 async def amain(argv: Sequence[str] | None = None) -> int:
