@@ -101,6 +101,9 @@ _RUN_COLUMNS = (
 )
 
 
+_JSON_COLUMNS = ("params", "dataset_meta", "summary", "regime_oos", "regime_is")
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None
@@ -136,28 +139,15 @@ def run_row(workspace_id: uuid.UUID, i: int = 0, **overrides: Any) -> dict[str, 
 
 @pytest.fixture
 def insert_runs(db: Database) -> Callable[..., Any]:
-    """Insert run dicts (see `run_row`) with COPY-free executemany; returns their ids."""
+    """Insert run dicts (see `run_row`) with COPY; returns their ids."""
 
     async def insert(rows: list[dict[str, Any]]) -> list[uuid.UUID]:
-        records = []
-        for r in rows:
-            records.append(
-                tuple(
-                    _json(r[c]) if c in ("params", "dataset_meta", "summary", "regime_oos", "regime_is")
-                    else r[c]
-                    for c in _RUN_COLUMNS
-                )
-            )
-        cols = ", ".join(_RUN_COLUMNS)
-        placeholders = ", ".join(
-            f"${i + 1}::jsonb" if c in ("params", "dataset_meta", "summary", "regime_oos", "regime_is")
-            else f"${i + 1}"
-            for i, c in enumerate(_RUN_COLUMNS)
-        )
+        records = [
+            tuple(_json(r[c]) if c in _JSON_COLUMNS else r[c] for c in _RUN_COLUMNS)
+            for r in rows
+        ]
         async with db.acquire() as conn:
-            await conn.executemany(
-                f"INSERT INTO backtest_runs ({cols}) VALUES ({placeholders})", records
-            )
+            await conn.copy_records_to_table("backtest_runs", records=records, columns=list(_RUN_COLUMNS))
         return [r["id"] for r in rows]
 
     return insert
