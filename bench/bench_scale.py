@@ -73,8 +73,8 @@ def free_port() -> int:
 async def api_load(url: str, ws: uuid.UUID, rounds: int) -> None:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "KB_API_TOKEN": "bench"}
-    server = subprocess.Popen([*KB, "serve", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = await asyncio.create_subprocess_exec(*KB, "serve", "--port", str(port), cwd=ROOT, env=env,
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     headers = {"Authorization": "Bearer bench"}
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120,
@@ -108,7 +108,7 @@ async def api_load(url: str, ws: uuid.UUID, rounds: int) -> None:
             total = time.perf_counter() - started
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        await asyncio.wait_for(server.wait(), 30)
     ms = np.array(latencies) * 1000
     print(f"API: {len(ms)} recommends in rounds of 200 concurrent, {errors} errors, "
           f"{len(ms) / total:,.0f} req/s; latency p50 {np.percentile(ms, 50):,.0f} ms, "

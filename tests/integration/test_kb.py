@@ -226,3 +226,12 @@ async def test_recommend_cli(cli, db, make_workspace, insert_runs, tmp_path):
     assert code == 0 and "RECOMMENDATION" in out and "Status:         degraded" not in out
     code, _, err = await cli("recommend", "--workspace-id", ws, "--strategy", "s")
     assert code == 2 and "--ohlcv-file or as --tags" in err
+
+
+async def test_seed_twice_and_into_two_workspaces(cli, db) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    for ws in (a, a, b):
+        code, _, err = await cli("seed", "--workspace-id", ws, "--runs", "1500", "--seed", "3")
+        assert code == 0, err
+    counts = dict(await db.fetch("SELECT workspace_id, count(*) FROM backtest_runs GROUP BY 1"))
+    assert counts == {a: 3000, b: 1500}

@@ -65,13 +65,16 @@ async def seed_runs(
     eligible_share: float = 0.3,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Insert `runs` synthetic completed test variants with COPY; returns the count."""
-    rng = np.random.default_rng(seed)
+    """Insert `runs` synthetic completed test variants with COPY; returns the count.
+
+    The same seed, workspace and starting count give the same rows; the workspace and
+    the rows already there are part of the seed, so run ids never collide."""
     async with db.acquire() as conn:
         await conn.execute("INSERT INTO workspaces (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
                            workspace_id, f"seed {workspace_id}")
         start = int(await conn.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1",
                                         workspace_id))
+        rng = np.random.default_rng([seed, workspace_id.int, start])
         done = 0
         while done < runs:
             count = min(_CHUNK, runs - done)
