@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -206,7 +206,7 @@ def create_app(db: Database | None = None) -> FastAPI:
 
     @app.post("/kb/trials/recommend", dependencies=auth)
     async def recommend_route(body: RecommendRequest, db: DB,
-                              cache: Annotated[TrialCache, Depends(get_cache)]) -> JSONResponse:
+                              cache: Annotated[TrialCache, Depends(get_cache)]) -> Response:
         if sum(x is not None for x in (body.regime, body.ohlcv, body.tags)) != 1:
             raise HTTPException(status_code=422, detail="give exactly one of regime, ohlcv or tags")
         regime = _regime_from_request(body)
@@ -214,7 +214,7 @@ def create_app(db: Database | None = None) -> FastAPI:
             workspace_id=body.workspace_id, strategy_name=body.strategy_name, regime=regime,
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown), cache)
-        return JSONResponse(content=orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)))
+        return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.get("/kb/status", dependencies=auth)
     async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:

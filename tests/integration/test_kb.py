@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from app.api.app import create_app
+from app.db.queries import q
 from app.services.kb.ingest import ingest, kb_status
 from app.services.kb.recommend import RecommendQuery, TrialCache, aggregate_params, recommend
 from app.services.kb.regime import compute_regime_snapshot
@@ -106,6 +108,27 @@ async def test_recommend_prefers_the_nearest_regime(db, make_workspace, insert_r
     assert 0 < result["confidence"] <= 1
     by_tags = await recommend(db, RecommendQuery(ws, "s", tags=("downtrend",), top_k=5))
     assert by_tags["params"]["mode"] == "short"
+
+
+async def test_concurrent_cold_requests_share_one_trial_load(db, make_workspace, insert_runs, monkeypatch):
+    ws = await make_workspace()
+    await insert_runs([run_row(ws, i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(1, 0.002, i))
+                       for i in range(30)])
+    await ingest(db, ws)
+    loads = 0
+    fetch = db.fetch
+
+    async def counting_fetch(query, *args):
+        nonlocal loads
+        loads += query == q("load_trials")
+        return await fetch(query, *args)
+
+    monkeypatch.setattr(db, "fetch", counting_fetch)
+    cache = TrialCache()
+    results = await asyncio.gather(*(recommend(db, RecommendQuery(ws, "s", tags=("uptrend",), top_k=5), cache)
+                                     for _ in range(50)))
+    assert loads == 1
+    assert {r["considered"] for r in results} == {30}
 
 
 def trend_snapshot_frame(direction: int) -> dict:

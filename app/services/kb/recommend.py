@@ -9,6 +9,7 @@ and strategy and reloaded when an ingest bumps the workspace's revision.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections import OrderedDict
@@ -78,10 +79,15 @@ def _quality(sharpe: np.ndarray, max_dd: np.ndarray) -> np.ndarray:
 
 
 class TrialCache:
-    """Trial matrices per (workspace, strategy), valid for one KB revision."""
+    """Trial matrices per (workspace, strategy), valid for one KB revision.
+
+    Concurrent requests for a matrix that is not cached share one load (no stampede of
+    identical queries), and the CPU-bound build runs in a worker thread so the event
+    loop keeps answering requests whose matrices are cached."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple[uuid.UUID, str], TrialMatrix] = OrderedDict()
+        self._loading: dict[tuple[uuid.UUID, str, int], asyncio.Task[TrialMatrix]] = {}
 
     async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str) -> TrialMatrix:
         revision = int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
@@ -90,40 +96,59 @@ class TrialCache:
         if hit is not None and hit.revision == revision:
             self._entries.move_to_end(key)
             return hit
+        loading = self._loading.get((*key, revision))
+        if loading is None:
+            # A task of its own: a caller that gives up (client gone) does not cancel the
+            # load the other callers wait for.
+            loading = asyncio.create_task(self._load(db, workspace_id, strategy, revision))
+            self._loading[(*key, revision)] = loading
+            loading.add_done_callback(lambda t: self._loaded(t, (*key, revision)))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, task: asyncio.Task[TrialMatrix], loading_key: tuple[uuid.UUID, str, int]) -> None:
+        self._loading.pop(loading_key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure is not logged twice
+
+    async def _load(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int) -> TrialMatrix:
         rows = await db.fetch(q("load_trials"), workspace_id, strategy)
-        n, d = len(rows), len(FEATURE_NAMES)
-        feats = np.full((n, d), np.nan)
-        for i, r in enumerate(rows):
-            if r["regime_features"] is not None and len(r["regime_features"]) == d:
-                feats[i] = r["regime_features"]
-        has = ~np.isnan(feats).any(axis=1)
-        col = lambda name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)  # noqa: E731
-        sharpe, max_dd = col("sharpe"), col("max_dd_frac")
-        center, scale = _robust_scale(feats, has)
-        tag_sets = [frozenset(r["regime_tags"] or ()) for r in rows]
-        vocab = {t: i for i, t in enumerate(sorted(set().union(*tag_sets)))} if tag_sets else {}
-        if len(vocab) > 63:  # bitmasks hold 63 tags; rarer ones beyond that do not count for overlap
-            vocab = dict(list(vocab.items())[:63])
-        bits = np.array([sum(1 << vocab[t] for t in ts if t in vocab) for ts in tag_sets], dtype=np.int64)
-        matrix = TrialMatrix(
-            revision=revision,
-            trial_ids=[r["id"] for r in rows],
-            run_ids=[r["source_run_id"] for r in rows],
-            features=feats, has_features=has,
-            tags=[frozenset(r["regime_tags"] or ()) for r in rows],
-            sharpe=sharpe, return_frac=col("return_frac"), max_dd=max_dd, n_trades=col("n_trades"),
-            promoted=np.array([r["kb_status"] == "promoted" for r in rows], dtype=bool),
-            symbol=np.array([r["symbol"] or "" for r in rows], dtype=object),
-            timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
-            params=[r["params"] for r in rows],
-            center=center, scale=scale, quality=_quality(sharpe, max_dd),
-            scaled=(feats - center) / scale, tag_vocab=vocab, tag_bits=bits,
-            tag_count=np.bitwise_count(bits).astype(np.float64),
-        )
-        self._entries[key] = matrix
+        matrix = await asyncio.to_thread(_build_matrix, rows, revision)
+        self._entries[(workspace_id, strategy)] = matrix
         while len(self._entries) > _CACHE_ENTRIES:
             self._entries.popitem(last=False)
         return matrix
+
+
+def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
+    n, d = len(rows), len(FEATURE_NAMES)
+    feats = np.full((n, d), np.nan)
+    for i, r in enumerate(rows):
+        if r["regime_features"] is not None and len(r["regime_features"]) == d:
+            feats[i] = r["regime_features"]
+    has = ~np.isnan(feats).any(axis=1)
+    col = lambda name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)  # noqa: E731
+    sharpe, max_dd = col("sharpe"), col("max_dd_frac")
+    center, scale = _robust_scale(feats, has)
+    tag_sets = [frozenset(r["regime_tags"] or ()) for r in rows]
+    vocab = {t: i for i, t in enumerate(sorted(set().union(*tag_sets)))} if tag_sets else {}
+    if len(vocab) > 63:  # bitmasks hold 63 tags; rarer ones beyond that do not count for overlap
+        vocab = dict(list(vocab.items())[:63])
+    bits = np.array([sum(1 << vocab[t] for t in ts if t in vocab) for ts in tag_sets], dtype=np.int64)
+    return TrialMatrix(
+        revision=revision,
+        trial_ids=[r["id"] for r in rows],
+        run_ids=[r["source_run_id"] for r in rows],
+        features=feats, has_features=has,
+        tags=tag_sets,
+        sharpe=sharpe, return_frac=col("return_frac"), max_dd=max_dd, n_trades=col("n_trades"),
+        promoted=np.array([r["kb_status"] == "promoted" for r in rows], dtype=bool),
+        symbol=np.array([r["symbol"] or "" for r in rows], dtype=object),
+        timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
+        params=[r["params"] for r in rows],
+        center=center, scale=scale, quality=_quality(sharpe, max_dd),
+        scaled=(feats - center) / scale, tag_vocab=vocab, tag_bits=bits,
+        tag_count=np.bitwise_count(bits).astype(np.float64),
+    )
 
 
 DEFAULT_CACHE = TrialCache()
