@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -253,8 +253,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # uvloop: a faster event loop for asyncpg and the HTTP server; plain asyncio otherwise.
     try:
-        return asyncio.run(amain(argv))
+        import uvloop  # noqa: PLC0415
+
+        run: Callable[[Coroutine[Any, Any, int]], int] = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        return run(amain(argv))
     except KeyboardInterrupt:
         sys.stderr.write("kb: aborted; committed batches are kept (resume with --resume)\n")
         return 130
