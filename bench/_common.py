@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -36,3 +39,13 @@ def peak_rss_mb() -> float:
 
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a bench on the event loop the `kb` command uses (uvloop when installed)."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

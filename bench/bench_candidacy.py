@@ -6,11 +6,10 @@ BENCH_RUNS overrides the total (default 1,000,000).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
-from _common import env_int, fresh_database, peak_rss_mb
+from _common import env_int, fresh_database, peak_rss_mb, run
 
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.seed import seed_runs
@@ -40,4 +39,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

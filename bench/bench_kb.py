@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import orjson
 import uvicorn
-from _common import env_int, fresh_database, peak_rss_mb
+from _common import env_int, fresh_database, peak_rss_mb, run
 
 from app.api.app import create_app
 from app.services.kb.ingest import ingest
@@ -107,4 +107,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -4,7 +4,6 @@ BENCH_RUNS overrides the run count."""
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 import time
 import uuid
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-from _common import env_int, fresh_database, peak_rss_mb
+from _common import env_int, fresh_database, peak_rss_mb, run
 
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
 from app.services.kb.ohlcv import load_ohlcv
@@ -79,4 +78,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

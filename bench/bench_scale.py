@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import orjson
 import pandas as pd
-from _common import env_int, fresh_database
+from _common import env_int, fresh_database, run
 
 from app.db import with_database
 from app.db.embedded import database_url
@@ -153,4 +153,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())
