@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.services.kb.regime import compute_feature_batch, compute_regime_snapshot
+from app.services.kb.regime import compute_feature_batch, compute_regime_snapshot, tag_regime, tag_regime_batch
 from app.services.kb.types import RegimeSnapshot, parse_regime_snapshot
 
 
@@ -174,3 +174,24 @@ def test_missing_values_rows_are_skipped() -> None:
     df.loc[5, "close"] = np.nan
     snap = compute_regime_snapshot(df)
     assert snap.effective_n_bars == 119 and snap.n_bars == 120
+
+
+def test_batch_tagging_equals_per_row_tagging() -> None:
+    """The vectorised tagger gives exactly `tag_regime`'s tags and evidence, thresholds included."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    edges = {"trend_strength": [0.3, 0.6], "atr_pct": [0.005, 0.015], "zscore": [-1.5, -1.0, 1.0, 1.5],
+             "bb_width_pct": [0.02], "efficiency_ratio": [0.3, 0.7], "rsi": [30.0, 70.0], "trend_dir": [0.0]}
+    spans = {"trend_strength": (0, 1), "trend_dir": (-1, 1), "atr_pct": (0, 0.03), "zscore": (-3, 3),
+             "bb_width_pct": (0, 0.05), "efficiency_ratio": (0, 1), "rsi": (0, 100)}
+    values = {}
+    for name, (lo, hi) in spans.items():
+        col = rng.uniform(lo, hi, n)
+        hits = rng.random(n) < 0.15
+        col[hits] = rng.choice(edges[name], hits.sum())
+        values[name] = col
+    values["trend_dir"] = np.sign(values["trend_dir"])
+    batch = tag_regime_batch(values)
+    for i in range(n):
+        tags, evidence = tag_regime({k: v[i].item() for k, v in values.items()})
+        assert list(batch[i]) == tags and batch[i] == evidence
