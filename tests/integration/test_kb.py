@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import sys
 import uuid
 from datetime import timedelta
 
@@ -258,3 +262,40 @@ async def test_seed_twice_and_into_two_workspaces(cli, db) -> None:
         assert code == 0, err
     counts = dict(await db.fetch("SELECT workspace_id, count(*) FROM backtest_runs GROUP BY 1"))
     assert counts == {a: 3000, b: 1500}
+
+
+async def test_kb_serve_process_under_concurrent_requests(db, db_url, make_workspace, insert_runs):
+    """The real server process (uvicorn on uvloop/httptools): auth, 50 concurrent
+    recommends on a cold cache all answered, clean exit on SIGTERM."""
+    ws = await make_workspace()
+    await insert_runs([run_row(ws, i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(1, 0.002, i))
+                       for i in range(40)])
+    await ingest(db, ws)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": db_url, "KB_API_TOKEN": "tok"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app.services.kb.cli", "serve", "--port",
+                                                str(port), env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(200):
+                try:
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            body = {"workspace_id": str(ws), "strategy_name": "s", "tags": ["uptrend"], "top_k": 5}
+            assert (await client.post("/kb/trials/recommend", json=body)).status_code == 401
+            auth = {"Authorization": "Bearer tok"}
+            replies = await asyncio.gather(*(client.post("/kb/trials/recommend", json=body, headers=auth)
+                                             for _ in range(50)))
+            assert [r.status_code for r in replies] == [200] * 50
+            assert {r.json()["considered"] for r in replies} == {40}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert b"Application shutdown complete" in err and b"Traceback" not in err
