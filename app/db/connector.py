@@ -31,6 +31,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.InterfaceError,
+    # A connection whose server just sent its FATAL goodbye, before the close itself is
+    # processed, refuses new queries with "cannot switch to state ...".
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
 )
