@@ -99,16 +99,17 @@ UPDATE kb_backfill_runs
 SET cursor_created_at = $2, cursor_id = $3, counts = $4::jsonb, heartbeat_at = now()
 WHERE id = $1
 
--- name: finish_backfill_run
-UPDATE kb_backfill_runs
-SET status = $2, finished_at = now(), heartbeat_at = now(), error = $3
-WHERE id = $1
-
--- name: fail_backfill_run
--- Only a run still marked running: never overwrite what another process recorded.
+-- name: close_backfill_run
+-- Only a run still marked running: never overwrite what another process recorded
+-- (a run taken over after its lock was lost).
 UPDATE kb_backfill_runs
 SET status = $2, finished_at = now(), heartbeat_at = now(), error = $3
 WHERE id = $1 AND status = 'running'
+
+-- name: mark_backfill_run_undone
+UPDATE kb_backfill_runs
+SET status = 'undone', finished_at = now(), heartbeat_at = now(), error = NULL
+WHERE id = $1
 
 -- name: heartbeat_backfill_run
 UPDATE kb_backfill_runs SET heartbeat_at = now() WHERE id = $1

@@ -17,10 +17,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import orjson
@@ -38,6 +38,7 @@ START_OF_TIME = datetime(1, 1, 1, tzinfo=UTC)
 ZERO_ID = uuid.UUID(int=0)
 RESUMABLE = ("interrupted", "failed", "limit_reached")
 WRITE_RETRIES = 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -196,38 +197,28 @@ class _Run:
 
     async def _commit(self, batch: list[Outcome], cursor: tuple[datetime, uuid.UUID], seen: Counters) -> None:
         """Write one batch and the ledger checkpoint in one transaction, with retries."""
-        counts = self.base.plus(seen)
-        counts.updated += self.session.updated
-        counts.changed_concurrently += self.session.changed_concurrently
-        for attempt in range(WRITE_RETRIES + 1):
-            try:
-                await self.ensure_lock()
-                conn = await self._writer()
-                async with conn.transaction():
-                    done = False
-                    if attempt:
-                        # A retry after a lost acknowledgement: the batch may have committed.
-                        done = bool(await conn.fetchval(
-                            "SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1",
-                            self.run_id, cursor[0], cursor[1]))
-                    updated = 0
-                    if not done and batch and not self.opts.dry_run:
-                        updated = await self.job.write(conn, batch, self.run_id)
-                    if not done:
-                        counts.updated += updated
-                        counts.changed_concurrently += 0 if self.opts.dry_run else len(batch) - updated
-                        await conn.execute(q("checkpoint_backfill_run"), self.run_id, cursor[0], cursor[1],
-                                           counts.to_json())
-                break
-            except TRANSIENT_ERRORS as exc:
-                await self.drop_writer()  # not release(): this runs inside the in-flight task
-                log.warning("writing a batch failed (%s); attempt %d of %d", exc, attempt + 1, WRITE_RETRIES + 1)
-                if attempt == WRITE_RETRIES:
-                    raise DatabaseError(
-                        f"lost the database connection {WRITE_RETRIES + 1} times while writing a batch "
-                        f"({exc}); everything before it is committed: rerun with --resume"
-                    ) from exc
-                await asyncio.sleep(0.2 * 2**attempt)
+
+        async def attempt_write(attempt: int) -> tuple[bool, int]:
+            await self.ensure_lock()
+            conn = await self._writer()
+            async with conn.transaction():
+                if attempt and await conn.fetchval(
+                        "SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1",
+                        self.run_id, cursor[0], cursor[1]):
+                    return True, 0  # a retry after a lost acknowledgement: the batch had committed
+                updated = 0
+                if batch and not self.opts.dry_run:
+                    updated = await self.job.write(conn, batch, self.run_id)
+                # Built afresh in each attempt: a failed attempt must not count its rows twice.
+                counts = self.base.plus(seen)
+                counts.updated += self.session.updated + updated
+                counts.changed_concurrently += self.session.changed_concurrently + (
+                    0 if self.opts.dry_run else len(batch) - updated)
+                await conn.execute(q("checkpoint_backfill_run"), self.run_id, cursor[0], cursor[1], counts.to_json())
+                return False, updated
+
+        # On failure only the writer is dropped, not release(): this runs inside the in-flight task.
+        done, updated = await retrying("writing a batch", attempt_write, on_error=self.drop_writer)
         if not done:
             self.session.updated += updated
             if not self.opts.dry_run:
@@ -246,18 +237,11 @@ class _Run:
     async def ledger(self, query: str, *args: Any) -> None:
         """Run a ledger statement on the lock connection, re-taking the lock first if
         the server dropped that connection."""
-        for attempt in range(WRITE_RETRIES + 1):
-            try:
-                await self.ensure_lock()
-                await self.lock_conn.execute(query, *args)
-                return
-            except TRANSIENT_ERRORS as exc:
-                if attempt == WRITE_RETRIES:
-                    raise DatabaseError(
-                        f"lost the connection holding the backfill lock {WRITE_RETRIES + 1} times ({exc}); "
-                        "committed batches are kept: rerun with --resume"
-                    ) from exc
-                await asyncio.sleep(0.2 * 2**attempt)
+        async def attempt(_: int) -> None:
+            await self.ensure_lock()
+            await self.lock_conn.execute(query, *args)
+
+        await retrying("updating the ledger", attempt)
 
     async def ensure_lock(self) -> None:
         """The advisory lock lives as long as its connection. If the server terminated
@@ -292,19 +276,33 @@ async def _release_quietly(db: Database, conn: PoolConnectionProxy) -> None:
         log.debug("connection was already closed", exc_info=True)
 
 
-async def _fetch_with_retry(db: Database, job: BackfillJob, after: tuple[datetime, uuid.UUID],
-                            size: int) -> Sequence[asyncpg.Record]:
+async def retrying(what: str, op: Callable[[int], Awaitable[T]],
+                   on_error: Callable[[], Awaitable[None]] | None = None) -> T:
+    """`op(attempt)`, retried on a lost connection with backoff (0.2, 0.4, 0.8 s); after
+    the last attempt a DatabaseError that says committed work is kept."""
     for attempt in range(WRITE_RETRIES + 1):
         try:
-            async with db.acquire() as conn:
-                return await job.fetch_page(conn, after, size)
+            return await op(attempt)
         except TRANSIENT_ERRORS as exc:
+            if on_error is not None:
+                await on_error()
+            log.warning("%s failed (%s); attempt %d of %d", what, exc, attempt + 1, WRITE_RETRIES + 1)
             if attempt == WRITE_RETRIES:
                 raise DatabaseError(
-                    f"lost the database connection while reading runs ({exc}); rerun with --resume"
+                    f"lost the database connection {WRITE_RETRIES + 1} times while {what} ({exc}); "
+                    "everything before it is committed: rerun with --resume"
                 ) from exc
             await asyncio.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+async def _fetch_with_retry(db: Database, job: BackfillJob, after: tuple[datetime, uuid.UUID],
+                            size: int) -> Sequence[asyncpg.Record]:
+    async def attempt(_: int) -> Sequence[asyncpg.Record]:
+        async with db.acquire() as conn:
+            return await job.fetch_page(conn, after, size)
+
+    return await retrying("reading runs", attempt)
 
 
 async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> BackfillResult:
@@ -347,7 +345,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
             run = _Run(db, job, opts, run_id, base, lock_conn)
             try:
                 status, error = await _loop(run, cursor)
-                await run.ledger(q("finish_backfill_run"), run_id, status, error)
+                await run.ledger(q("close_backfill_run"), run_id, status, error)
             except BaseException as exc:
                 await _mark_failed(run, exc)
                 raise
@@ -380,9 +378,9 @@ async def _mark_failed(run: _Run, exc: BaseException) -> None:
     args = (run.run_id, status, (str(exc) or type(exc).__name__)[:500])
     try:
         if not is_gone(run.lock_conn):
-            await run.lock_conn.execute(q("fail_backfill_run"), *args)
+            await run.lock_conn.execute(q("close_backfill_run"), *args)
         else:
-            await run.db.execute(q("fail_backfill_run"), *args)
+            await run.db.execute(q("close_backfill_run"), *args)
     except Exception:
         log.debug("could not record the failure of backfill run %s", run.run_id, exc_info=True)
 

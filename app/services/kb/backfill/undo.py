@@ -53,7 +53,7 @@ async def undo_backfill(db: Database, backfill_run_id: uuid.UUID) -> UndoResult:
                     undo_id, f'{{"reverted": {reverted}, "changed_since": {changed - reverted}}}',
                 )
                 if reverted:
-                    await conn.execute(q("finish_backfill_run"), backfill_run_id, "undone", None)
+                    await conn.execute(q("mark_backfill_run_undone"), backfill_run_id)
         finally:
             await release_lock(conn, "candidacy", workspace_id)
     return UndoResult(

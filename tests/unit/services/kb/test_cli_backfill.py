@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import orjson
 import pytest
 
 from app.db import Database
 from app.errors import BackfillLocked
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
+from app.services.kb.backfill.counters import Counters
 from app.services.kb.backfill.engine import acquire_lock, release_lock
 from tests.conftest import run_row
 
@@ -172,6 +174,32 @@ async def test_resume_after_crash_between_batches(db, make_workspace, insert_run
     eligible = {r["id"] for i, r in enumerate(rows) if i % 3}
     got = await statuses(db, ws)
     assert {k for k, v in got.items() if v == "candidate"} == eligible
+
+
+async def test_connection_lost_at_the_checkpoint_is_retried_without_double_counting(
+        db, make_workspace, insert_runs, monkeypatch) -> None:
+    """The connection drops after a batch's rows were written but before its checkpoint:
+    the transaction rolls back, the retry writes the batch again, and the ledger counts
+    each row once."""
+    ws = await make_workspace()
+    await insert_runs([run_row(ws, i) for i in range(150)])  # batches of 100 and 50; the second one's
+    # checkpoint is the last word on the counts
+    real_to_json = Counters.to_json
+    calls = 0
+
+    def flaky_to_json(self: Counters) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return real_to_json(self)
+
+    monkeypatch.setattr(Counters, "to_json", flaky_to_json)
+    result = await backfill_candidacy(db, CandidacyOptions(workspace_id=ws, limit=1000, batch_size=100))
+    assert calls >= 3 and result.status == "completed" and result.counters.updated == 150
+    counts = orjson.loads(await db.fetchval("SELECT counts FROM kb_backfill_runs WHERE workspace_id = $1", ws))
+    assert counts["updated"] == 150 and counts["scanned"] == 150
+    assert await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1", ws) == 150
 
 
 async def test_dry_run_is_never_resumed_by_real_run(cli, db, make_workspace, insert_runs) -> None:
