@@ -71,9 +71,6 @@ class FeatureBatch:
     bad_ticks: np.ndarray
     n_bars: np.ndarray
 
-    def row(self, i: int) -> dict[str, float]:
-        return {name: float(arr[i]) for name, arr in self.values.items()}
-
 
 def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
     """All features for a (windows x bars) block whose windows share one length."""
@@ -176,52 +173,11 @@ def compute_feature_batch(
     return FeatureBatch(values, bad, lengths)
 
 
-def _ev(metric: str, value: float, op: str, threshold: float) -> dict[str, Any]:
-    margin = value - threshold if op in (">", ">=") else threshold - value
-    return {"metric": metric, "value": value, "op": op, "threshold": threshold, "margin": margin}
-
-
-def tag_regime(f: dict[str, float]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
-    """Tags and, per tag, the rule evidence that produced it (tags sorted)."""
-    evidence: dict[str, list[dict[str, Any]]] = {}
-    ts, direction = f["trend_strength"], f["trend_dir"]
-    if ts >= 0.6:
-        name = "uptrend" if direction > 0 else "downtrend" if direction < 0 else "trending"
-        evidence[name] = [_ev("trend_strength", ts, ">=", 0.6),
-                          {"metric": "trend_dir", "value": direction, "op": "==", "threshold": direction,
-                           "margin": 0.0}]
-    elif ts < 0.3:
-        evidence["flat"] = [_ev("trend_strength", ts, "<", 0.3)]
-    atr = f["atr_pct"]
-    if atr < 0.005:
-        evidence["low_vol"] = [_ev("atr_pct", atr, "<", 0.005)]
-    elif atr > 0.015:
-        evidence["high_vol"] = [_ev("atr_pct", atr, ">", 0.015)]
-    z, bb = f["zscore"], f["bb_width_pct"]
-    if ts < 0.3 and abs(z) > 1.0:
-        evidence["mean_reverting"] = [_ev("trend_strength", ts, "<", 0.3), _ev("abs_zscore", abs(z), ">", 1.0)]
-    if ts < 0.3 and bb < 0.02:
-        evidence["choppy"] = [_ev("trend_strength", ts, "<", 0.3), _ev("bb_width_pct", bb, "<", 0.02)]
-    er = f["efficiency_ratio"]
-    if er < 0.3:
-        evidence["noisy"] = [_ev("efficiency_ratio", er, "<", 0.3)]
-    elif er > 0.7:
-        evidence["efficient"] = [_ev("efficiency_ratio", er, ">", 0.7)]
-    rsi = f["rsi"]
-    if z < -1.5 or rsi < 30.0:
-        evidence["oversold"] = [e for e in (_ev("zscore", z, "<", -1.5), _ev("rsi", rsi, "<", 30.0))
-                                if e["margin"] > 0]
-    if z > 1.5 or rsi > 70.0:
-        evidence["overbought"] = [e for e in (_ev("zscore", z, ">", 1.5), _ev("rsi", rsi, ">", 70.0))
-                                  if e["margin"] > 0]
-    tags = sorted(evidence)
-    return tags, {t: evidence[t] for t in tags}
-
-
 def tag_regime_batch(values: Mapping[str, np.ndarray]) -> list[dict[str, list[dict[str, Any]]]]:
-    """`tag_regime` for a whole batch: the same evidence per row (tags are its keys, in
-    sorted order). Rules are tested on whole columns; Python only builds the evidence
-    of the rules that fired, visiting the rules in tag order so no per-row sort is needed."""
+    """Per row, the regime tags and the rule evidence that produced each (the dict's keys
+    are the tags, in sorted order). Rules are tested on whole columns; Python only builds
+    the evidence of the rules that fired, visiting the rules in tag order so no per-row
+    sort is needed."""
     ts, d, atr, z, bb, er, rsi = (values[k] for k in (
         "trend_strength", "trend_dir", "atr_pct", "zscore", "bb_width_pct", "efficiency_ratio", "rsi"))
     tsl, dl, atrl, zl, bbl, erl, rsil = (a.tolist() for a in (ts, d, atr, z, bb, er, rsi))
@@ -272,6 +228,22 @@ def _iso_many(ns: np.ndarray) -> list[str]:
 _FEATURE_PARAMS_JSON = orjson.Fragment(orjson.dumps(FEATURE_PARAMS))
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small acyclic objects:
+    with it running, collections triggered by the allocations take over half the time.
+    Reference counting still frees everything; the previous state is restored after.
+    Also a decorator (`@gc_paused()`)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@gc_paused()
 def snapshot_dicts(
     batch: FeatureBatch,
     ts_ns: np.ndarray,
@@ -288,37 +260,6 @@ def snapshot_dicts(
 
     `feature_params` is an `orjson.Fragment`: serialize these with orjson.
     """
-    with gc_paused():
-        return _snapshot_dicts(batch, ts_ns, starts, ends, source=source, timeframe=timeframe,
-                               instrument=instrument, total_bars=total_bars, computed_at=computed_at)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many small acyclic objects:
-    with it running, collections triggered by the allocations take over half the time.
-    Reference counting still frees everything; the previous state is restored after."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _snapshot_dicts(
-    batch: FeatureBatch,
-    ts_ns: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    *,
-    source: str,
-    timeframe: str | None,
-    instrument: str | None,
-    total_bars: np.ndarray | None,
-    computed_at: str | None,
-) -> list[dict[str, Any]]:
     stamp = computed_at or datetime.now(UTC).isoformat().replace("+00:00", "Z")
     ends = np.asarray(ends)
     eff_starts = np.maximum(np.asarray(starts), ends - (REGIME_WINDOW_BARS - 1))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.services.kb.regime import compute_feature_batch, compute_regime_snapshot, tag_regime, tag_regime_batch
+from app.services.kb.regime import compute_feature_batch, compute_regime_snapshot, tag_regime_batch
 from app.services.kb.types import RegimeSnapshot, parse_regime_snapshot
 
 
@@ -174,6 +175,48 @@ def test_missing_values_rows_are_skipped() -> None:
     df.loc[5, "close"] = np.nan
     snap = compute_regime_snapshot(df)
     assert snap.effective_n_bars == 119 and snap.n_bars == 120
+
+
+def _ev(metric: str, value: float, op: str, threshold: float) -> dict[str, Any]:
+    margin = value - threshold if op in (">", ">=") else threshold - value
+    return {"metric": metric, "value": value, "op": op, "threshold": threshold, "margin": margin}
+
+
+def tag_regime(f: dict[str, float]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """The spec's tagging rules written out row by row: the oracle for `tag_regime_batch`."""
+    evidence: dict[str, list[dict[str, Any]]] = {}
+    ts, direction = f["trend_strength"], f["trend_dir"]
+    if ts >= 0.6:
+        name = "uptrend" if direction > 0 else "downtrend" if direction < 0 else "trending"
+        evidence[name] = [_ev("trend_strength", ts, ">=", 0.6),
+                          {"metric": "trend_dir", "value": direction, "op": "==", "threshold": direction,
+                           "margin": 0.0}]
+    elif ts < 0.3:
+        evidence["flat"] = [_ev("trend_strength", ts, "<", 0.3)]
+    atr = f["atr_pct"]
+    if atr < 0.005:
+        evidence["low_vol"] = [_ev("atr_pct", atr, "<", 0.005)]
+    elif atr > 0.015:
+        evidence["high_vol"] = [_ev("atr_pct", atr, ">", 0.015)]
+    z, bb = f["zscore"], f["bb_width_pct"]
+    if ts < 0.3 and abs(z) > 1.0:
+        evidence["mean_reverting"] = [_ev("trend_strength", ts, "<", 0.3), _ev("abs_zscore", abs(z), ">", 1.0)]
+    if ts < 0.3 and bb < 0.02:
+        evidence["choppy"] = [_ev("trend_strength", ts, "<", 0.3), _ev("bb_width_pct", bb, "<", 0.02)]
+    er = f["efficiency_ratio"]
+    if er < 0.3:
+        evidence["noisy"] = [_ev("efficiency_ratio", er, "<", 0.3)]
+    elif er > 0.7:
+        evidence["efficient"] = [_ev("efficiency_ratio", er, ">", 0.7)]
+    rsi = f["rsi"]
+    if z < -1.5 or rsi < 30.0:
+        evidence["oversold"] = [e for e in (_ev("zscore", z, "<", -1.5), _ev("rsi", rsi, "<", 30.0))
+                                if e["margin"] > 0]
+    if z > 1.5 or rsi > 70.0:
+        evidence["overbought"] = [e for e in (_ev("zscore", z, ">", 1.5), _ev("rsi", rsi, ">", 70.0))
+                                  if e["margin"] > 0]
+    tags = sorted(evidence)
+    return tags, {t: evidence[t] for t in tags}
 
 
 def test_batch_tagging_equals_per_row_tagging() -> None:
