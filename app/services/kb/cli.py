@@ -213,6 +213,12 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("asyncpg").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
+# Transient database errors, minus bare OSError (a file error must not read as a lost connection).
+_CONNECTION_LOST = tuple(e for e in TRANSIENT_ERRORS if e is not OSError)
+# What ends a command with one line on stderr instead of a traceback.
+_ENDS_COMMAND: tuple[type[BaseException], ...] = (KBError, *_CONNECTION_LOST, asyncpg.PostgresError)
+
+
 async def amain(argv: Sequence[str] | None = None) -> int:
     """Parse, run one command, map known errors to one line and an exit code."""
     try:
@@ -225,31 +231,24 @@ async def amain(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         return await commands.dispatch(args)
-    except KBError as exc:
+    except _ENDS_COMMAND as exc:
         if args.verbose:
             logging.exception("failed")
-        sys.stderr.write(f"kb: error: {exc}\n")
-        return exc.exit_code
-    except _CONNECTION_LOST as exc:
-        if args.verbose:
-            logging.exception("failed")
-        sys.stderr.write(f"kb: error: lost the database connection ({_first_line(exc)}); "
-                         "committed work is kept, run the command again (backfills: --resume)\n")
-        return 1
-    except asyncpg.PostgresError as exc:
-        if args.verbose:
-            logging.exception("failed")
-        sys.stderr.write(f"kb: error: the database refused the command: {_first_line(exc)}\n")
-        return 1
+        message, code = _describe(exc)
+        sys.stderr.write(f"kb: error: {message}\n")
+        return code
 
 
-# Transient database errors, minus bare OSError (a file error must not read as a lost connection).
-_CONNECTION_LOST = tuple(e for e in TRANSIENT_ERRORS if e is not OSError)
-
-
-def _first_line(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an error that ends a command."""
+    if isinstance(exc, KBError):
+        return str(exc), exc.exit_code
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, _CONNECTION_LOST):
+        return (f"lost the database connection ({first}); committed work is kept, "
+                "run the command again (backfills: --resume)"), 1
+    return f"the database refused the command: {first}", 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
