@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
+import numpy as np
 import orjson
+import pandas as pd
 import pytest
 
 from app.db import Database, with_database
@@ -167,3 +170,28 @@ def cli(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
         return code, out, err
 
     return run
+
+
+def ohlcv_frame(start: datetime, rows: int, *, seed: int, tz: str = "UTC") -> pd.DataFrame:
+    """Hourly bars of a random walk from `start`; ISO timestamps written in `tz`."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, rows)))
+    ts = pd.date_range(start, periods=rows, freq="h", tz="UTC").tz_convert(tz)
+    return pd.DataFrame({"timestamp": ts.map(lambda t: t.isoformat()), "open": close, "high": close * 1.003,
+                         "low": close * 0.997, "close": close, "volume": 1000.0})
+
+
+API_TOKEN = "s3cret"
+
+
+@pytest.fixture
+async def api(db: Database, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API on the test database, token `API_TOKEN` required; no auth header set."""
+    from app.api.app import create_app
+
+    monkeypatch.setenv("KB_API_TOKEN", API_TOKEN)
+    app = create_app(db)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client

@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-import numpy as np
-import pandas as pd
-
 from app.db import Database
-from tests.conftest import BASE_TIME, run_row
+from tests.conftest import BASE_TIME, ohlcv_frame, run_row
 
 KB = [sys.executable, "-m", "app.services.kb.cli"]
 BATCH = 50
@@ -58,11 +55,7 @@ def candidacy_workload(ws: uuid.UUID, n: int = 20_000) -> Workload:
 
 
 def ohlcv_csv(path: Path) -> Path:
-    rng = np.random.default_rng(5)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, HOURS)))
-    ts = pd.date_range(BASE_TIME - timedelta(days=200), periods=HOURS, freq="h", tz="UTC")
-    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": close, "high": close * 1.003,
-                  "low": close * 0.997, "close": close, "volume": 1000}).to_csv(path, index=False)
+    ohlcv_frame(BASE_TIME - timedelta(days=200), HOURS, seed=5).to_csv(path, index=False)
     return path
 
 

@@ -10,14 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pandas as pd
 import pytest
 
-from app.api.app import MAX_BODY_BYTES, create_app
-from tests.conftest import BASE_TIME, run_row
+from app.api.app import MAX_BODY_BYTES
+from tests.conftest import API_TOKEN, BASE_TIME, ohlcv_frame, run_row
 
 GOOD_SUMMARY = {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0}
 HOURS = 1500
@@ -156,11 +155,7 @@ META_CASES: list[tuple[str, Any, str | None]] = [
 
 
 def write_ohlcv(path: Path, rows: int = HOURS) -> Path:
-    rng = np.random.default_rng(3)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, rows)))
-    ts = pd.date_range(BASE_TIME - timedelta(days=30), periods=rows, freq="h", tz="UTC")
-    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": close, "high": close * 1.003,
-                  "low": close * 0.997, "close": close, "volume": 1000}).to_csv(path, index=False)
+    ohlcv_frame(BASE_TIME - timedelta(days=30), rows, seed=3).to_csv(path, index=False)
     return path
 
 
@@ -184,11 +179,7 @@ async def test_dataset_meta(cli, db, make_workspace, insert_runs, tmp_path, meta
 # --- OHLCV files ----------------------------------------------------------------------
 
 def _frame(rows: int = HOURS, tz: str = "UTC") -> pd.DataFrame:
-    rng = np.random.default_rng(4)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, rows)))
-    ts = pd.date_range(BASE_TIME - timedelta(days=30), periods=rows, freq="h", tz="UTC").tz_convert(tz)
-    return pd.DataFrame({"timestamp": ts.map(lambda t: t.isoformat()), "open": close, "high": close * 1.003,
-                         "low": close * 0.997, "close": close, "volume": 1000.0})
+    return ohlcv_frame(BASE_TIME - timedelta(days=30), rows, seed=4, tz=tz)
 
 
 def _csv(df: pd.DataFrame, sep: str = ",") -> bytes:
@@ -270,14 +261,10 @@ async def test_ten_million_row_ohlcv_file(cli, db, make_workspace, insert_runs, 
 # --- API bodies -----------------------------------------------------------------------
 
 @pytest.fixture
-async def api(db, monkeypatch):
-    monkeypatch.setenv("KB_API_TOKEN", "t0ken")
-    app = create_app(db)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test",
-                                     headers={"Authorization": "Bearer t0ken"}) as client:
-            yield client
+async def api(api):
+    """The shared API client, authorised."""
+    api.headers["Authorization"] = f"Bearer {API_TOKEN}"
+    return api
 
 
 REC = {"workspace_id": WS, "strategy_name": "s", "tags": ["uptrend"]}

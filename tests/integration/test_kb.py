@@ -16,12 +16,11 @@ import orjson
 import pandas as pd
 import pytest
 
-from app.api.app import create_app
 from app.db.queries import q
 from app.services.kb.ingest import ingest, kb_status
 from app.services.kb.recommend import RecommendQuery, TrialCache, aggregate_params, recommend
 from app.services.kb.regime import compute_regime_snapshot
-from tests.conftest import run_row
+from tests.conftest import API_TOKEN, run_row
 from tests.integration.test_backfill_regime import START, iso, up_then_down
 
 
@@ -174,17 +173,7 @@ def test_aggregate_params_weighted() -> None:
     assert chosen == {"n": 20, "x": 2.5, "mode": "b"} and spread["mode"]["agreement"] == pytest.approx(2 / 3)
 
 
-@pytest.fixture
-async def api(db, monkeypatch):
-    monkeypatch.setenv("KB_API_TOKEN", "s3cret")
-    app = create_app(db)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
-
-
-AUTH = {"Authorization": "Bearer s3cret"}
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 async def test_api_auth_validation_and_isolation(api, db, make_workspace, insert_runs):
