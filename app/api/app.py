@@ -77,7 +77,7 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps({"detail": f"request body over {self.limit:,} bytes"})
+        body = orjson.dumps({"detail": _TooLarge(self.limit).detail})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
