@@ -52,16 +52,19 @@ def write_daily_ohlcv(folder: Path) -> Path:
 def run_measured(url: str, *argv: str) -> tuple[dict[str, object], float, float]:
     """Run one `kb` command; return its JSON report, wall seconds and peak RSS in MB."""
     started = time.perf_counter()
-    proc = subprocess.Popen([*KB, *argv, "--json"], cwd=ROOT, env={**os.environ, "DATABASE_URL": url},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read() if proc.stdout else b""
-    err = proc.stderr.read() if proc.stderr else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"kb {' '.join(argv)} failed ({proc.returncode}): {err.decode().strip()}")
-    return orjson.loads(out), wall, usage.ru_maxrss / 1024.0
+    # Both outputs go to files: reading one pipe while the other fills could stall the child,
+    # and wait4 (for this child's own peak RSS) must be what reaps it.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([*KB, *argv, "--json"], cwd=ROOT, env={**os.environ, "DATABASE_URL": url},
+                                stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"kb {' '.join(argv)} failed ({proc.returncode}): {err.read().decode().strip()}")
+        return orjson.loads(out.read()), wall, usage.ru_maxrss / 1024.0
 
 
 def free_port() -> int:
