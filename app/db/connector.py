@@ -48,9 +48,9 @@ def is_gone(conn: Conn) -> bool:
         return True
 
 
-def application_name() -> str:
-    """How this process shows up in pg_stat_activity: `trading-kb[<pid>]`."""
-    return f"trading-kb[{os.getpid()}]"
+def application_name(pid: int | None = None) -> str:
+    """How a `kb` process (this one by default) shows up in pg_stat_activity: `trading-kb[<pid>]`."""
+    return f"trading-kb[{os.getpid() if pid is None else pid}]"
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from app.db import Database
+from app.db.connector import application_name
 from tests.conftest import BASE_TIME, ohlcv_frame, run_row
 
 KB = [sys.executable, "-m", "app.services.kb.cli"]
@@ -112,7 +113,7 @@ async def terminate_backends(db: Database, pid: int) -> int:
     """pg_terminate_backend every server connection of the `kb` process `pid`."""
     return int(await db.fetchval(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = $1", f"trading-kb[{pid}]"))
+        "WHERE application_name = $1", application_name(pid)))
 
 
 async def assert_same_as_uninterrupted(db: Database, work: Workload, ws: uuid.UUID) -> None:

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from app.db import with_database
+from app.db.connector import application_name
 from app.db.migrate import Migration, load_migrations, upgrade
 from tests.integration.faultkit import (
     BATCH,
@@ -189,7 +190,7 @@ async def test_concurrent_edits_are_kept_and_counted(db, db_url, workload) -> No
         proc = await start_kb(db_url, *kb_argv(work, ws))
         for _ in range(3000):
             if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-                                 "AND wait_event_type = 'Lock'", f"trading-kb[{proc.pid}]"):
+                                 "AND wait_event_type = 'Lock'", application_name(proc.pid)):
                 break
             await asyncio.sleep(0.01)
         else:
