@@ -37,7 +37,14 @@ class NotFound(KBError):
     exit_code = 2
 
 
-class Interrupted(KBError):
-    """The user stopped the work (Ctrl-C); everything committed so far is kept."""
 
-    exit_code = 130
+class DriverError(DatabaseError):
+    """The database refused a statement; `sqlstate` says why (class 22: bad data)."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+    @property
+    def bad_data(self) -> bool:
+        return bool(self.sqlstate) and str(self.sqlstate).startswith("22")

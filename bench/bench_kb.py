@@ -19,7 +19,7 @@ from _common import env_int, fresh_database, peak_rss_mb, run
 from app.api.app import create_app
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
-from app.services.kb.types import FEATURE_NAMES, RegimeSnapshot
+from app.services.kb.snapshot import FEATURE_NAMES, RegimeSnapshot
 
 
 def fake_regime(rng: np.random.Generator) -> dict:

@@ -14,13 +14,13 @@ from typing import Any
 import asyncpg
 import httpx
 import numpy as np
-import orjson
 import pandas as pd
 import pytest
 
 from app.db import Database, with_database
 from app.db.embedded import embedded_dsn
 from app.db.migrate import upgrade
+from app.db.runs import copy_runs
 
 TEMPLATE_DB = f"kb_test_template_{os.getpid()}"
 
@@ -104,17 +104,6 @@ _RUN_COLUMNS = (
 )
 
 
-_JSON_COLUMNS = ("params", "dataset_meta", "summary", "regime_oos", "regime_is")
-
-
-def _json(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value  # already JSON text (lets tests store JSON strings, odd values)
-    return orjson.dumps(value).decode()
-
-
 def run_row(workspace_id: uuid.UUID, i: int = 0, **overrides: Any) -> dict[str, Any]:
     """A completed, eligible-looking test variant; override any column."""
     row: dict[str, Any] = {
@@ -145,12 +134,8 @@ def insert_runs(db: Database) -> Callable[..., Any]:
     """Insert run dicts (see `run_row`) with COPY; returns their ids."""
 
     async def insert(rows: list[dict[str, Any]]) -> list[uuid.UUID]:
-        records = [
-            tuple(_json(r[c]) if c in _JSON_COLUMNS else r[c] for c in _RUN_COLUMNS)
-            for r in rows
-        ]
         async with db.acquire() as conn:
-            await conn.copy_records_to_table("backtest_runs", records=records, columns=list(_RUN_COLUMNS))
+            await copy_runs(conn, rows, _RUN_COLUMNS)
         return [r["id"] for r in rows]
 
     return insert
@@ -159,7 +144,7 @@ def insert_runs(db: Database) -> Callable[..., Any]:
 @pytest.fixture
 def cli(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
     """Run the real `kb` command in-process against the test database: (exit, stdout, stderr)."""
-    from app.services.kb.cli import amain
+    from app.cli.main import amain
 
     monkeypatch.setenv("DATABASE_URL", db_url)
 

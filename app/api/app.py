@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-import numpy as np
+import asyncpg
 import orjson
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -22,15 +22,16 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import Database
-from app.db.embedded import database_url
-from app.db.queries import q
-from app.errors import KBError, NotFound
-from app.services.kb.backfill.report import ledger_row_json
-from app.services.kb.ingest import ingest, kb_status
+from app.db import Database, ledger, open_database
+from app.db.lifecycle import translate
+from app.db.sql import q
+from app.errors import BadInput, DriverError, KBError, NotFound
+from app.services.kb.ingest import ingest
+from app.services.kb.ohlcv import frame_series
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
-from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_regime_snapshot
-from app.services.kb.types import RegimeSnapshot, parse_regime_snapshot
+from app.services.kb.regime import MIN_EFFECTIVE_BARS, current_regime
+from app.services.kb.snapshot import RegimeSnapshot, parse_regime_snapshot
+from app.services.kb.status import workspace_status
 
 MAX_OHLCV_ROWS = 20_000
 # 20,000 bars of JSON are about 2.5 MB; anything far beyond that is refused unread.
@@ -118,9 +119,10 @@ class RecommendRequest(BaseModel):
     symbol: str | None = Field(default=None, max_length=64)
     timeframe: str | None = Field(default=None, max_length=16)
     top_k: int = Field(default=20, ge=1, le=1000)
-    min_sharpe: float | None = None
+    min_sharpe: float | None = Field(default=None, allow_inf_nan=False)
     min_trades: int | None = Field(default=None, ge=0)
     max_drawdown: float | None = Field(default=None, ge=0, le=1)
+    method: str = Field(default="expected", pattern="^(expected|median)$")
 
 
 def _token() -> str | None:
@@ -161,12 +163,22 @@ def _regime_from_request(body: RecommendRequest) -> RegimeSnapshot | None:
         if len(body.ohlcv) < MIN_EFFECTIVE_BARS:
             raise HTTPException(status_code=422, detail=f"ohlcv needs at least {MIN_EFFECTIVE_BARS} bars")
         frame = pd.DataFrame([b.model_dump() for b in body.ohlcv])
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-        frame = frame.sort_values("timestamp").drop_duplicates("timestamp", keep="last")
-        if (frame["high"] < frame["low"]).any() or not np.isfinite(frame[["high", "low", "close"]].to_numpy()).all():
-            raise HTTPException(status_code=422, detail="ohlcv has rows with high < low or non-finite prices")
-        return compute_regime_snapshot(frame, source="api", timeframe=body.timeframe, instrument=body.symbol)
+        frame["timestamp"] = [b.timestamp.isoformat() for b in body.ohlcv]
+        try:
+            series = frame_series(frame, symbol=body.symbol, label="ohlcv rows")
+            return current_regime(series, timeframe=body.timeframe, source="api")
+        except BadInput as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
     return None
+
+
+def http_status(exc: KBError) -> int:
+    """The HTTP status for each error class."""
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, DriverError):
+        return 422 if exc.bad_data else 503
+    return 422 if exc.exit_code == 2 else 503
 
 
 def create_app(db: Database | None = None) -> FastAPI:
@@ -175,26 +187,30 @@ def create_app(db: Database | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = db is None
-        app.state.db = db or await Database(database_url(), max_size=8).open()
         app.state.cache = TrialCache()
-        try:
+        if db is not None:
+            app.state.db = db
             yield
-        finally:
-            if owned:
-                await app.state.db.close()
+            return
+        async with open_database(max_size=8) as opened:
+            app.state.db = opened
+            yield
 
     app = FastAPI(title="trading-kb", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimit)
 
     @app.exception_handler(KBError)
     async def kb_error(_: Request, exc: KBError) -> JSONResponse:
-        code = 404 if isinstance(exc, NotFound) else 422 if exc.exit_code == 2 else 503
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+        return JSONResponse(status_code=http_status(exc), content={"detail": str(exc)})
+
+    @app.exception_handler(asyncpg.PostgresError)
+    async def driver_error(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        error = translate(exc)
+        return JSONResponse(status_code=http_status(error), content={"detail": str(error)})
 
     @app.get("/healthz")
     async def healthz(db: DB) -> dict[str, Any]:
-        await db.fetchval("SELECT 1")
+        await db.fetchval(q("ping"))
         return {"status": "ok"}
 
     auth = [Depends(require_token)]
@@ -213,17 +229,18 @@ def create_app(db: Database | None = None) -> FastAPI:
         result = await recommend(db, RecommendQuery(
             workspace_id=body.workspace_id, strategy_name=body.strategy_name, regime=regime,
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
-            min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown), cache)
+            min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown,
+            method=body.method), cache)
         return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.get("/kb/status", dependencies=auth)
     async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:
-        return await kb_status(db, workspace_id)
+        return await workspace_status(db, workspace_id)
 
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,
                             limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
-        rows = await db.fetch(q("list_backfill_runs"), workspace_id, limit)
-        return [ledger_row_json(r) for r in rows]
+        async with db.acquire() as conn:
+            return await ledger.list_runs(conn, workspace_id, limit)
 
     return app

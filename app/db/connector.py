@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from app.db.sql import q
 from app.errors import DatabaseUnavailable
 
 # What code receives from `Database.acquire()` or `connect()`; both speak the same API.
@@ -67,7 +68,7 @@ def redact_dsn(dsn: str) -> str:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Keep json/jsonb as text: callers decode only the keys they need (orjson), and
     # writes pass JSON text that the server parses once.
-    await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.execute(q("session_utc"))
 
 
 def describe_connect_error(dsn: str, exc: BaseException) -> str:
@@ -75,17 +76,6 @@ def describe_connect_error(dsn: str, exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         reason = f"host not found ({reason})"
     return f"cannot connect to the database {redact_dsn(dsn)}: {reason}; check DATABASE_URL"
-
-
-async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
-    """A single connection (for locks and long sessions), with errors translated."""
-    try:
-        conn = await asyncpg.connect(dsn, timeout=connect_timeout,
-                                     server_settings={"application_name": application_name()})
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from exc
-    await _init_connection(conn)
-    return conn
 
 
 class Database:

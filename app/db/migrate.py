@@ -10,11 +10,10 @@ from importlib import resources
 import asyncpg
 
 from app.db.connector import Conn
+from app.db.sql import q
 from app.errors import KBError
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-# Any fixed number works; it only has to differ from the backfill locks.
-MIGRATION_LOCK_KEY = 7_302_118_001
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class MigrationState:
 
 
 def load_migrations() -> list[Migration]:
-    folder = resources.files("app.db") / "migrations"
+    folder = resources.files("app.db.sql") / "migrations"
     found = []
     for entry in folder.iterdir():
         match = _FILE_NAME.match(entry.name)
@@ -50,21 +49,11 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-_LEDGER = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version     integer PRIMARY KEY,
-    name        text NOT NULL,
-    checksum    text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-)
-"""
-
-
 async def _applied(conn: Conn) -> dict[int, asyncpg.Record]:
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    exists = await conn.fetchval(q("migrations_table_exists"))
     if not exists:
         return {}
-    rows = await conn.fetch("SELECT version, name, checksum, applied_at FROM schema_migrations")
+    rows = await conn.fetch(q("applied_migrations"))
     return {r["version"]: r for r in rows}
 
 
@@ -77,9 +66,9 @@ async def upgrade(conn: Conn, migrations: list[Migration] | None = None) -> list
     """
     migrations = load_migrations() if migrations is None else migrations
     applied_now: list[Migration] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    await conn.execute(q("take_migration_lock"))
     try:
-        await conn.execute(_LEDGER)
+        await conn.execute(q("create_migrations_table"))
         applied = await _applied(conn)
         for migration in migrations:
             done = applied.get(migration.version)
@@ -93,14 +82,14 @@ async def upgrade(conn: Conn, migrations: list[Migration] | None = None) -> list
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    q("record_migration"),
                     migration.version,
                     migration.name,
                     migration.checksum,
                 )
             applied_now.append(migration)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(q("release_migration_lock"))
     return applied_now
 
 
@@ -124,51 +113,19 @@ async def pending_count(conn: Conn) -> int:
     return sum(1 for s in await status(conn) if not s.applied)
 
 
-_DUMP_COLUMNS = """
-SELECT c.relname AS table_name, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
-       a.attnotnull, pg_get_expr(d.adbin, d.adrelid) AS default_expr,
-       (a.attidentity <> '') AS is_identity
-FROM pg_attribute a
-JOIN pg_class c ON c.oid = a.attrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY c.relname, a.attnum
-"""
-_DUMP_CONSTRAINTS = """
-SELECT c.relname AS table_name, con.conname, pg_get_constraintdef(con.oid) AS def
-FROM pg_constraint con
-JOIN pg_class c ON c.oid = con.conrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = 'public'
-ORDER BY c.relname, con.conname
-"""
-_DUMP_INDEXES = """
-SELECT tablename, indexname, indexdef FROM pg_indexes
-WHERE schemaname = 'public' ORDER BY tablename, indexname
-"""
-_DUMP_TRIGGERS = """
-SELECT c.relname AS table_name, t.tgname, pg_get_triggerdef(t.oid) AS def
-FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = 'public' AND NOT t.tgisinternal
-ORDER BY c.relname, t.tgname
-"""
-
-
 async def dump_schema(conn: Conn) -> str:
     """A stable text description of the public schema (tables, columns, constraints,
     indexes, triggers), independent of server version formatting quirks in pg_dump."""
     lines: list[str] = []
-    for r in await conn.fetch(_DUMP_COLUMNS):
+    for r in await conn.fetch(q("dump_columns")):
         nullability = "NOT NULL" if r["attnotnull"] else "NULL"
         default = f" DEFAULT {r['default_expr']}" if r["default_expr"] else ""
         identity = " IDENTITY" if r["is_identity"] else ""
         lines.append(f"column {r['table_name']}.{r['attname']} {r['type']} {nullability}{default}{identity}")
-    for r in await conn.fetch(_DUMP_CONSTRAINTS):
+    for r in await conn.fetch(q("dump_constraints")):
         lines.append(f"constraint {r['table_name']}.{r['conname']} {r['def']}")
-    for r in await conn.fetch(_DUMP_INDEXES):
+    for r in await conn.fetch(q("dump_indexes")):
         lines.append(f"index {r['tablename']}.{r['indexname']} {r['indexdef']}")
-    for r in await conn.fetch(_DUMP_TRIGGERS):
+    for r in await conn.fetch(q("dump_triggers")):
         lines.append(f"trigger {r['table_name']}.{r['tgname']} {r['def']}")
     return "\n".join(lines) + "\n"

@@ -21,11 +21,11 @@ import orjson
 
 from app.db import Database
 from app.db.connector import Conn
-from app.db.queries import q
-from app.errors import NotFound
-from app.services.kb.backfill.engine import START_OF_TIME, ZERO_ID
-from app.services.kb.metrics import extract_metrics, json_object
-from app.services.kb.types import FEATURE_NAMES
+from app.db.sql import q
+from app.db.workspaces import require_workspace
+from app.services.kb.scan import keyset_start
+from app.services.kb.snapshot import FEATURE_NAMES
+from app.services.kb.summary import extract_metrics, json_object
 from app.services.kb.windows import BadTimestamp, parse_timestamp
 
 
@@ -38,6 +38,7 @@ class IngestResult:
     updated: int = 0
     skipped: int = 0
     archived: int = 0
+    evidence: int = 0
     errors: int = 0
     error_examples: dict[str, list[str]] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -157,10 +158,9 @@ async def ingest(
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
     started = time.monotonic()
-    if not await db.fetchval(q("workspace_exists"), workspace_id):
-        raise NotFound(f"workspace {workspace_id} does not exist; check --workspace-id")
+    await require_workspace(db, workspace_id)
     result = IngestResult(workspace_id, dry_run)
-    cursor = (since or START_OF_TIME, ZERO_ID)
+    cursor = keyset_start(since)
     async with db.acquire() as conn:
         while True:
             page = await conn.fetch(q("select_ingest_page"), workspace_id, cursor[0], cursor[1], batch_size)
@@ -201,29 +201,3 @@ async def ingest(
                     await conn.execute(q("bump_trial_revision"), workspace_id)
     result.elapsed_s = time.monotonic() - started
     return result
-
-
-async def kb_status(db: Database, workspace_id: uuid.UUID, recent_backfills: int = 5) -> dict[str, Any]:
-    """Runs by kb_status, eligible runs and active trials (also per strategy), recent backfills."""
-    if not await db.fetchval(q("workspace_exists"), workspace_id):
-        raise NotFound(f"workspace {workspace_id} does not exist; check --workspace-id")
-    by_status = {r["kb_status"]: r for r in await db.fetch(q("status_runs_by_kb_status"), workspace_id)}
-    eligible = {r["strategy"]: r["n"] for r in await db.fetch(q("status_eligible_by_strategy"), workspace_id)}
-    trials = {r["strategy"]: r["n"] for r in await db.fetch(q("status_trials_by_strategy"), workspace_id)}
-    backfills = await db.fetch(q("list_backfill_runs"), workspace_id, recent_backfills)
-    return {
-        "workspace_id": str(workspace_id),
-        "runs_by_kb_status": {k: int(by_status[k]["n"]) if k in by_status else 0
-                              for k in ("excluded", "candidate", "promoted", "rejected")},
-        "runs_with_regime_oos": sum(int(r["with_regime"]) for r in by_status.values()),
-        "eligible": sum(eligible.values()),
-        "eligible_by_strategy": eligible,
-        "active_trials": sum(trials.values()),
-        "active_trials_by_strategy": trials,
-        "archived_trials": int(await db.fetchval(q("status_archived_trials"), workspace_id)),
-        "recent_backfills": [
-            {"id": str(b["id"]), "kind": b["kind"], "dry_run": b["dry_run"], "status": b["status"],
-             "started_at": b["started_at"].isoformat(), "counts": orjson.loads(b["counts"])}
-            for b in backfills
-        ],
-    }

@@ -149,7 +149,21 @@ def load_ohlcv(path: str | Path, *, symbol: str | None = None) -> OhlcvData:
         raise BadInput(f"OHLCV file {p} is empty")
     if p.stat().st_size > _MAX_BYTES:
         raise BadInput(f"OHLCV file {p} is larger than 4 GiB; split it by symbol")
-    df = _rename(_read(p), p)
+    return clean_ohlcv(_rename(_read(p), p), p, symbol=symbol)
+
+
+def frame_series(frame: pd.DataFrame, *, symbol: str | None = None, label: str = "OHLCV rows") -> Series:
+    """One instrument's cleaned bars from an in-memory frame (the API's OHLCV rows): the
+    same aliases, time parsing, sanity checks and de-duplication as a file."""
+    # Optional columns left empty (no open, no volume) are absent, not NaN prices.
+    data = clean_ohlcv(_rename(frame.dropna(axis=1, how="all"), Path(label)), Path(label), symbol=symbol)
+    if len(data.series) != 1:
+        raise BadInput(f"{label} hold {len(data.series)} symbols: give one symbol")
+    return next(iter(data.series.values()))
+
+
+def clean_ohlcv(df: pd.DataFrame, p: Path, *, symbol: str | None = None) -> OhlcvData:
+    """Times parsed to UTC, prices checked, rows sorted and de-duplicated, split by symbol."""
     if df.empty:
         raise BadInput(f"OHLCV file {p} has a header but no rows")
     dropped: dict[str, int] = {}

@@ -20,8 +20,8 @@ import numpy as np
 import orjson
 
 from app.db import Database
-from app.db.queries import q
-from app.services.kb.types import FEATURE_NAMES, RegimeSnapshot
+from app.db.sql import q
+from app.services.kb.snapshot import FEATURE_NAMES, RegimeSnapshot
 
 W_FEATURES, W_TAGS, W_QUALITY = 0.6, 0.25, 0.15
 OOD_DISTANCE = 3.0  # robust units (IQR-scaled, RMS over features) to the nearest trial
@@ -166,6 +166,7 @@ class RecommendQuery:
     min_sharpe: float | None = None
     min_trades: int | None = None
     max_drawdown: float | None = None
+    method: str = "expected"
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

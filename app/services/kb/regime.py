@@ -22,7 +22,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from app.services.kb.types import SCHEMA_VERSION, RegimeSnapshot
+from app.errors import BadInput
+from app.services.kb.ohlcv import Series
+from app.services.kb.snapshot import SCHEMA_VERSION, RegimeSnapshot
 
 REGIME_WINDOW_BARS = 200
 MIN_EFFECTIVE_BARS = 50
@@ -98,6 +100,9 @@ def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict
     tail = c[:, -min(BB_PERIOD, n):]
     sma = tail.mean(axis=1)
     std = np.sqrt(np.maximum(((tail - sma[:, None]) ** 2).mean(axis=1), 0.0))
+    # Constant prices leave floating-point residue in the mean: a spread below 1e-12 of the
+    # price level is no spread (else zscore would be +-1 on flat prices).
+    std = np.where(std <= 1e-12 * np.abs(sma), 0.0, std)
 
     k = min(TREND_BARS, n)
     y = c[:, -k:]
@@ -312,6 +317,37 @@ def _frame_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return ts[keep], h[keep], lo[keep], c[keep], total
 
 
+def series_regime(
+    ts: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    *,
+    source: str,
+    timeframe: str | None,
+    instrument: str | None,
+    total_bars: int | None = None,
+) -> RegimeSnapshot:
+    """The regime of the trailing REGIME_WINDOW_BARS bars of one series: the single path
+    from bars to a snapshot (backfill windows use the same batch functions)."""
+    n = len(close)
+    starts, ends = np.array([0]), np.array([n - 1])
+    batch = compute_feature_batch(high, low, close, starts, ends)
+    snap = snapshot_dicts(batch, ts, starts, ends, source=source, timeframe=timeframe, instrument=instrument,
+                          total_bars=np.array([n if total_bars is None else total_bars]))[0]
+    snap["feature_params"] = FEATURE_PARAMS
+    return RegimeSnapshot.from_dict(snap)
+
+
+def current_regime(series: Series, *, timeframe: str | None, source: str) -> RegimeSnapshot:
+    """The regime now: the trailing bars of a cleaned series (CLI file or API rows).
+    Fewer than MIN_EFFECTIVE_BARS bars is bad input: no answer from too little data."""
+    if len(series) < MIN_EFFECTIVE_BARS:
+        raise BadInput(f"the current regime needs at least {MIN_EFFECTIVE_BARS} bars, got {len(series)}")
+    return series_regime(series.ts, series.high, series.low, series.close, source=source,
+                         timeframe=timeframe, instrument=series.symbol)
+
+
 def compute_regime_snapshot(
     df: pd.DataFrame,
     source: str = "live",
@@ -330,9 +366,4 @@ def compute_regime_snapshot(
     if n < MIN_EFFECTIVE_BARS:
         warnings.warn(f"only {n} usable bars (< {MIN_EFFECTIVE_BARS}): regime features are unreliable",
                       RuntimeWarning, stacklevel=2)
-    starts, ends = np.array([0]), np.array([n - 1])
-    batch = compute_feature_batch(h, lo, c, starts, ends)
-    snap = snapshot_dicts(batch, ts, starts, ends, source=source, timeframe=timeframe, instrument=instrument,
-                          total_bars=np.array([total]))[0]
-    snap["feature_params"] = FEATURE_PARAMS
-    return RegimeSnapshot.from_dict(snap)
+    return series_regime(ts, h, lo, c, source=source, timeframe=timeframe, instrument=instrument, total_bars=total)

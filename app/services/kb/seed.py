@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from app.db import Database
+from app.db.runs import copy_run_records
+from app.db.workspaces import count_runs, ensure_workspace
 
 _COLUMNS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type",
             "params", "dataset_meta", "summary", "trade_count", "kb_status")
@@ -70,16 +72,14 @@ async def seed_runs(
     The same seed, workspace and starting count give the same rows; the workspace and
     the rows already there are part of the seed, so run ids never collide."""
     async with db.acquire() as conn:
-        await conn.execute("INSERT INTO workspaces (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                           workspace_id, f"seed {workspace_id}")
-        start = int(await conn.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1",
-                                        workspace_id))
+        await ensure_workspace(conn, workspace_id, f"seed {workspace_id}")
+        start = await count_runs(conn, workspace_id)
         rng = np.random.default_rng([seed, workspace_id.int, start])
         done = 0
         while done < runs:
             count = min(_CHUNK, runs - done)
             records = _records(workspace_id, start + done, count, rng, eligible_share)
-            await conn.copy_records_to_table("backtest_runs", records=records, columns=_COLUMNS)
+            await copy_run_records(conn, records, _COLUMNS)
             done += count
             if progress is not None:
                 progress(done, runs)

@@ -12,25 +12,20 @@ import asyncpg
 
 from app.db import Database
 from app.db.connector import Conn
-from app.db.queries import q
+from app.db.sql import q
 from app.errors import NotFound
-from app.services.kb.backfill.engine import BackfillResult, Outcome, engine_options, run_backfill
-from app.services.kb.candidacy import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
-from app.services.kb.metrics import extract_metrics
+from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
+from app.services.kb.gate import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
+from app.services.kb.scan import Hooks, ScanOptions
+from app.services.kb.summary import extract_metrics
 
 # Any non-None value tells the gate a regime snapshot is present; it never looks inside.
 _REGIME_PRESENT = True
 
 
 @dataclass(frozen=True)
-class CandidacyOptions:
-    workspace_id: uuid.UUID
-    since: datetime | None = None
-    limit: int = 1000
-    dry_run: bool = False
+class CandidacyOptions(ScanOptions):
     experiment_type: str = "sweep"
-    batch_size: int = 100
-    resume: bool = False
     gate: CandidacyConfig = field(default_factory=lambda: CandidacyConfig(require_regime=False))
 
 
@@ -84,10 +79,9 @@ class CandidacyJob:
         return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 n": one history row per updated run
 
 
-async def backfill_candidacy(db: Database, opts: CandidacyOptions, **engine: Any) -> BackfillResult:
-    """Run the candidacy backfill; `engine` passes progress/stop hooks to the engine."""
-    engine_opts = engine_options(opts, **engine)
-    return await run_backfill(db, CandidacyJob(opts), engine_opts)
+async def backfill_candidacy(db: Database, opts: CandidacyOptions, hooks: Hooks | None = None) -> BackfillResult:
+    """Run (or resume) the candidacy backfill."""
+    return await run_backfill(db, CandidacyJob(opts), EngineOptions(opts, hooks or Hooks()))
 
 
 @dataclass(frozen=True)

@@ -14,29 +14,26 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from app.db import Database
+from app.db import Database, ledger
 from app.db.connector import TRANSIENT_ERRORS, Conn, is_gone
-from app.db.queries import q
-from app.errors import BackfillLocked, DatabaseError, NotFound, NothingToResume
+from app.db.workspaces import require_workspace
+from app.errors import DatabaseError, NothingToResume
 from app.services.kb.backfill.counters import Counters
+from app.services.kb.scan import Hooks, ScanOptions, keyset_start
 
 log = logging.getLogger(__name__)
 
-START_OF_TIME = datetime(1, 1, 1, tzinfo=UTC)
-ZERO_ID = uuid.UUID(int=0)
-RESUMABLE = ("interrupted", "failed", "limit_reached")
 WRITE_RETRIES = 3
 T = TypeVar("T")
 
@@ -69,34 +66,32 @@ class BackfillJob(Protocol):
         ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineOptions:
-    workspace_id: uuid.UUID
-    limit: int
-    batch_size: int = 100
-    dry_run: bool = False
-    resume: bool = False
-    since: datetime | None = None
-    page_size: int = 2000
-    progress: Callable[[int, int], None] | None = None
-    should_stop: Callable[[], bool] = lambda: False
-    # Test hook: called after each committed batch with its index (crash simulations).
-    after_batch: Callable[[int], None] | None = None
+    """A scan's settings plus its hooks and read page size."""
 
+    scan: ScanOptions
+    hooks: Hooks = field(default_factory=Hooks)
 
-def engine_options(opts: Any, **engine: Any) -> EngineOptions:
-    """EngineOptions from a command's options (workspace, limit, batch size, dry run,
-    resume, since) plus the caller's hooks (progress, should_stop, after_batch)."""
-    return EngineOptions(
-        workspace_id=opts.workspace_id,
-        limit=opts.limit,
-        batch_size=opts.batch_size,
-        dry_run=opts.dry_run,
-        resume=opts.resume,
-        since=opts.since,
-        page_size=max(2000, opts.batch_size),
-        **engine,
-    )
+    @property
+    def workspace_id(self) -> uuid.UUID:
+        return self.scan.workspace_id
+
+    @property
+    def limit(self) -> int:
+        return self.scan.limit
+
+    @property
+    def batch_size(self) -> int:
+        return self.scan.batch_size
+
+    @property
+    def dry_run(self) -> bool:
+        return self.scan.dry_run
+
+    @property
+    def page_size(self) -> int:
+        return max(2000, self.scan.batch_size)
 
 
 @dataclass
@@ -118,37 +113,13 @@ def config_key(kind: str, identity: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-async def acquire_lock(conn: Conn, kind: str, workspace_id: uuid.UUID) -> None:
-    if await conn.fetchval(q("try_backfill_lock"), kind, str(workspace_id)):
-        return
-    holder = await conn.fetchval(q("backfill_lock_holder"), workspace_id, kind)
-    who = f" (process {holder})" if holder else ""
-    raise BackfillLocked(
-        f"another backfill-{kind} is running on workspace {workspace_id}{who}; "
-        "wait for it to finish or stop it, then try again"
-    )
-
-
-async def release_lock(conn: Conn, kind: str, workspace_id: uuid.UUID) -> None:
-    """Unlock; a closed connection has released the lock already."""
-    if is_gone(conn):
-        return
-    try:
-        await conn.execute(
-            "SELECT pg_advisory_unlock(hashtext('trading-kb:backfill:' || $1::text), hashtext($2::text))",
-            kind,
-            str(workspace_id),
-        )
-    except TRANSIENT_ERRORS:
-        log.debug("lock connection closed while unlocking", exc_info=True)
-
-
 class _Run:
     """State of one invocation; keeps the loop in `run_backfill` readable."""
 
     def __init__(self, db: Database, job: BackfillJob, opts: EngineOptions, run_id: uuid.UUID,
-                 base: Counters, lock_conn: PoolConnectionProxy) -> None:
+                 base: Counters, lock_conn: PoolConnectionProxy, owner: uuid.UUID) -> None:
         self.db = db
+        self.owner = owner
         self.job = job
         self.opts = opts
         self.run_id = run_id
@@ -159,6 +130,8 @@ class _Run:
         self.batches = 0
         self.last_heartbeat = time.monotonic()
         self.writer: PoolConnectionProxy | None = None
+        # Set once the lock is known lost to another process: this run never writes the ledger again.
+        self.lost = False
         self.inflight: asyncio.Task[None] | None = None
 
     async def _writer(self) -> PoolConnectionProxy:
@@ -202,10 +175,14 @@ class _Run:
             await self.ensure_lock()
             conn = await self._writer()
             async with conn.transaction():
-                if attempt and await conn.fetchval(
-                        "SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1",
-                        self.run_id, cursor[0], cursor[1]):
-                    return True, 0  # a retry after a lost acknowledgement: the batch had committed
+                if attempt and await ledger.batch_committed(conn, self.run_id, cursor):
+                    # A retry after a lost acknowledgement: the batch had committed. Its
+                    # tallies are the ledger's, read back, never assumed.
+                    committed = Counters.from_json(await ledger.committed_counts(conn, self.run_id))
+                    self.session.updated = committed.updated - self.base.updated
+                    self.session.changed_concurrently = (committed.changed_concurrently
+                                                         - self.base.changed_concurrently)
+                    return True, 0
                 updated = 0
                 if batch and not self.opts.dry_run:
                     updated = await self.job.write(conn, batch, self.run_id)
@@ -214,7 +191,7 @@ class _Run:
                 counts.updated += self.session.updated + updated
                 counts.changed_concurrently += self.session.changed_concurrently + (
                     0 if self.opts.dry_run else len(batch) - updated)
-                await conn.execute(q("checkpoint_backfill_run"), self.run_id, cursor[0], cursor[1], counts.to_json())
+                await ledger.checkpoint(conn, self.run_id, self.owner, cursor, counts.to_json())
                 return False, updated
 
         # On failure only the writer is dropped, not release(): this runs inside the in-flight task.
@@ -224,24 +201,24 @@ class _Run:
             if not self.opts.dry_run:
                 self.session.changed_concurrently += len(batch) - updated
         self.batches += 1
-        if self.opts.after_batch is not None:
-            self.opts.after_batch(self.batches)
+        if self.opts.hooks.after_batch is not None:
+            self.opts.hooks.after_batch(self.batches)
         await self._heartbeat()
 
     async def _heartbeat(self) -> None:
         now = time.monotonic()
         if now - self.last_heartbeat >= 2.0:
-            await self.ledger(q("heartbeat_backfill_run"), self.run_id)
+            await self.on_lock_conn(lambda conn: ledger.heartbeat(conn, self.run_id, self.owner))
             self.last_heartbeat = now
 
-    async def ledger(self, query: str, *args: Any) -> None:
-        """Run a ledger statement on the lock connection, re-taking the lock first if
+    async def on_lock_conn(self, op: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run a ledger operation on the lock connection, re-taking the lock first if
         the server dropped that connection."""
-        async def attempt(_: int) -> None:
+        async def attempt(_: int) -> T:
             await self.ensure_lock()
-            await self.lock_conn.execute(query, *args)
+            return await op(self.lock_conn)
 
-        await retrying("updating the ledger", attempt)
+        return await retrying("updating the ledger", attempt)
 
     async def ensure_lock(self) -> None:
         """The advisory lock lives as long as its connection. If the server terminated
@@ -251,16 +228,17 @@ class _Run:
             return
         conn: PoolConnectionProxy = await self.db.pool.acquire()
         try:
-            got = await conn.fetchval(q("try_backfill_lock"), self.job.kind, str(self.opts.workspace_id))
-            status = await conn.fetchval("SELECT status FROM kb_backfill_runs WHERE id = $1", self.run_id)
-            if got and status != "running":
-                await release_lock(conn, self.job.kind, self.opts.workspace_id)
+            got = await ledger.try_lock(conn, self.job.kind, self.opts.workspace_id)
+            mine = await ledger.owns_running(conn, self.run_id, self.owner)
+            if got and not mine:
+                await ledger.release_lock(conn, self.job.kind, self.opts.workspace_id)
         except BaseException:
             await _release_quietly(self.db, conn)
             raise
-        if not got or status != "running":
+        if not got or not mine:
             await _release_quietly(self.db, conn)
-            raise BackfillLocked(
+            self.lost = True
+            raise ledger.TakenOver(
                 f"the connection holding the backfill lock was closed and another process took over "
                 f"backfill-{self.job.kind} on workspace {self.opts.workspace_id}; committed batches are kept"
             )
@@ -310,19 +288,18 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     started = time.monotonic()
     identity = job.identity()
     key = config_key(job.kind, identity)
-    if not await db.fetchval(q("workspace_exists"), opts.workspace_id):
-        raise NotFound(f"workspace {opts.workspace_id} does not exist; check --workspace-id")
+    await require_workspace(db, opts.workspace_id)
+    owner = uuid.uuid4()
     lock_conn: PoolConnectionProxy = await db.pool.acquire()
     run: _Run | None = None
     try:
-        await acquire_lock(lock_conn, job.kind, opts.workspace_id)
+        await ledger.acquire_lock(lock_conn, job.kind, opts.workspace_id)
         try:
-            dead = [r["id"] for r in await lock_conn.fetch(q("mark_dead_runs_interrupted"),
-                                                           opts.workspace_id, job.kind)]
-            if opts.resume:
-                row = await lock_conn.fetchrow(q("find_resumable_run"), opts.workspace_id, job.kind, key,
-                                               opts.dry_run)
-                if row is None or row["status"] not in RESUMABLE:
+            dead = await ledger.mark_dead_runs_interrupted(lock_conn, opts.workspace_id, job.kind)
+            start = keyset_start(opts.scan.since)
+            if opts.scan.resume:
+                row = await ledger.find_resumable(lock_conn, opts.workspace_id, job.kind, key, opts.dry_run)
+                if row is None or row["status"] not in ledger.RESUMABLE:
                     what = "dry-run " if opts.dry_run else ""
                     found = f" (the last one, {row['id']}, is {row['status']})" if row is not None else ""
                     raise NothingToResume(
@@ -330,29 +307,26 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
                         f"{found}; run without --resume to start a new one"
                     )
                 run_id = row["id"]
-                start = _start(opts)
-                cursor = (row["cursor_created_at"] or start[0], row["cursor_id"] or ZERO_ID)
+                cursor = (row["cursor_created_at"] or start[0], row["cursor_id"] or start[1])
                 base = Counters.from_json(row["counts"])
-                await lock_conn.execute(q("reopen_backfill_run"), run_id, os.getpid())
+                await ledger.reopen_run(lock_conn, run_id, owner)
             else:
-                cursor = _start(opts)
-                run_id = await lock_conn.fetchval(
-                    q("insert_backfill_run"), opts.workspace_id, job.kind,
-                    orjson.dumps({**identity, "limit": opts.limit, "batch_size": opts.batch_size}).decode(),
-                    key, opts.dry_run, cursor[0], cursor[1], os.getpid(),
-                )
+                cursor = start
+                config = {**identity, "limit": opts.limit, "batch_size": opts.batch_size}
+                run_id = await ledger.open_run(lock_conn, opts.workspace_id, job.kind, config, key,
+                                               opts.dry_run, cursor, owner)
                 base = Counters()
-            run = _Run(db, job, opts, run_id, base, lock_conn)
+            run = _Run(db, job, opts, run_id, base, lock_conn, owner)
             try:
                 status, error = await _loop(run, cursor)
-                await run.ledger(q("close_backfill_run"), run_id, status, error)
+                await run.on_lock_conn(lambda conn: ledger.close_run(conn, run_id, owner, status, error))
             except BaseException as exc:
                 await _mark_failed(run, exc)
                 raise
         finally:
             if run is not None:
                 lock_conn = run.lock_conn
-            await release_lock(lock_conn, job.kind, opts.workspace_id)
+            await ledger.release_lock(lock_conn, job.kind, opts.workspace_id)
     finally:
         if run is not None:
             await run.release()
@@ -364,7 +338,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
         dry_run=opts.dry_run,
         counters=run.session,
         totals=run.base.plus(run.session),
-        resumed=opts.resume,
+        resumed=opts.scan.resume,
         elapsed_s=time.monotonic() - started,
         interrupted_runs_found=dead,
         error=error,
@@ -372,22 +346,21 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
 
 
 async def _mark_failed(run: _Run, exc: BaseException) -> None:
-    """Best effort, on the lock connection or else a fresh one. If even that fails the
-    row stays 'running', and the next run sees it as interrupted because the lock is free."""
+    """Best effort, on the lock connection or else a fresh one, and only while this
+    process still owns the run (the guard is in the query). If even that fails the row
+    stays 'running', and the next run sees it as interrupted because the lock is free."""
+    if run.lost or isinstance(exc, ledger.TakenOver):
+        return
     status = "interrupted" if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) else "failed"
-    args = (run.run_id, status, (str(exc) or type(exc).__name__)[:500])
+    message = (str(exc) or type(exc).__name__)[:500]
     try:
         if not is_gone(run.lock_conn):
-            await run.lock_conn.execute(q("close_backfill_run"), *args)
+            await ledger.close_run(run.lock_conn, run.run_id, run.owner, status, message)
         else:
-            await run.db.execute(q("close_backfill_run"), *args)
+            async with run.db.acquire() as conn:
+                await ledger.close_run(conn, run.run_id, run.owner, status, message)
     except Exception:
         log.debug("could not record the failure of backfill run %s", run.run_id, exc_info=True)
-
-
-def _start(opts: EngineOptions) -> tuple[datetime, uuid.UUID]:
-    # `(created_at, id) > (since, 0)` selects created_at >= since for every real id.
-    return (opts.since or START_OF_TIME, ZERO_ID)
 
 
 async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str | None]:
@@ -403,7 +376,7 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
             page = await next_page
             next_page = None
             fetched += len(page)
-            if len(page) == requested and fetched < opts.limit and not opts.should_stop():
+            if len(page) == requested and fetched < opts.limit and not opts.hooks.should_stop():
                 last = page[-1]
                 requested = min(opts.page_size, opts.limit - fetched)
                 # Read the next page while this one is judged and written.
@@ -421,9 +394,9 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
                     await run.flush(cursor)
             if not run.pending and page:
                 await run.flush(cursor)  # checkpoint a page of rejections: cheap, keeps resume exact
-            if opts.progress is not None:
-                opts.progress(session.scanned, opts.limit)
-            if opts.should_stop():
+            if opts.hooks.progress is not None:
+                opts.hooks.progress(session.scanned, opts.limit)
+            if opts.hooks.should_stop():
                 if next_page is not None:
                     next_page.cancel()
                     next_page = None

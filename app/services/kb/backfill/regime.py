@@ -16,11 +16,12 @@ import orjson
 
 from app.db import Database
 from app.db.connector import Conn
-from app.db.queries import q
-from app.services.kb.backfill.engine import BackfillResult, Outcome, engine_options, run_backfill
-from app.services.kb.metrics import json_object
+from app.db.sql import q
+from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
 from app.services.kb.ohlcv import OhlcvData
 from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_feature_batch, snapshot_dicts
+from app.services.kb.scan import Hooks, ScanOptions
+from app.services.kb.summary import json_object
 from app.services.kb.windows import Window, extract_windows
 
 INSUFFICIENT_COVERAGE = "insufficient_ohlcv_coverage"
@@ -31,15 +32,10 @@ _CACHE_SIZE = 20_000  # computed snapshots kept for runs that share a window
 
 
 @dataclass(frozen=True)
-class RegimeOptions:
-    workspace_id: uuid.UUID
+class RegimeOptions(ScanOptions):
+    limit: int = 500
     timeframe: str = "1d"
     symbol: str | None = None
-    since: datetime | None = None
-    limit: int = 500
-    dry_run: bool = False
-    batch_size: int = 100
-    resume: bool = False
 
 
 def file_digest(path: Any) -> str:
@@ -172,7 +168,7 @@ class RegimeJob:
 
 
 async def backfill_regime(db: Database, opts: RegimeOptions, data: OhlcvData, bar_seconds: int,
-                          **engine: Any) -> BackfillResult:
+                          hooks: Hooks | None = None) -> BackfillResult:
+    """Run (or resume) the regime backfill over already-loaded OHLCV data."""
     job = RegimeJob(opts, data, bar_seconds, file_digest(data.path))
-    engine_opts = engine_options(opts, **engine)
-    return await run_backfill(db, job, engine_opts)
+    return await run_backfill(db, job, EngineOptions(opts, hooks or Hooks()))

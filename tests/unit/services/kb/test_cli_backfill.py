@@ -9,10 +9,11 @@ import orjson
 import pytest
 
 from app.db import Database
+from app.db.ledger import acquire_lock, release_lock
 from app.errors import BackfillLocked
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.counters import Counters
-from app.services.kb.backfill.engine import acquire_lock, release_lock
+from app.services.kb.scan import Hooks, ScanOptions
 from tests.conftest import run_row
 
 GOOD = {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0}
@@ -98,7 +99,7 @@ async def test_batch_boundaries_and_dry_run_parity(db, make_workspace, insert_ru
     opts = CandidacyOptions(workspace_id=ws, limit=5000)
     commits: list[int] = []
     dry = await backfill_candidacy(db, CandidacyOptions(workspace_id=ws, limit=5000, dry_run=True))
-    real = await backfill_candidacy(db, opts, after_batch=commits.append)
+    real = await backfill_candidacy(db, opts, Hooks(after_batch=commits.append))
     assert dry.counters.passed == real.counters.passed == eligible
     assert dry.counters.reasons == real.counters.reasons
     assert dry.counters.updated == 0
@@ -142,7 +143,7 @@ async def test_guard_counts_rows_changed_between_read_and_write(db, make_workspa
     job.write = write_after_meddling  # type: ignore[method-assign]
     from app.services.kb.backfill.engine import EngineOptions, run_backfill
 
-    result = await run_backfill(db, job, EngineOptions(workspace_id=ws, limit=100))
+    result = await run_backfill(db, job, EngineOptions(ScanOptions(workspace_id=ws, limit=100)))
     assert result.counters.changed_concurrently == 1 and result.counters.updated == 9
     assert (await statuses(db, ws))[rows[3]["id"]] == "promoted"
     assert await db.fetchval("SELECT count(*) FROM kb_status_history WHERE run_id = $1", rows[3]["id"]) == 0
@@ -161,7 +162,7 @@ async def test_resume_after_crash_between_batches(db, make_workspace, insert_run
             raise Crash
 
     with pytest.raises(Crash):
-        await backfill_candidacy(db, CandidacyOptions(workspace_id=ws, limit=5000), after_batch=crash)
+        await backfill_candidacy(db, CandidacyOptions(workspace_id=ws, limit=5000), Hooks(after_batch=crash))
     committed = await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1", ws)
     assert committed == 300
     result = await backfill_candidacy(db, CandidacyOptions(workspace_id=ws, limit=5000, resume=True))

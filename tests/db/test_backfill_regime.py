@@ -14,6 +14,7 @@ import pytest
 
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
 from app.services.kb.ohlcv import load_ohlcv
+from app.services.kb.scan import Hooks, ScanOptions
 from tests.conftest import run_row
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -142,7 +143,7 @@ async def test_shared_windows_computed_once_and_resume(db, make_workspace, inser
 
     opts = RegimeOptions(workspace_id=ws, timeframe="1h", symbol="AAPL", limit=1000, batch_size=100)
     with pytest.raises(Crash):
-        await backfill_regime(db, opts, data, 3600, after_batch=crash)
+        await backfill_regime(db, opts, data, 3600, Hooks(after_batch=crash))
     assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE regime_oos IS NOT NULL") == 200
     result = await backfill_regime(db, RegimeOptions(**{**opts.__dict__, "resume": True}), data, 3600)
     assert result.totals.updated == 300 and result.totals.scanned == 300
@@ -165,7 +166,7 @@ async def test_guard_keeps_a_regime_written_meanwhile(db, make_workspace, insert
         return await original(conn, passed, run_id)
 
     job.write = write  # type: ignore[method-assign]
-    result = await run_backfill(db, job, EngineOptions(workspace_id=ws, limit=10))
+    result = await run_backfill(db, job, EngineOptions(ScanOptions(workspace_id=ws, limit=10)))
     assert result.counters.updated == 2 and result.counters.changed_concurrently == 1
     assert orjson.loads(await db.fetchval("SELECT regime_oos FROM backtest_runs WHERE id = $1", rows[0]["id"])) == {
         "live": True}

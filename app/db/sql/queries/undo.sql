@@ -41,6 +41,16 @@ JOIN backtest_runs r ON r.id = m.run_id
 WHERE m.backfill_run_id = $1
   AND EXISTS (SELECT 1 FROM kb_status_history later WHERE later.run_id = m.run_id AND later.id > m.id)
   AND NOT EXISTS (SELECT 1 FROM kb_status_history u WHERE u.run_id = m.run_id AND u.id > m.id
-                  AND u.backfill_run_id = $2)
+                  AND (u.backfill_run_id = $2 OR (u.actor = 'backfill-undo'
+                       AND u.reason = 'undo of backfill ' || $1::text)))
 ORDER BY m.run_id
 LIMIT 20
+
+-- name: undo_already_undone
+-- Runs of this backfill that an earlier undo of it has reverted already.
+SELECT count(DISTINCT m.run_id)
+FROM kb_status_history m
+WHERE m.backfill_run_id = $1
+  AND EXISTS (SELECT 1 FROM kb_status_history u
+              WHERE u.run_id = m.run_id AND u.id > m.id AND u.actor = 'backfill-undo'
+                AND u.reason = 'undo of backfill ' || $1::text AND u.backfill_run_id IS DISTINCT FROM $2)

@@ -1,4 +1,4 @@
-"""Named SQL queries, loaded once from `app/db/queries/*.sql`.
+"""Named SQL queries, loaded once from `app/db/sql/queries/*.sql`.
 
 A file holds blocks introduced by `-- name: some_name`; the text up to the next such
 line is the query. Lookups of unknown names fail loudly at first use.
@@ -28,7 +28,7 @@ def parse_named_queries(text: str) -> dict[str, str]:
 @cache
 def _all_queries() -> dict[str, str]:
     queries: dict[str, str] = {}
-    folder = resources.files("app.db") / "queries"
+    folder = resources.files("app.db.sql") / "queries"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             for name, body in parse_named_queries(entry.read_text(encoding="utf-8")).items():
@@ -43,4 +43,4 @@ def q(name: str) -> str:
     try:
         return _all_queries()[name]
     except KeyError:
-        raise KeyError(f"no SQL query named {name!r} in app/db/queries") from None
+        raise KeyError(f"no SQL query named {name!r} in app/db/sql/queries") from None

@@ -16,12 +16,13 @@ import orjson
 import pandas as pd
 import pytest
 
-from app.db.queries import q
-from app.services.kb.ingest import ingest, kb_status
+from app.db.sql import q
+from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, aggregate_params, recommend
 from app.services.kb.regime import compute_regime_snapshot
+from app.services.kb.status import workspace_status as kb_status
 from tests.conftest import API_TOKEN, run_row
-from tests.integration.test_backfill_regime import START, iso, up_then_down
+from tests.db.test_backfill_regime import START, iso, up_then_down
 
 
 def trend_snapshot(direction: int, noise: float = 0.0, seed: int = 0) -> dict:

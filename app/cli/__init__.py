@@ -1,0 +1,1 @@
+"""The `kb` command line: parser, one module per command group, text rendering, console."""

@@ -1,0 +1,133 @@
+"""`kb ingest`, `status`, `recommend`, `seed`, `serve`: each subparser beside its handler."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from app.cli import render
+from app.cli.console import Progress, echo
+from app.cli.options import finite, opt, positive, since_arg, uuid_arg
+from app.db import Database
+from app.errors import BadInput
+from app.services.kb.ingest import ingest
+from app.services.kb.ohlcv import load_ohlcv
+from app.services.kb.recommend import RecommendQuery, recommend
+from app.services.kb.regime import current_regime
+from app.services.kb.seed import seed_runs
+from app.services.kb.snapshot import RegimeSnapshot
+from app.services.kb.status import workspace_status
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("ingest", help="turn candidate/promoted runs into KB trials")
+    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    opt(p, "--since", type=since_arg, default=None, help="only runs created at/after this date")
+    opt(p, "--dry-run", action="store_true", default=False, help="count what would change, write nothing")
+    opt(p, "--batch-size", type=positive(50_000), default=1000, help="trials per commit (default 1000)")
+    opt(p, "--json", action="store_true", default=False, help="print the report as JSON")
+    p.set_defaults(handler=cmd_ingest)
+
+    p = sub.add_parser("status", help="KB status of a workspace")
+    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    opt(p, "--json", action="store_true", default=False, help="print as JSON")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("recommend", help="recommend strategy parameters for a market regime")
+    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    opt(p, "--strategy", required=True, help="strategy name")
+    opt(p, "--ohlcv-file", default=None, help="OHLCV file; its latest bars define the current regime")
+    opt(p, "--symbol", default=None, help="symbol (selects file rows; filters trials)")
+    opt(p, "--timeframe", default=None, help="timeframe (filters trials)")
+    opt(p, "--tags", default=None, help="comma-separated regime tags instead of OHLCV")
+    opt(p, "--top-k", type=positive(1000), default=20, help="supporting trials to show (default 20)")
+    opt(p, "--method", choices=("expected", "median"), default="expected",
+        help="expected: the tested set with the best expected OOS Sharpe here (default); "
+             "median: per-parameter weighted median of the nearest trials")
+    opt(p, "--json", action="store_true", default=False, help="print as JSON")
+    p.set_defaults(handler=cmd_recommend, prepare=_query_regime)
+
+    p = sub.add_parser("seed", help="bulk-load synthetic runs with COPY (benchmarks)")
+    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace to fill (created if missing)")
+    opt(p, "--runs", type=positive(50_000_000), default=100_000, help="how many runs")
+    opt(p, "--seed", type=int, default=1, help="random seed")
+    opt(p, "--eligible-share", type=finite, default=0.3,
+        help="share of runs that pass the default gate (default 0.3)")
+    p.set_defaults(handler=cmd_seed, database="migrate")
+
+    p = sub.add_parser("serve", help="run the HTTP API")
+    opt(p, "--host", default="127.0.0.1", help="bind address (non-loopback needs KB_API_TOKEN)")
+    opt(p, "--port", type=positive(65535), default=8000, help="port (default 8000)")
+    p.set_defaults(handler=cmd_serve, database="none")
+
+
+def regime_from_ohlcv(path: str, symbol: str | None, timeframe: str | None) -> RegimeSnapshot:
+    """The current regime from the latest bars of an OHLCV file (one instrument)."""
+    data = load_ohlcv(path, symbol=symbol)
+    if len(data.series) != 1:
+        raise BadInput(f"OHLCV file {path} holds {len(data.series)} symbols: pass --symbol")
+    return current_regime(next(iter(data.series.values())), timeframe=timeframe, source="recommend")
+
+
+def _query_regime(args: argparse.Namespace) -> RegimeSnapshot | None:
+    if bool(args.ohlcv_file) == bool(args.tags):
+        raise BadInput("give the current regime as --ohlcv-file or as --tags (one of them)")
+    return regime_from_ohlcv(args.ohlcv_file, args.symbol, args.timeframe) if args.ohlcv_file else None
+
+
+async def cmd_ingest(db: Database, args: argparse.Namespace) -> int:
+    progress = Progress("ingest")
+    try:
+        result = await ingest(db, args.workspace_id, since=args.since, dry_run=args.dry_run,
+                              batch_size=args.batch_size, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        render.print_json(result.to_dict())
+    else:
+        echo(render.ingest_report(result))
+    return 0
+
+
+async def cmd_status(db: Database, args: argparse.Namespace) -> int:
+    status = await workspace_status(db, args.workspace_id)
+    if args.json:
+        render.print_json(status)
+    else:
+        echo(render.status_report(status))
+    return 0
+
+
+async def cmd_recommend(db: Database, args: argparse.Namespace) -> int:
+    tags = tuple(t.strip() for t in (args.tags or "").split(",") if t.strip())
+    result = await recommend(db, RecommendQuery(
+        workspace_id=args.workspace_id, strategy_name=args.strategy, regime=args.prepared, tags=tags,
+        symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method))
+    if args.json:
+        render.print_json(result)
+    else:
+        echo(render.recommend_report(result))
+    return 0
+
+
+async def cmd_seed(db: Database, args: argparse.Namespace) -> int:
+    if not 0.0 <= args.eligible_share <= 1.0:
+        raise BadInput(f"--eligible-share is a fraction between 0 and 1, got {args.eligible_share}")
+    progress = Progress("seed")
+    started = time.monotonic()
+    try:
+        count = await seed_runs(db, args.workspace_id, args.runs, seed=args.seed,
+                                eligible_share=args.eligible_share, progress=progress)
+    finally:
+        progress.close()
+    elapsed = time.monotonic() - started
+    echo(f"seeded {count:,} runs into workspace {args.workspace_id} in {elapsed:.1f}s "
+         f"({count / max(elapsed, 1e-9):,.0f} rows/s)")
+    return 0
+
+
+async def cmd_serve(db: Database | None, args: argparse.Namespace) -> int:
+    from app.api.serve import serve  # noqa: PLC0415  (uvicorn only for this command)
+
+    return await serve(args.host, args.port)

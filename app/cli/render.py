@@ -1,0 +1,241 @@
+"""Every text report the CLI prints (the plan's layouts and the KB's), their JSON twins,
+and the one JSON printer."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from app.services.kb.backfill.counters import Counters
+from app.services.kb.backfill.engine import BackfillResult
+
+if TYPE_CHECKING:
+    from app.services.kb.backfill.candidacy import Explanation
+    from app.services.kb.backfill.undo import UndoResult
+    from app.services.kb.ingest import IngestResult
+
+WIDTH = 50
+RULE = "=" * WIDTH
+THIN = "-" * WIDTH
+
+
+def _label(name: str, value: object) -> str:
+    return f"{name + ':':<16}{value}"
+
+
+def _updated(result: BackfillResult) -> str:
+    return "0 (dry run)" if result.dry_run else str(result.counters.updated)
+
+
+def _reasons(counters: Counters, indent: str, width: int) -> list[str]:
+    lines = []
+    for reason, count in counters.reasons.most_common():
+        lines.append(f"{indent}{reason + ':':<{max(width, len(reason) + 2)}}{count}")
+        examples = counters.examples.get(reason)
+        if examples:
+            lines.append(f"{indent}    e.g. {', '.join(examples)}")
+    return lines
+
+
+def _footer(result: BackfillResult) -> list[str]:
+    lines = [THIN, _label("Backfill Run", result.run_id), _label("Status", result.status)]
+    if result.counters.changed_concurrently:
+        lines.append(_label("Changed Meanwhile", f"{result.counters.changed_concurrently} (left untouched)"))
+    if result.resumed:
+        lines.append(_label("Run Totals", f"scanned {result.totals.scanned}, updated {result.totals.updated}"))
+    if result.status == "limit_reached":
+        lines.append("More runs may remain: continue with the same flags plus --resume.")
+    elif result.status == "interrupted":
+        lines.append("Stopped early; committed batches are kept: continue with --resume.")
+    lines.append(_label("Elapsed", f"{result.elapsed_s:.2f}s"))
+    return lines
+
+
+def candidacy_report(result: BackfillResult, *, workspace: object, since: object, limit: int) -> str:
+    c = result.counters
+    lines = [
+        RULE,
+        "BACKFILL CANDIDACY REPORT",
+        RULE,
+        _label("Workspace", workspace),
+        _label("Since", since if since is not None else "(all)"),
+        _label("Limit", limit),
+        _label("Dry Run", result.dry_run),
+        THIN,
+        _label("Total Scanned", c.scanned),
+        _label("Eligible", c.passed),
+        _label("Ineligible", c.rejected),
+        _label("Updated", _updated(result)),
+        THIN,
+        "Rejection Reasons:",
+        *(_reasons(c, "  ", 26) or ["  (none)"]),
+        *_footer(result),
+        RULE,
+    ]
+    return "\n".join(lines)
+
+
+def regime_report(
+    result: BackfillResult,
+    *,
+    workspace: object,
+    ohlcv_file: object,
+    symbol: object,
+    timeframe: str,
+    ohlcv_rows: int,
+    date_range: str,
+    dropped: dict[str, int],
+) -> str:
+    c = result.counters
+    lines = [
+        RULE,
+        "BACKFILL REGIME REPORT",
+        RULE,
+        _label("Workspace", workspace),
+        _label("OHLCV File", ohlcv_file),
+        _label("Symbol", symbol if symbol is not None else "(per run)"),
+        _label("Timeframe", timeframe),
+        _label("OHLCV Rows", ohlcv_rows),
+        _label("Date Range", date_range),
+    ]
+    if any(dropped.values()):
+        lines.append(_label("OHLCV Dropped", ", ".join(f"{k} {v}" for k, v in dropped.items() if v)))
+    lines += [
+        _label("Dry Run", result.dry_run),
+        THIN,
+        _label("Total Scanned", c.scanned),
+        _label("Computed", c.passed),
+        _label("Skipped", c.rejected),
+        *_reasons(c, "  - ", 30),
+        _label("Updated", _updated(result)),
+        *_footer(result),
+        RULE,
+    ]
+    return "\n".join(lines)
+
+
+def result_json(result: BackfillResult, **extra: Any) -> dict[str, Any]:
+    c = result.counters
+    return {
+        "backfill_run_id": str(result.run_id),
+        "kind": result.kind,
+        "status": result.status,
+        "dry_run": result.dry_run,
+        **extra,
+        "total_scanned": c.scanned,
+        "passed": c.passed,
+        "rejected": c.rejected,
+        "updated": c.updated,
+        "changed_concurrently": c.changed_concurrently,
+        "reasons": dict(c.reasons.most_common()),
+        "examples": c.examples,
+        "run_totals": result.totals.to_dict(),
+        "resumed": result.resumed,
+        "elapsed_s": round(result.elapsed_s, 3),
+    }
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+                                  default=str).decode() + "\n")
+
+
+def explain_text(e: Explanation) -> str:
+    lines = [f"Run {e.run_id} (experiment type {e.experiment_type})"]
+    if not e.selected:
+        lines.append("Not picked up by backfill-candidacy: " + "; ".join(e.not_selected_because))
+    for c in e.checks:
+        verdict = {True: "pass", False: "FAIL", None: "skip"}[c.passed]
+        note = f"  ({c.note})" if c.note else ""
+        lines.append(f"  {c.gate:<16} value={c.value!s:<12} threshold={c.threshold!s:<22} {verdict}{note}")
+    lines.append(f"Decision: {'eligible' if e.eligible else 'ineligible'} ({e.reason})")
+    return "\n".join(lines)
+
+
+def undo_text(result: UndoResult) -> str:
+    lines = [f"backfill {result.backfill_run_id}: changed {result.changed_by_backfill} run(s); "
+             f"reverted {result.reverted}; already undone {result.already_undone}; "
+             f"left alone {result.changed_since} (changed again since)"]
+    lines += [f"  left alone: {run_id} (now {kb_status})" for run_id, kb_status in result.changed_since_examples]
+    lines.append(f"undo recorded as {result.undo_run_id}")
+    return "\n".join(lines)
+
+
+def ledger_text(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no backfill runs in this workspace"
+    lines = []
+    for it in items:
+        counts = it["counts"]
+        lines.append(f"{it['id']}  {it['kind']:<9} {'dry ' if it['dry_run'] else 'real'} {it['status']:<13} "
+                     f"scanned={counts.get('scanned', counts.get('reverted', 0))} "
+                     f"updated={counts.get('updated', 0)} started={it['started_at'][:19]}")
+    return "\n".join(lines)
+
+
+def ingest_report(r: IngestResult) -> str:
+    lines = [RULE, "KB INGEST REPORT", RULE, _label("Workspace", r.workspace_id), _label("Dry Run", r.dry_run), THIN,
+             _label("Scanned", r.scanned), _label("Inserted", r.inserted), _label("Updated", r.updated),
+             _label("Skipped", f"{r.skipped} (unchanged)"), _label("Archived", r.archived),
+             _label("Evidence", r.evidence), _label("Errors", r.errors)]
+    for reason, ids in r.error_examples.items():
+        lines.append(f"  {reason}: e.g. {', '.join(ids)}")
+    lines += [_label("Elapsed", f"{r.elapsed_s:.2f}s"), RULE]
+    return "\n".join(lines)
+
+
+def status_report(s: dict[str, Any]) -> str:
+    lines = [RULE, "KB STATUS", RULE, f"{'Workspace:':<22}{s['workspace_id']}"]
+    for k, v in s["runs_by_kb_status"].items():
+        lines.append(f"{'Runs ' + k + ':':<22}{v}")
+    lines += [f"{'Runs with regime_oos:':<22}{s['runs_with_regime_oos']}",
+              f"{'Eligible (KB trials):':<22}{s['eligible']}",
+              f"{'Active trials:':<22}{s['active_trials']}",
+              f"{'Archived trials:':<22}{s['archived_trials']}", THIN, "Per strategy (eligible / active):"]
+    for strategy in sorted(set(s["eligible_by_strategy"]) | set(s["active_trials_by_strategy"])):
+        lines.append(f"  {strategy:<20}{s['eligible_by_strategy'].get(strategy, 0)} / "
+                     f"{s['active_trials_by_strategy'].get(strategy, 0)}")
+    if s["recent_backfills"]:
+        lines += [THIN, "Recent backfills:"]
+        for b in s["recent_backfills"]:
+            lines.append(f"  {b['id']} {b['kind']:<9} {'dry ' if b['dry_run'] else 'real'} {b['status']}")
+    lines.append(RULE)
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def recommend_report(r: dict[str, Any]) -> str:
+    lines = [RULE, "RECOMMENDATION", RULE,
+             f"{'Strategy:':<16}{r['query']['strategy_name']}",
+             f"{'Regime tags:':<16}{', '.join(r['query']['tags']) or '(none)'}",
+             f"{'Status:':<16}{r['status']}", f"{'Method:':<16}{r.get('method', '-')}",
+             f"{'Confidence:':<16}{r['confidence']:.2f}",
+             f"{'Considered:':<16}{r['considered']}", f"{'Supporting:':<16}{len(r['supporting_trials'])}"]
+    if r["params"]:
+        lines.append("Parameters:")
+        for k, v in r["params"].items():
+            lines.append(f"  {k:<14}{v}")
+    expected = r.get("expected_sharpe")
+    if expected is not None:
+        low, high = r.get("interval") or (None, None)
+        lines.append(f"{'Expected Sharpe:':<16}{_fmt(expected)} [{_fmt(low)}, {_fmt(high)}]")
+    best = r.get("global_best")
+    if best:
+        lines.append(f"{'Global best:':<16}{best['params']} (expected {_fmt(best.get('expected_sharpe'))})")
+    for alt in (r.get("runner_ups") or [])[:3]:
+        lines.append(f"  runner-up      {alt['params']} (expected {_fmt(alt.get('expected_sharpe'))})")
+    if r["reasons"]:
+        lines.append(f"{'Reasons:':<16}{', '.join(r['reasons'])}")
+    for action in r["suggested_actions"]:
+        lines.append(f"  -> {action}")
+    if r["supporting_trials"]:
+        lines.append("Top trials (similarity, sharpe, run):")
+        for t in r["supporting_trials"][:5]:
+            lines.append(f"  {t['similarity']:.3f}  {_fmt(t['sharpe']):>6}  {t['run_id']}")
+    lines.append(RULE)
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+-- name: select_candidacy_page
+-- The plan's selection, one keyset page after ($2, $3) in (created_at, id) order.
+SELECT id, created_at, experiment_type, trade_count, summary::text AS summary,
+       regime_oos IS NOT NULL AS has_regime
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND run_kind = 'test_variant'
+  AND status IN ('completed', 'success')
+  AND kb_status = 'excluded'
+  AND (created_at, id) > ($2::timestamptz, $3::uuid)
+ORDER BY created_at, id
+LIMIT $4
+
+-- name: select_candidacy_run
+SELECT id, workspace_id, created_at, run_kind, status, kb_status, experiment_type, trade_count,
+       summary::text AS summary, regime_oos IS NOT NULL AS has_regime
+FROM backtest_runs
+WHERE id = $1
+
+-- name: update_candidacy_batch
+-- Guarded: a row whose kb_status changed since it was read is left alone.
+WITH changed AS (
+    UPDATE backtest_runs
+    SET kb_status = 'candidate',
+        kb_status_changed_at = now(),
+        kb_status_changed_by = 'backfill',
+        kb_status_reason = 'backfill-candidacy',
+        auto_candidate_gate = 'passed_all_gates'
+    WHERE id = ANY($1::uuid[])
+      AND workspace_id = $2
+      AND kb_status = 'excluded'
+    RETURNING id, workspace_id
+)
+INSERT INTO kb_status_history (run_id, workspace_id, from_status, to_status, actor, reason, backfill_run_id)
+SELECT id, workspace_id, 'excluded', 'candidate', 'backfill', 'passed_all_gates', $3
+FROM changed
+
+-- name: select_regime_page
+SELECT id, created_at, dataset_meta::text AS dataset_meta, params::text AS params
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND run_kind = 'test_variant'
+  AND status IN ('completed', 'success')
+  AND regime_oos IS NULL
+  AND ($5::text IS NULL OR dataset_meta ->> 'symbol' = $5)
+  AND (created_at, id) > ($2::timestamptz, $3::uuid)
+ORDER BY created_at, id
+LIMIT $4
+
+-- name: update_regime_batch
+-- Guarded: a run that gained a regime meanwhile keeps it.
+UPDATE backtest_runs AS r
+SET regime_oos = u.regime_oos::jsonb,
+    regime_is = COALESCE(u.regime_is::jsonb, r.regime_is),
+    regime_schema_version = 'regime_v1'
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, regime_oos, regime_is)
+WHERE r.id = u.id
+  AND r.workspace_id = $4
+  AND r.regime_oos IS NULL

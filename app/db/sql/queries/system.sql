@@ -1,0 +1,59 @@
+-- name: ping
+SELECT 1
+
+-- name: session_utc
+SET TIME ZONE 'UTC'
+
+-- name: migrations_table_exists
+SELECT to_regclass('schema_migrations') IS NOT NULL
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_migrations
+SELECT version, name, checksum, applied_at FROM schema_migrations
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
+
+-- name: take_migration_lock
+-- Any fixed key works; it only has to differ from the backfill locks.
+SELECT pg_advisory_lock(7302118001)
+
+-- name: release_migration_lock
+SELECT pg_advisory_unlock(7302118001)
+
+-- name: dump_columns
+SELECT c.relname AS table_name, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
+       a.attnotnull, pg_get_expr(d.adbin, d.adrelid) AS default_expr,
+       (a.attidentity <> '') AS is_identity
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY c.relname, a.attnum
+
+-- name: dump_constraints
+SELECT c.relname AS table_name, con.conname, pg_get_constraintdef(con.oid) AS def
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public'
+ORDER BY c.relname, con.conname
+
+-- name: dump_indexes
+SELECT tablename, indexname, indexdef FROM pg_indexes
+WHERE schemaname = 'public' ORDER BY tablename, indexname
+
+-- name: dump_triggers
+SELECT c.relname AS table_name, t.tgname, pg_get_triggerdef(t.oid) AS def
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND NOT t.tgisinternal
+ORDER BY c.relname, t.tgname

@@ -1,0 +1,15 @@
+-- name: workspace_exists
+SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1)
+
+-- name: ensure_workspace
+INSERT INTO workspaces (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
+
+-- name: delete_workspace
+DELETE FROM workspaces WHERE id = $1
+
+-- name: count_workspace_runs
+SELECT count(*) FROM backtest_runs WHERE workspace_id = $1
+
+-- name: lock_workspace_xact
+-- Serializes whole-workspace rewrites (two `kb demo` at once) until the transaction ends.
+SELECT pg_advisory_xact_lock(hashtext('trading-kb:workspace'), hashtext($1::text))

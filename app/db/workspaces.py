@@ -1,0 +1,31 @@
+"""Workspaces: the scope of every query."""
+
+from __future__ import annotations
+
+import uuid
+
+from app.db.connector import Conn, Database
+from app.db.sql import q
+from app.errors import NotFound
+
+
+async def require_workspace(db: Database | Conn, workspace_id: uuid.UUID) -> None:
+    """Raise `NotFound` (with the fix) when the workspace does not exist."""
+    if not await db.fetchval(q("workspace_exists"), workspace_id):
+        raise NotFound(f"workspace {workspace_id} does not exist; check --workspace-id")
+
+
+async def ensure_workspace(conn: Conn, workspace_id: uuid.UUID, name: str) -> None:
+    await conn.execute(q("ensure_workspace"), workspace_id, name)
+
+
+async def reset_workspace(conn: Conn, workspace_id: uuid.UUID, name: str) -> None:
+    """Delete the workspace and everything in it, then create it empty (inside the
+    caller's transaction, serialized with any other reset of the same workspace)."""
+    await conn.execute(q("lock_workspace_xact"), str(workspace_id))
+    await conn.execute(q("delete_workspace"), workspace_id)
+    await conn.execute(q("ensure_workspace"), workspace_id, name)
+
+
+async def count_runs(conn: Conn, workspace_id: uuid.UUID) -> int:
+    return int(await conn.fetchval(q("count_workspace_runs"), workspace_id))
