@@ -26,6 +26,7 @@ from app.db import Database, ledger, open_database
 from app.db.lifecycle import translate
 from app.db.sql import q
 from app.errors import BadInput, DriverError, KBError, NotFound
+from app.services.kb.evaluate import evaluate
 from app.services.kb.ingest import ingest
 from app.services.kb.ohlcv import frame_series
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
@@ -236,6 +237,13 @@ def create_app(db: Database | None = None) -> FastAPI:
     @app.get("/kb/status", dependencies=auth)
     async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:
         return await workspace_status(db, workspace_id)
+
+    @app.get("/kb/evaluate", dependencies=auth)
+    async def evaluate_route(workspace_id: uuid.UUID,
+                             strategy_name: Annotated[str, Query(min_length=1, max_length=200)],
+                             db: DB, cache: Annotated[TrialCache, Depends(get_cache)]) -> dict[str, Any]:
+        """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`)."""
+        return await evaluate(db, workspace_id, strategy_name, cache.evidence)
 
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,

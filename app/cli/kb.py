@@ -11,6 +11,7 @@ from app.cli.console import Progress, echo
 from app.cli.options import finite, opt, positive, since_arg, uuid_arg
 from app.db import Database
 from app.errors import BadInput
+from app.services.kb.evaluate import evaluate
 from app.services.kb.ingest import ingest
 from app.services.kb.ohlcv import load_ohlcv
 from app.services.kb.recommend import RecommendQuery, recommend
@@ -47,6 +48,12 @@ def register(sub: Any) -> None:
              "median: per-parameter weighted median of the nearest trials")
     opt(p, "--json", action="store_true", default=False, help="print as JSON")
     p.set_defaults(handler=cmd_recommend, prepare=_query_regime)
+
+    p = sub.add_parser("evaluate", help="walk-forward check of recommend against the global best")
+    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    opt(p, "--strategy", required=True, help="strategy name")
+    opt(p, "--json", action="store_true", default=False, help="print as JSON")
+    p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("seed", help="bulk-load synthetic runs with COPY (benchmarks)")
     opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace to fill (created if missing)")
@@ -108,6 +115,15 @@ async def cmd_recommend(db: Database, args: argparse.Namespace) -> int:
         render.print_json(result)
     else:
         echo(render.recommend_report(result))
+    return 0
+
+
+async def cmd_evaluate(db: Database, args: argparse.Namespace) -> int:
+    report = await evaluate(db, args.workspace_id, args.strategy)
+    if args.json:
+        render.print_json(report)
+    else:
+        echo(render.evaluate_report(report))
     return 0
 
 

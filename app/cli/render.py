@@ -110,6 +110,7 @@ def regime_report(
         _label("Skipped", c.rejected),
         *_reasons(c, "  - ", 30),
         _label("Updated", _updated(result)),
+        *[_label("Note", f"{count} written without ex-ante snapshot ({note})") for note, count in result.notes.items()],
         *_footer(result),
         RULE,
     ]
@@ -133,6 +134,7 @@ def result_json(result: BackfillResult, **extra: Any) -> dict[str, Any]:
         "examples": c.examples,
         "run_totals": result.totals.to_dict(),
         "resumed": result.resumed,
+        "notes": result.notes,
         "elapsed_s": round(result.elapsed_s, 3),
     }
 
@@ -238,4 +240,25 @@ def recommend_report(r: dict[str, Any]) -> str:
         for t in r["supporting_trials"][:5]:
             lines.append(f"  {t['similarity']:.3f}  {_fmt(t['sharpe']):>6}  {t['run_id']}")
     lines.append(RULE)
+    return "\n".join(lines)
+
+
+def evaluate_report(r: dict[str, Any]) -> str:
+    lines = [RULE, "WALK-FORWARD EVALUATION", RULE, _label("Strategy", r["strategy_name"]),
+             _label("Windows", r["windows"]), _label("Param Sets", r["parameter_sets"]),
+             _label("Decisions", r["decisions"])]
+    if not r["decisions"]:
+        lines += ["Not enough history for a walk-forward check.", RULE]
+        return "\n".join(lines)
+    tuning = r["tuning"]
+    lines += [_label("Tuning", f"k={tuning['k']} shrink={tuning['shrink']}"), THIN, "Realised OOS Sharpe:"]
+    lines += [f"  {name:<14}{_fmt(value)}" for name, value in r["realised_sharpe"].items()]
+    lines += [THIN, _label("Uplift", f"{_fmt(r['uplift'])} +- {_fmt(r['uplift_se'])} (block SE, {r['blocks']} blocks)"),
+              _label("Hit Rate", _fmt(r["hit_rate"])), THIN, "Per regime (decisions, recommend, global best):"]
+    lines += [f"  {tag:<16}{v['decisions']:>5}  {_fmt(v['recommend']):>6}  {_fmt(v['global_best']):>6}"
+              for tag, v in r["per_regime"].items()]
+    lines += [THIN, "Confidence tercile (decisions, mean confidence, realised):"]
+    lines += [f"  {name:<6}{v['decisions']:>5}  {_fmt(v['mean_confidence']):>6}  {_fmt(v['realised']):>6}"
+              for name, v in r["calibration"].items()]
+    lines += [_label("Elapsed", f"{r['elapsed_s']:.2f}s"), RULE]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ PURE = {
     "app.services.kb.gate", "app.services.kb.regime", "app.services.kb.snapshot", "app.services.kb.windows",
     "app.services.kb.summary", "app.services.kb.ohlcv", "app.services.kb.scan", "app.services.kb.demo_data",
     "app.services.kb.backfill.counters", "app.services.kb.candidacy", "app.services.kb.types",
-    "app.services.kb.walkforward",
+    "app.services.kb.synthetic_world",
 }
 # The plan names `python -m app.services.kb.cli`: a two-line entry point into the CLI.
 PLAN_ENTRY = "app.services.kb.cli"

@@ -23,6 +23,7 @@ from app.db import Database
 from app.db.connector import Conn
 from app.db.sql import q
 from app.db.workspaces import require_workspace
+from app.services.kb.evidence import write_evidence
 from app.services.kb.scan import keyset_start
 from app.services.kb.snapshot import FEATURE_NAMES
 from app.services.kb.summary import extract_metrics, json_object
@@ -199,5 +200,8 @@ async def ingest(
                 result.archived = int(status.rsplit(" ", 1)[-1])
                 if result.archived:
                     await conn.execute(q("bump_trial_revision"), workspace_id)
+            result.evidence = await write_evidence(conn, workspace_id)
+            if result.evidence:
+                await conn.execute(q("bump_trial_revision"), workspace_id)
     result.elapsed_s = time.monotonic() - started
     return result

@@ -21,6 +21,8 @@ import orjson
 
 from app.db import Database
 from app.db.sql import q
+from app.services.kb.evidence import EvidenceCache
+from app.services.kb.expected import choose_by_expectation
 from app.services.kb.snapshot import FEATURE_NAMES, RegimeSnapshot
 
 W_FEATURES, W_TAGS, W_QUALITY = 0.6, 0.25, 0.15
@@ -86,6 +88,7 @@ class TrialCache:
     loop keeps answering requests whose matrices are cached."""
 
     def __init__(self) -> None:
+        self.evidence = EvidenceCache()
         self._entries: OrderedDict[tuple[uuid.UUID, str], TrialMatrix] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, str, int], asyncio.Task[TrialMatrix]] = {}
 
@@ -213,7 +216,18 @@ def aggregate_params(params: list[dict[str, Any]], weights: np.ndarray) -> tuple
 
 
 async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | None = None) -> dict[str, Any]:
-    matrix = await (cache or DEFAULT_CACHE).get(db, query.workspace_id, query.strategy_name)
+    """Parameters for a strategy in a regime. The default method answers with a tested
+    set chosen by expected OOS performance (see `walkforward`); `median` aggregates the
+    nearest trials' parameters. Both report the nearest trials as `supporting_trials`."""
+    result = await _nearest_trials(db, query, cache or DEFAULT_CACHE)
+    if query.method == "median" or "out_of_distribution" in result["reasons"]:
+        result["method"] = "median"
+        return result
+    return await choose_by_expectation(db, query, result, (cache or DEFAULT_CACHE).evidence)
+
+
+async def _nearest_trials(db: Database, query: RecommendQuery, cache: TrialCache) -> dict[str, Any]:
+    matrix = await cache.get(db, query.workspace_id, query.strategy_name)
     reasons: list[str] = []
     actions: list[str] = []
     query_tags = frozenset(query.regime.regime_tags if query.regime is not None else query.tags)

@@ -52,8 +52,9 @@ LIMIT $4
 UPDATE backtest_runs AS r
 SET regime_oos = u.regime_oos::jsonb,
     regime_is = COALESCE(u.regime_is::jsonb, r.regime_is),
+    regime_pre = COALESCE(u.regime_pre::jsonb, r.regime_pre),
     regime_schema_version = 'regime_v1'
-FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, regime_oos, regime_is)
+FROM unnest($1::uuid[], $2::text[], $3::text[], $5::text[]) AS u(id, regime_oos, regime_is, regime_pre)
 WHERE r.id = u.id
   AND r.workspace_id = $4
   AND r.regime_oos IS NULL

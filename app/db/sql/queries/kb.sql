@@ -86,3 +86,51 @@ GROUP BY 1 ORDER BY 1
 
 -- name: status_archived_trials
 SELECT count(*) FROM kb_trials WHERE workspace_id = $1 AND archived_at IS NOT NULL
+
+-- name: select_evidence_page
+-- Performance evidence: every completed test variant with a regime, whatever its kb_status.
+SELECT id, created_at, strategy_name, kb_status, trade_count, params::text AS params,
+       dataset_meta::text AS dataset_meta, summary::text AS summary, regime_oos::text AS regime_oos,
+       regime_pre::text AS regime_pre
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND run_kind = 'test_variant'
+  AND status IN ('completed', 'success')
+  AND regime_oos IS NOT NULL
+  AND (created_at, id) > ($2::timestamptz, $3::uuid)
+ORDER BY created_at, id
+LIMIT $4
+
+-- name: upsert_evidence
+INSERT INTO kb_evidence AS e (workspace_id, source_run_id, strategy_name, symbol, timeframe, params, sharpe,
+                              n_trades, oos_start, oos_end, pre_features, oos_features, pre_tags, oos_tags,
+                              eligible, content_hash)
+SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.params::jsonb, u.sharpe, u.n_trades, u.oos_start,
+       u.oos_end, u.pre_features::float8[], u.oos_features::float8[], u.pre_tags::text[], u.oos_tags::text[],
+       u.eligible, u.content_hash
+FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::bigint[],
+            $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[],
+            $15::bool[], $16::text[])
+     AS u(run_id, strategy, symbol, timeframe, params, sharpe, n_trades, oos_start, oos_end, pre_features,
+          oos_features, pre_tags, oos_tags, eligible, content_hash)
+ON CONFLICT (workspace_id, source_run_id) DO UPDATE
+SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
+    params = EXCLUDED.params, sharpe = EXCLUDED.sharpe, n_trades = EXCLUDED.n_trades,
+    oos_start = EXCLUDED.oos_start, oos_end = EXCLUDED.oos_end, pre_features = EXCLUDED.pre_features,
+    oos_features = EXCLUDED.oos_features, pre_tags = EXCLUDED.pre_tags, oos_tags = EXCLUDED.oos_tags,
+    eligible = EXCLUDED.eligible, content_hash = EXCLUDED.content_hash
+WHERE e.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+RETURNING 1
+
+-- name: delete_stale_evidence
+-- Evidence whose run no longer qualifies (not completed, or its regime was removed).
+DELETE FROM kb_evidence e
+USING backtest_runs r
+WHERE e.workspace_id = $1 AND r.id = e.source_run_id
+  AND (r.status NOT IN ('completed', 'success') OR r.regime_oos IS NULL)
+
+-- name: load_evidence
+SELECT source_run_id, symbol, timeframe, params::text AS params, sharpe, oos_start, oos_end,
+       pre_features, oos_features, pre_tags, oos_tags, eligible
+FROM kb_evidence
+WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL

@@ -106,6 +106,8 @@ class BackfillResult:
     elapsed_s: float
     interrupted_runs_found: list[uuid.UUID] = field(default_factory=list)
     error: str | None = None
+    # Per-invocation notes on rows that were written (e.g. no ex-ante snapshot possible).
+    notes: dict[str, int] = field(default_factory=dict)
 
 
 def config_key(kind: str, identity: dict[str, Any]) -> str:

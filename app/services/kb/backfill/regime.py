@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +19,7 @@ from app.db.connector import Conn
 from app.db.sql import q
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
 from app.services.kb.ohlcv import OhlcvData
-from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_feature_batch, snapshot_dicts
+from app.services.kb.regime import MIN_EFFECTIVE_BARS, REGIME_WINDOW_BARS, compute_feature_batch, snapshot_dicts
 from app.services.kb.scan import Hooks, ScanOptions
 from app.services.kb.summary import json_object
 from app.services.kb.windows import Window, extract_windows
@@ -28,6 +28,7 @@ INSUFFICIENT_COVERAGE = "insufficient_ohlcv_coverage"
 SYMBOL_MISMATCH = "symbol_mismatch"
 MISSING_SYMBOL = "missing_symbol"
 TIMEFRAME_MISMATCH = "timeframe_mismatch"
+NO_EX_ANTE = "insufficient_ex_ante_history"
 _CACHE_SIZE = 20_000  # computed snapshots kept for runs that share a window
 
 
@@ -56,6 +57,8 @@ class RegimeJob:
         self.digest = digest
         self.cache: OrderedDict[tuple[str | None, int, int], str] = OrderedDict()
         self.computed_windows = 0
+        # Written runs whose file does not reach back far enough for an ex-ante snapshot.
+        self.notes: Counter[str] = Counter()
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -101,13 +104,14 @@ class RegimeJob:
 
     def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
         wanted_tf = self.opts.timeframe.strip().lower()
-        plans: list[tuple[Any, Any, str | None, tuple[int, int] | None, tuple[int, int] | None]] = []
+        plans: list[tuple[Any, Any, str | None, tuple[int, int] | None, tuple[int, int] | None,
+                          tuple[int, int] | None]] = []
         for row in rows:
             meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
             windows = extract_windows(meta, params)
             reason = windows.reason
             key: str | None = None
-            oos = is_ = None
+            oos = is_ = pre = None
             if reason is None:
                 key, reason = self._series_key(meta.get("symbol"))
             run_tf = meta.get("timeframe")
@@ -117,18 +121,32 @@ class RegimeJob:
                 oos = self._span(key, windows.oos)
                 if oos is None:
                     reason = INSUFFICIENT_COVERAGE
-                elif windows.is_ is not None:
-                    is_ = self._span(key, windows.is_)
-            plans.append((row, reason, key, oos, is_))
-        self._compute_missing([(k, span) for _, r, k, o, i in plans if r is None for span in (o, i) if span])
+                else:
+                    if windows.is_ is not None:
+                        is_ = self._span(key, windows.is_)
+                    pre = self._ex_ante(oos)
+            plans.append((row, reason, key, oos, is_, pre))
+        self._compute_missing([(k, span) for _, r, k, o, i, p in plans if r is None for span in (o, i, p) if span])
         outcomes = []
-        for row, reason, key, oos, is_ in plans:
+        for row, reason, key, oos, is_, pre in plans:
             if reason is not None or oos is None:
                 outcomes.append(Outcome(row["id"], row["created_at"], reason))
                 continue
-            payload = (self._cached(key, oos), self._cached(key, is_) if is_ else None)
+            if pre is None:
+                self.notes[NO_EX_ANTE] += 1
+            payload = (self._cached(key, oos), self._cached(key, is_) if is_ else None,
+                       self._cached(key, pre) if pre else None)
             outcomes.append(Outcome(row["id"], row["created_at"], None, payload))
         return outcomes
+
+    @staticmethod
+    def _ex_ante(oos: tuple[int, int]) -> tuple[int, int] | None:
+        """The trailing bars that end just before the OOS window's first bar: what one
+        could know when choosing the run's parameters. None when the data does not reach
+        back MIN_EFFECTIVE_BARS bars."""
+        end = oos[0] - 1
+        start = max(0, end - REGIME_WINDOW_BARS + 1)
+        return (start, end) if end - start + 1 >= MIN_EFFECTIVE_BARS else None
 
     def _cached(self, key: str | None, span: tuple[int, int]) -> str:
         return self.cache[(key, span[0], span[1])]
@@ -163,6 +181,7 @@ class RegimeJob:
             [o.payload[0] for o in passed],
             [o.payload[1] for o in passed],
             self.opts.workspace_id,
+            [o.payload[2] for o in passed],
         )
         return int(status.rsplit(" ", 1)[-1])
 
@@ -171,4 +190,6 @@ async def backfill_regime(db: Database, opts: RegimeOptions, data: OhlcvData, ba
                           hooks: Hooks | None = None) -> BackfillResult:
     """Run (or resume) the regime backfill over already-loaded OHLCV data."""
     job = RegimeJob(opts, data, bar_seconds, file_digest(data.path))
-    return await run_backfill(db, job, EngineOptions(opts, hooks or Hooks()))
+    result = await run_backfill(db, job, EngineOptions(opts, hooks or Hooks()))
+    result.notes = dict(job.notes)
+    return result

@@ -1,0 +1,221 @@
+"""Performance evidence for recommend() and evaluate: every completed test variant with a
+regime, whatever its kb_status (a set's failures count as much as its successes), with
+its OOS window, its ex-ante and OOS regime, and whether it reached the KB.
+
+Ingest writes it (`write_evidence`); recommend and evaluate read it as an
+`EvidenceMatrix`: windows x parameter sets of OOS Sharpe, cached per KB revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+
+from app.db import Database
+from app.db.connector import Conn
+from app.db.sql import q
+from app.services.kb.scan import keyset_start
+from app.services.kb.snapshot import FEATURE_NAMES
+from app.services.kb.summary import extract_metrics, json_object
+from app.services.kb.windows import extract_windows
+
+# Keys that describe the data a run saw, not the strategy's parameters.
+DATASET_KEYS = frozenset({"oos_start", "oos_end", "date_min", "date_max", "start", "end", "oos_split",
+                          "oos_ratio", "is_start", "is_end", "symbol", "timeframe"})
+ELIGIBLE = ("candidate", "promoted")
+_INT64 = 2**63 - 1
+
+
+def params_key(params: Any) -> str:
+    """Canonical JSON of a run's strategy parameters (dataset keys removed)."""
+    return orjson.dumps({k: v for k, v in json_object(params).items() if k not in DATASET_KEYS},
+                        option=orjson.OPT_SORT_KEYS).decode()
+
+
+def feature_array(snapshot: dict[str, Any]) -> str | None:
+    """The snapshot's features as a Postgres array literal, or None unless all are finite."""
+    vector = [snapshot.get(name) for name in FEATURE_NAMES]
+    numbers = [float(v) for v in vector if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) == len(vector) and all(math.isfinite(v) for v in numbers):
+        return "{" + ",".join(repr(v) for v in numbers) + "}"
+    return None
+
+
+def tag_array(snapshot: dict[str, Any]) -> str:
+    tags = snapshot.get("regime_tags")
+    items = sorted(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else []
+    return "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in items) + "}"
+
+
+def evidence_row(row: asyncpg.Record) -> tuple[Any, ...] | None:
+    """One run as an evidence row, or None when it says nothing usable (no finite Sharpe,
+    no strategy, no OOS features)."""
+    extracted = extract_metrics(row["summary"], row["trade_count"])
+    m = extracted.metrics
+    if m is None or m.sharpe_oos is None or not row["strategy_name"]:
+        return None
+    meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
+    oos, pre = json_object(row["regime_oos"]), json_object(row["regime_pre"])
+    oos_features = feature_array(oos)
+    if oos_features is None or not -_INT64 <= m.n_trades_oos <= _INT64:
+        return None
+    window = extract_windows(meta, params).oos
+    raw_symbol = meta.get("symbol")
+    symbol = raw_symbol.strip().upper() if isinstance(raw_symbol, str) else None
+    timeframe = meta.get("timeframe") if isinstance(meta.get("timeframe"), str) else None
+    values = (row["strategy_name"], symbol, timeframe, params_key(params), float(m.sharpe_oos), m.n_trades_oos,
+              window.start if window else None, window.end if window else None, feature_array(pre),
+              oos_features, tag_array(pre), tag_array(oos), row["kb_status"] in ELIGIBLE)
+    digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
+    return (row["id"], *values, digest)
+
+
+async def write_evidence(conn: Conn, workspace_id: uuid.UUID, batch_size: int = 2000) -> int:
+    """Upsert the workspace's evidence (changed rows only); returns how many changed."""
+    changed = 0
+    cursor = keyset_start(None)
+    while True:
+        page = await conn.fetch(q("select_evidence_page"), workspace_id, cursor[0], cursor[1], batch_size)
+        if not page:
+            break
+        cursor = (page[-1]["created_at"], page[-1]["id"])
+        rows = [r for r in (evidence_row(p) for p in page) if r is not None]
+        if rows:
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            async with conn.transaction():
+                changed += len(await conn.fetch(q("upsert_evidence"), workspace_id, *columns))
+    status = await conn.execute(q("delete_stale_evidence"), workspace_id)
+    return changed + int(status.rsplit(" ", 1)[-1])
+
+
+@dataclass
+class EvidenceMatrix:
+    """Windows x parameter sets. A window is one (symbol, OOS start, OOS end) regime
+    observation; its features are the ex-ante snapshot where there is one."""
+
+    revision: int
+    set_keys: list[str]  # canonical params JSON per set
+    eligible: np.ndarray  # per set: reached the KB at least once
+    sharpe: np.ndarray  # windows x sets, NaN where the set was not tested in the window
+    features: np.ndarray  # windows x d (raw)
+    ex_ante: np.ndarray  # per window: features are ex-ante (else OOS)
+    tags: list[tuple[str, ...]]  # per window, of the snapshot matched
+    oos_tags: list[tuple[str, ...]]
+    start_ns: np.ndarray  # per window OOS start (ns), -1 unknown
+    end_ns: np.ndarray
+    runs: list[dict[int, uuid.UUID]]  # per window: set index -> one run id
+    center: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.sharpe.shape[0])
+
+    def scaled(self, vector: np.ndarray) -> np.ndarray:
+        return (vector - self.center) / self.scale
+
+
+# The smallest spread per feature that counts as a real difference between regimes
+# (FEATURE_NAMES order), so a tight cluster of windows does not make every other look far.
+MIN_SCALE = np.array([0.001, 5.0, 0.005, 0.001, 0.01, 0.5, 0.1, 0.5, 0.1, 0.02])
+
+
+def _ns(value: Any) -> int:
+    return -1 if value is None else int(value.timestamp() * 1e6) * 1000
+
+
+def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
+    windows: dict[tuple[Any, ...], int] = {}
+    sets: dict[str, int] = {}
+    cells: list[tuple[int, int, float, uuid.UUID, bool]] = []
+    feats: list[Any] = []
+    ex_ante: list[bool] = []
+    tags: list[tuple[str, ...]] = []
+    oos_tags: list[tuple[str, ...]] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for r in rows:
+        use_pre = r["pre_features"] is not None
+        vector = r["pre_features"] if use_pre else r["oos_features"]
+        if vector is None or len(vector) != len(FEATURE_NAMES):
+            continue
+        key = (r["symbol"], r["timeframe"], r["oos_start"], r["oos_end"]) if r["oos_start"] is not None \
+            else ("run", r["source_run_id"])
+        w = windows.get(key)
+        if w is None:
+            w = windows[key] = len(windows)
+            feats.append(vector)
+            ex_ante.append(use_pre)
+            tags.append(tuple(r["pre_tags"] if use_pre else r["oos_tags"]))
+            oos_tags.append(tuple(r["oos_tags"]))
+            starts.append(_ns(r["oos_start"]))
+            ends.append(_ns(r["oos_end"]))
+        s = sets.setdefault(r["params"], len(sets))
+        cells.append((w, s, float(r["sharpe"]), r["source_run_id"], bool(r["eligible"])))
+    n_w, n_s = len(windows), len(sets)
+    sharpe = np.full((n_w, n_s), np.nan)
+    counts = np.zeros((n_w, n_s))
+    eligible = np.zeros(n_s, dtype=bool)
+    runs: list[dict[int, uuid.UUID]] = [{} for _ in range(n_w)]
+    for w, s, value, run_id, ok in cells:
+        if math.isfinite(value):
+            # Repeated runs of one set in one window: their mean.
+            sharpe[w, s] = value if counts[w, s] == 0 else (sharpe[w, s] * counts[w, s] + value) / (counts[w, s] + 1)
+            counts[w, s] += 1
+        eligible[s] |= ok
+        runs[w].setdefault(s, run_id)
+    features = np.array(feats, dtype=float).reshape(n_w, len(FEATURE_NAMES))
+    if n_w:
+        center = np.median(features, axis=0)
+        q75, q25 = np.percentile(features, [75, 25], axis=0)
+        scale = np.maximum((q75 - q25) / 1.349, MIN_SCALE)
+    else:
+        center, scale = np.zeros(len(FEATURE_NAMES)), MIN_SCALE.copy()
+    return EvidenceMatrix(revision, list(sets), eligible, sharpe, features, np.array(ex_ante, dtype=bool), tags,
+                          oos_tags, np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), runs,
+                          center, scale)
+
+
+class EvidenceCache:
+    """Evidence matrices per (workspace, strategy), valid for one KB revision; concurrent
+    cold requests share one load, built in a worker thread."""
+
+    def __init__(self, entries: int = 32) -> None:
+        self._entries: OrderedDict[tuple[uuid.UUID, str], EvidenceMatrix] = OrderedDict()
+        self._loading: dict[tuple[uuid.UUID, str, int], asyncio.Task[EvidenceMatrix]] = {}
+        self._size = entries
+        # Derived results per matrix (walk-forward checks), dropped with their matrix.
+        self.derived: dict[tuple[uuid.UUID, str, int, str], Any] = {}
+
+    async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str) -> EvidenceMatrix:
+        revision = int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
+        key = (workspace_id, strategy)
+        hit = self._entries.get(key)
+        if hit is not None and hit.revision == revision:
+            self._entries.move_to_end(key)
+            return hit
+        loading_key = (workspace_id, strategy, revision)
+        task = self._loading.get(loading_key)
+        if task is None:
+            task = asyncio.create_task(self._load(db, workspace_id, strategy, revision))
+            self._loading[loading_key] = task
+            task.add_done_callback(lambda t: self._loading.pop(loading_key, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int) -> EvidenceMatrix:
+        rows = await db.fetch(q("load_evidence"), workspace_id, strategy)
+        matrix = await asyncio.to_thread(build_matrix, rows, revision)
+        self._entries[(workspace_id, strategy)] = matrix
+        self.derived = {k: v for k, v in self.derived.items() if (k[0], k[1]) != (workspace_id, strategy)}
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return matrix

@@ -1,0 +1,110 @@
+"""recommend()'s default answer: the tested parameter set with the best expected OOS
+Sharpe in windows like the query's, unless the strategy's own walk-forward check shows
+that conditioning on the regime does not beat the global best (then the global best)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from app.db import Database
+from app.services.kb.evidence import EvidenceCache, EvidenceMatrix
+from app.services.kb.walkforward import Tuning, WalkForward, confidence_of, score_sets, summarize, tune
+
+if TYPE_CHECKING:
+    from app.services.kb.recommend import RecommendQuery
+
+RUNNER_UPS = 3
+MIN_WINDOWS = 3
+
+
+async def walk_forward_check(cache: EvidenceCache, db: Database, query: RecommendQuery,
+                             m: EvidenceMatrix) -> tuple[WalkForward, list[dict[str, Any]]]:
+    """The tuned walk-forward replay for this matrix, computed once per KB revision."""
+    key = (query.workspace_id, query.strategy_name, m.revision, "tune")
+    if key not in cache.derived:
+        cache.derived[key] = await asyncio.to_thread(tune, m)
+    result: tuple[WalkForward, list[dict[str, Any]]] = cache.derived[key]
+    return result
+
+
+def _set(m: EvidenceMatrix, s: int, scores: Any) -> dict[str, Any]:
+    est, se = float(scores.estimate[s]), float(scores.se[s])
+    return {"params": orjson.loads(m.set_keys[s]), "expected_sharpe": round(est, 4),
+            "interval": [round(est - 1.96 * se, 4), round(est + 1.96 * se, 4)],
+            "near_windows": round(float(scores.local_n[s]), 2), "windows_tested": int(scores.global_n[s]),
+            "global_mean_sharpe": None if math.isnan(scores.global_mean[s]) else round(float(scores.global_mean[s]), 4)}
+
+
+async def choose_by_expectation(db: Database, query: RecommendQuery, result: dict[str, Any],
+                                cache: EvidenceCache) -> dict[str, Any]:
+    m = await cache.get(db, query.workspace_id, query.strategy_name)
+    result["method"] = "expected"
+    reasons: list[str] = result["reasons"]
+    if m.n_windows < MIN_WINDOWS or not m.eligible.any():
+        reasons.append("no_performance_evidence")
+        result["suggested_actions"].append(
+            "run kb ingest after backfill-regime so every completed run counts as evidence")
+        result.update(status="none", confidence=0.0, params={})
+        return result
+    qvec = None
+    if query.regime is not None:
+        vec = query.regime.feature_vector()
+        if all(v is not None for v in vec):
+            qvec = m.scaled(np.array(vec, dtype=float))
+    qtags = frozenset(query.regime.regime_tags if query.regime is not None else query.tags)
+    wf, tried = await walk_forward_check(cache, db, query, m)
+    tuning = wf.tuning if wf.decisions else Tuning()
+    scores = score_sets(m, np.ones(m.n_windows, dtype=bool), qvec, qtags, tuning)
+    ranked = [int(s) for s in np.argsort(-scores.score, kind="stable") if np.isfinite(scores.score[s])]
+    if not ranked:
+        reasons.append("no_performance_evidence")
+        result.update(status="none", confidence=0.0, params={})
+        return result
+    global_best = int(np.argmax(scores.global_score))
+    uplift = wf.uplift()
+    conditioned = bool(wf.decisions) and math.isfinite(uplift) and uplift > 0
+    if not conditioned:
+        reasons.append("regime_conditioning_no_gain" if wf.decisions else "too_little_history_to_check")
+    chosen = ranked[0] if conditioned else global_best
+    chosen_set = _set(m, chosen, scores)
+    if not conditioned:
+        chosen_set["expected_sharpe"] = None if math.isnan(scores.global_mean[chosen]) \
+            else round(float(scores.global_mean[chosen]), 4)
+    est = chosen_set["expected_sharpe"]
+    # Support is counted in windows of evidence, not in how many trials are shown (top_k).
+    for shown_only in ("few_supporting_trials", "insufficient_support"):
+        if shown_only in reasons:
+            reasons.remove(shown_only)
+    result["suggested_actions"].clear()
+    status = "ok" if m.n_windows >= 10 else "degraded"
+    if status == "degraded":
+        reasons.append("few_windows")
+    result.update(
+        status=status,
+        params=chosen_set["params"],
+        confidence=round(confidence_of(est if est is not None else float("nan"), float(scores.se[chosen])), 4),
+        expected_sharpe=est,
+        interval=chosen_set["interval"],
+        runner_ups=[_set(m, s, scores) for s in ranked[1:1 + RUNNER_UPS] if s != chosen][:RUNNER_UPS],
+        global_best=_set(m, global_best, scores),
+        regime_conditioned=conditioned,
+        evidence={
+            "windows": m.n_windows, "parameter_sets": len(m.set_keys),
+            "matched_on": "tags" if qvec is None else
+            ("ex_ante" if m.ex_ante[scores.nearest].mean() >= 0.5 else "oos"),
+            "ex_ante_share": round(float(m.ex_ante.mean()), 4),
+            "nearest_windows": [
+                {"distance": round(float(d), 4), "weight": round(float(w), 4), "tags": list(m.tags[i]),
+                 "sharpe_of_choice": None if math.isnan(m.sharpe[i, chosen]) else round(float(m.sharpe[i, chosen]), 4),
+                 "run_id": str(m.runs[i][chosen]) if chosen in m.runs[i] else None}
+                for i, d, w in zip(scores.nearest[:10].tolist(), scores.distance[:10], scores.weights[:10], strict=True)
+            ],
+        },
+        walk_forward={**summarize(m, wf), "tried": tried},
+    )
+    return result

@@ -1,0 +1,218 @@
+"""Choosing a tested parameter set for a regime, and checking that choice walk-forward.
+
+Scoring (one decision): the query regime is compared with every earlier window by robust
+standardized feature distance (RMS over features; tag overlap when only tags are given).
+The k nearest windows get Gaussian weights (bandwidth = the k-th distance). Each set's
+local estimate is its weighted mean OOS Sharpe over those windows; it is shrunk toward
+the set's own mean over all earlier windows with strength `shrink` (pseudo-windows), and
+penalised by `haircut` x sqrt(2 ln N) standard errors for having tried N sets. Only sets
+that reached the KB are candidates. The global best is the candidate with the best
+penalised all-history mean.
+
+Walk-forward (evaluate): at the start of each window, score from windows that ended
+before it and read the realised Sharpe of the chosen set in that window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.services.kb.evidence import EvidenceMatrix
+
+TUNING_GRID = tuple((k, s) for k in (5, 10, 20, 40) for s in (1.0, 4.0, 16.0))
+MIN_PRIOR_WINDOWS = 20
+
+
+@dataclass(frozen=True)
+class Tuning:
+    k: int = 20
+    shrink: float = 4.0
+    haircut: float = 0.5
+
+
+@dataclass
+class Scores:
+    estimate: np.ndarray  # per set, shrunk expected Sharpe (NaN: no evidence)
+    score: np.ndarray  # estimate minus the multiple-testing haircut
+    se: np.ndarray
+    local_n: np.ndarray  # effective number of near windows per set
+    global_mean: np.ndarray
+    global_score: np.ndarray
+    global_n: np.ndarray
+    nearest: np.ndarray  # indices (into the matrix) of the near windows, nearest first
+    weights: np.ndarray
+    distance: np.ndarray  # distance of each near window
+
+
+def distances(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None,
+              qtags: frozenset[str]) -> np.ndarray:
+    idx = np.flatnonzero(prior)
+    if qvec is not None:
+        diff = (m.features[idx] - m.center) / m.scale - qvec
+        return np.sqrt((diff * diff).mean(axis=1))
+    sims = [len(qtags & set(m.tags[i])) / max(len(qtags | set(m.tags[i])), 1) for i in idx]
+    return 1.0 - np.array(sims, dtype=float)
+
+
+def score_sets(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None, qtags: frozenset[str],
+               tuning: Tuning) -> Scores:
+    """Scores of every set from the windows in `prior` for a query regime."""
+    idx = np.flatnonzero(prior)
+    d = distances(m, prior, qvec, qtags)
+    k = min(tuning.k, len(idx))
+    near = np.argpartition(d, k - 1)[:k] if k < len(idx) else np.arange(len(idx))
+    near = near[np.argsort(d[near], kind="stable")]
+    h = max(float(d[near].max()), 1e-6)
+    w = np.exp(-0.5 * (d[near] / h) ** 2)
+    all_s = m.sharpe[idx]
+    tested = np.isfinite(all_s)
+    g_n = tested.sum(axis=0).astype(float)
+    g_sum = np.where(tested, all_s, 0.0).sum(axis=0)
+    g_mean = np.divide(g_sum, g_n, out=np.full(len(g_n), np.nan), where=g_n > 0)
+    g_sq = np.where(tested, all_s * all_s, 0.0).sum(axis=0)
+    g_var = np.divide(g_sq, g_n, out=np.zeros(len(g_n)), where=g_n > 0) - np.nan_to_num(g_mean) ** 2
+    pooled_sd = math.sqrt(max(float(np.nanmean(np.where(g_n > 1, g_var, np.nan))) if (g_n > 1).any() else 1.0,
+                              1e-6))
+    local = all_s[near]
+    lmask = np.isfinite(local)
+    lw = w[:, None] * lmask
+    wsum = lw.sum(axis=0)
+    l_mean = np.divide((lw * np.where(lmask, local, 0.0)).sum(axis=0), wsum, out=np.zeros(len(wsum)),
+                       where=wsum > 0)
+    w2 = (w[:, None] ** 2 * lmask).sum(axis=0)
+    n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(wsum)), where=w2 > 0)
+    estimate = (n_eff * l_mean + tuning.shrink * np.nan_to_num(g_mean)) / (n_eff + tuning.shrink)
+    estimate = np.where(g_n > 0, estimate, np.nan)
+    candidates = m.eligible & (g_n > 0)
+    n_tried = max(int(candidates.sum()), 1)
+    z = tuning.haircut * math.sqrt(2.0 * math.log(n_tried)) if n_tried > 1 else 0.0
+    se = pooled_sd / np.sqrt(n_eff + tuning.shrink)
+    score = np.where(candidates, estimate - z * se, -np.inf)
+    g_se = pooled_sd / np.sqrt(np.maximum(g_n, 1.0))
+    g_score = np.where(candidates, np.nan_to_num(g_mean, nan=-np.inf) - z * g_se, -np.inf)
+    return Scores(estimate, score, se, n_eff, g_mean, g_score, g_n, idx[near], w, d[near])
+
+
+def confidence_of(estimate: float, se: float) -> float:
+    """How likely the answer realises a positive Sharpe (normal approximation); ranks
+    answers by their expected outcome."""
+    if not math.isfinite(estimate):
+        return 0.0
+    return 0.5 * (1.0 + math.erf(estimate / max(se, 1e-6) / math.sqrt(2.0)))
+
+
+@dataclass
+class Decision:
+    window: int
+    chosen: int
+    global_best: int
+    confidence: float
+    realised: float
+    realised_global: float
+    realised_median: float
+    realised_random: float
+    realised_oracle: float
+
+
+@dataclass
+class WalkForward:
+    tuning: Tuning
+    decisions: list[Decision] = field(default_factory=list)
+
+    def uplift(self) -> float:
+        if not self.decisions:
+            return float("nan")
+        return float(np.mean([d.realised - d.realised_global for d in self.decisions]))
+
+
+def walk_forward(m: EvidenceMatrix, tuning: Tuning, conditioned: bool = True) -> WalkForward:
+    """Replay history: one decision at the start of each window with enough earlier windows."""
+    out = WalkForward(tuning)
+    known = np.flatnonzero(m.start_ns >= 0)
+    order = known[np.argsort(m.start_ns[known], kind="stable")]
+    ends = m.end_ns
+    scaled = (m.features - m.center) / m.scale
+    for j in order.tolist():
+        prior = (ends >= 0) & (ends < m.start_ns[j])
+        if prior.sum() < MIN_PRIOR_WINDOWS:
+            continue
+        row = m.sharpe[j]
+        sc = score_sets(m, prior, scaled[j], frozenset(m.tags[j]), tuning)
+        if not np.isfinite(sc.score).any():
+            continue
+        gb = int(np.argmax(sc.global_score))
+        chosen = int(np.argmax(sc.score)) if conditioned else gb
+        if not (math.isfinite(row[chosen]) and math.isfinite(row[gb])):
+            continue
+        cand = np.flatnonzero(np.isfinite(sc.global_score) & np.isfinite(row))
+        by_mean = cand[np.argsort(sc.global_mean[cand], kind="stable")]
+        median_set = int(by_mean[len(by_mean) // 2])
+        out.decisions.append(Decision(
+            j, chosen, gb, confidence_of(float(sc.estimate[chosen]), float(sc.se[chosen])),
+            float(row[chosen]), float(row[gb]), float(row[median_set]), float(np.mean(row[cand])),
+            float(np.nanmax(row))))
+    return out
+
+
+def tune(m: EvidenceMatrix) -> tuple[WalkForward, list[dict[str, Any]]]:
+    """The neighbourhood size and shrinkage with the best walk-forward uplift over the
+    global best; every tried setting's figures are returned too."""
+    tried = []
+    best: WalkForward | None = None
+    for k, shrink in TUNING_GRID:
+        wf = walk_forward(m, Tuning(k=k, shrink=shrink))
+        tried.append({"k": k, "shrink": shrink, "decisions": len(wf.decisions), "uplift": _round(wf.uplift())})
+        if best is None or (wf.decisions and (not best.decisions or wf.uplift() > best.uplift())):
+            best = wf
+    assert best is not None
+    return best, tried
+
+
+def _round(x: float, digits: int = 4) -> float | None:
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def summarize(m: EvidenceMatrix, wf: WalkForward, blocks: int = 10) -> dict[str, Any]:
+    """Uplift with a block standard error, hit rate, baselines, per-regime results and
+    confidence calibration (realised Sharpe by confidence tercile)."""
+    ds = wf.decisions
+    if not ds:
+        return {"decisions": 0, "uplift": None, "reasons": ["not_enough_history"]}
+    diff = np.array([d.realised - d.realised_global for d in ds])
+    size = max(len(ds) // blocks, 1)
+    block_means = [diff[i:i + size].mean() for i in range(0, len(diff), size)]
+    se = float(np.std(block_means, ddof=1) / math.sqrt(len(block_means))) if len(block_means) > 1 else float("nan")
+
+    def mean(attr: str, subset: list[Decision] | None = None) -> float | None:
+        values = [getattr(d, attr) for d in (ds if subset is None else subset)]
+        return _round(float(np.mean(values))) if values else None
+
+    per_tag: dict[str, list[Decision]] = {}
+    for d in ds:
+        for tag in m.oos_tags[d.window] or ("(untagged)",):
+            per_tag.setdefault(tag, []).append(d)
+    conf = np.array([d.confidence for d in ds])
+    cuts = np.quantile(conf, [1 / 3, 2 / 3]) if len(ds) >= 3 else np.array([0.5, 0.5])
+    terciles = {"low": [d for d in ds if d.confidence <= cuts[0]],
+                "mid": [d for d in ds if cuts[0] < d.confidence <= cuts[1]],
+                "high": [d for d in ds if d.confidence > cuts[1]]}
+    return {
+        "decisions": len(ds),
+        "tuning": {"k": wf.tuning.k, "shrink": wf.tuning.shrink, "haircut": wf.tuning.haircut},
+        "realised_sharpe": {"recommend": mean("realised"), "global_best": mean("realised_global"),
+                            "median_set": mean("realised_median"), "random_set": mean("realised_random"),
+                            "oracle": mean("realised_oracle")},
+        "uplift": _round(float(diff.mean())),
+        "uplift_se": _round(se),
+        "blocks": len(block_means),
+        "hit_rate": _round(float((diff >= 0).mean())),
+        "per_regime": {tag: {"decisions": len(sub), "recommend": mean("realised", sub),
+                             "global_best": mean("realised_global", sub)}
+                       for tag, sub in sorted(per_tag.items())},
+        "calibration": {name: {"decisions": len(sub), "mean_confidence": mean("confidence", sub),
+                               "realised": mean("realised", sub)} for name, sub in terciles.items()},
+    }
