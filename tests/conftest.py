@@ -100,7 +100,7 @@ BASE_TIME = datetime(2025, 3, 1, tzinfo=UTC)
 _RUN_COLUMNS = (
     "id", "workspace_id", "created_at", "started_at", "completed_at", "run_kind", "status",
     "strategy_name", "experiment_type", "params", "dataset_meta", "summary", "trade_count",
-    "kb_status", "regime_oos", "regime_is", "regime_schema_version",
+    "kb_status", "regime_oos", "regime_is", "regime_pre", "regime_schema_version",
 )
 
 
@@ -123,6 +123,7 @@ def run_row(workspace_id: uuid.UUID, i: int = 0, **overrides: Any) -> dict[str, 
         "kb_status": "excluded",
         "regime_oos": None,
         "regime_is": None,
+        "regime_pre": None,
         "regime_schema_version": None,
     }
     row.update(overrides)

@@ -188,7 +188,8 @@ async def test_api_auth_validation_and_isolation(api, db, make_workspace, insert
     assert r.status_code == 200 and r.json()["inserted"] == 12
     body = {"workspace_id": str(ws), "strategy_name": "s", "tags": ["uptrend"], "top_k": 5}
     r = await api.post("/kb/trials/recommend", json=body, headers=AUTH)
-    assert r.status_code == 200 and r.json()["status"] == "degraded" and len(r.json()["supporting_trials"]) == 5
+    # 12 windows of evidence: a top_k of 5 only limits what is shown, never the status
+    assert r.status_code == 200 and r.json()["status"] == "ok" and len(r.json()["supporting_trials"]) == 5
     assert set(r.json()) >= {"status", "confidence", "params", "considered", "supporting_trials", "reasons"}
     bars = [{"timestamp": (START + timedelta(hours=i)).isoformat(), "high": 101 + i * 0.2, "low": 99 + i * 0.2,
              "close": 100 + i * 0.2} for i in range(120)]

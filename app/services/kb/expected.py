@@ -67,9 +67,14 @@ async def choose_by_expectation(db: Database, query: RecommendQuery, result: dic
         return result
     global_best = int(np.argmax(scores.global_score))
     uplift = wf.uplift()
-    conditioned = bool(wf.decisions) and math.isfinite(uplift) and uplift > 0
-    if not conditioned:
-        reasons.append("regime_conditioning_no_gain" if wf.decisions else "too_little_history_to_check")
+    if wf.decisions:
+        conditioned = math.isfinite(uplift) and uplift > 0
+        if not conditioned:
+            reasons.append("regime_conditioning_no_gain")
+    else:
+        # Too little dated history to replay: answer from the regime, and say it is unchecked.
+        conditioned = True
+        reasons.append("walk_forward_unchecked")
     chosen = ranked[0] if conditioned else global_best
     chosen_set = _set(m, chosen, scores)
     if not conditioned:
@@ -81,9 +86,10 @@ async def choose_by_expectation(db: Database, query: RecommendQuery, result: dic
         if shown_only in reasons:
             reasons.remove(shown_only)
     result["suggested_actions"].clear()
-    status = "ok" if m.n_windows >= 10 else "degraded"
-    if status == "degraded":
-        reasons.append("few_windows")
+    status = "ok" if m.n_windows >= 10 and "filters_relaxed" not in reasons else "degraded"
+    if m.n_windows < 10:
+        reasons.append("few_supporting_trials")
+        result["suggested_actions"].append("backfill more runs of this strategy to reach 10 windows of evidence")
     result.update(
         status=status,
         params=chosen_set["params"],

@@ -1,0 +1,105 @@
+"""recommend() by expected performance and `kb evaluate`, on evidence whose truth is known."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import orjson
+
+from app.services.kb.ingest import ingest
+from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
+from app.services.kb.snapshot import RegimeSnapshot
+from tests.conftest import run_row
+from tests.db.test_kb import trend_snapshot
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+UP, DOWN = trend_snapshot(1, seed=1), trend_snapshot(-1, seed=2)
+
+
+def _windows(ws, n_windows: int, sharpe_of) -> list[dict]:
+    """One full sweep of sets A and B per window; windows alternate regime in blocks of 5.
+    The ex-ante snapshot is the window's own regime (regimes persist)."""
+    rows = []
+    for w in range(n_windows):
+        up = (w // 5) % 2 == 0
+        snap = UP if up else DOWN
+        start = T0 + timedelta(days=10 * w)
+        for name in ("A", "B"):
+            rows.append(run_row(
+                ws, len(rows), strategy_name="s", params={"set": name, "lookback": 10 if name == "A" else 30},
+                kb_status="candidate", regime_oos=snap, regime_pre=snap,
+                dataset_meta={"symbol": "SYN", "timeframe": "1h", "oos_start": start.isoformat(),
+                              "oos_end": (start + timedelta(days=9)).isoformat()},
+                summary={"trades": 40, "sharpe": sharpe_of(name, up, w), "max_drawdown_pct": -5.0}))
+    return rows
+
+
+async def _answer(db, ws, snap: dict) -> dict:
+    query = RecommendQuery(ws, "s", regime=RegimeSnapshot.from_dict(snap), top_k=5)
+    return await recommend(db, query, TrialCache())
+
+
+async def test_picks_the_regime_appropriate_tested_set(db, make_workspace, insert_runs) -> None:
+    ws = await make_workspace()
+    rng = np.random.default_rng(0)
+    # A earns in up windows, B in down windows; each loses in the other regime.
+    await insert_runs(_windows(ws, 60, lambda name, up, w: round(
+        (1.5 if (name == "A") == up else -1.0) + rng.normal(0, 0.2), 3)))
+    assert (await ingest(db, ws)).evidence == 120
+    up, down = await _answer(db, ws, UP), await _answer(db, ws, DOWN)
+    assert up["params"]["set"] == "A" and down["params"]["set"] == "B"
+    for answer in (up, down):
+        assert answer["status"] == "ok" and answer["regime_conditioned"] is True
+        assert answer["evidence"]["matched_on"] == "ex_ante"
+        assert answer["expected_sharpe"] > 1.0 and answer["interval"][0] < answer["expected_sharpe"]
+        assert answer["global_best"]["params"]["set"] in ("A", "B") and answer["runner_ups"]
+        # top_k below 10 alone never degrades an answer that enough windows support
+        assert "few_supporting_trials" not in answer["reasons"]
+        assert answer["walk_forward"]["uplift"] > 1.0
+        assert set(answer) >= {"status", "confidence", "params", "considered", "supporting_trials", "reasons"}
+
+
+async def test_falls_back_to_the_global_best_when_regimes_carry_no_information(db, make_workspace,
+                                                                               insert_runs) -> None:
+    ws = await make_workspace()
+    rng = np.random.default_rng(1)
+    # B is better everywhere, whatever the regime: conditioning cannot add anything.
+    await insert_runs(_windows(ws, 60, lambda name, up, w: round(
+        (0.5 if name == "A" else 1.0) + rng.normal(0, 0.05), 3)))
+    await ingest(db, ws)
+    for snap in (UP, DOWN):
+        answer = await _answer(db, ws, snap)
+        assert answer["params"]["set"] == "B" and answer["regime_conditioned"] is False
+        assert "regime_conditioning_no_gain" in answer["reasons"]
+        assert answer["global_best"]["params"] == answer["params"]
+
+
+async def test_only_sets_that_reached_the_kb_are_recommended(db, make_workspace, insert_runs) -> None:
+    """B is best in down windows but never passed the gate: its failures and successes are
+    evidence, yet the answer is a set from the KB."""
+    ws = await make_workspace()
+    rows = _windows(ws, 40, lambda name, up, w: (1.5 if (name == "A") == up else -1.0))
+    for r in rows:
+        if orjson.loads(orjson.dumps(r["params"]))["set"] == "B":
+            r["kb_status"] = "excluded"
+    await insert_runs(rows)
+    await ingest(db, ws)
+    answer = await _answer(db, ws, DOWN)
+    assert answer["params"]["set"] == "A"
+
+
+async def test_evaluate_command_reports_walk_forward_uplift(cli, db, make_workspace, insert_runs) -> None:
+    ws = await make_workspace()
+    rng = np.random.default_rng(2)
+    await insert_runs(_windows(ws, 60, lambda name, up, w: round(
+        (1.5 if (name == "A") == up else -1.0) + rng.normal(0, 0.2), 3)))
+    await ingest(db, ws)
+    code, out, err = await cli("evaluate", "--workspace-id", ws, "--strategy", "s", "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["decisions"] > 20 and report["uplift"] > 1.0 and report["hit_rate"] > 0.5
+    assert report["realised_sharpe"]["recommend"] > report["realised_sharpe"]["global_best"]
+    assert set(report["calibration"]) == {"low", "mid", "high"} and report["per_regime"]
+    code, out, _ = await cli("evaluate", "--workspace-id", ws, "--strategy", "s")
+    assert code == 0 and "WALK-FORWARD EVALUATION" in out and "Uplift:" in out
