@@ -136,7 +136,11 @@ def walk_forward(m: EvidenceMatrix, tuning: Tuning, conditioned: bool = True) ->
     order = known[np.argsort(m.start_ns[known], kind="stable")]
     ends = m.end_ns
     scaled = (m.features - m.center) / m.scale
+    # A window where fewer than two sets were tested cannot tell one choice from another.
+    comparable = np.isfinite(m.sharpe).sum(axis=1) >= 2
     for j in order.tolist():
+        if not comparable[j]:
+            continue
         prior = (ends >= 0) & (ends < m.start_ns[j])
         if prior.sum() < MIN_PRIOR_WINDOWS:
             continue
