@@ -34,15 +34,10 @@ def _modules() -> dict[str, ast.Module]:
 
 
 def _imports(tree: ast.Module, known: set[str]) -> set[str]:
-    """App modules imported at run time (not under `if TYPE_CHECKING`)."""
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for n in ast.walk(node))
+    """App modules a module imports, anywhere in it (type-only imports count: a circle
+    through them is still a circle for a reader)."""
     found: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

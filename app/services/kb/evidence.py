@@ -8,11 +8,9 @@ Ingest writes it (`write_evidence`); recommend and evaluate read it as an
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +18,9 @@ import asyncpg
 import numpy as np
 import orjson
 
-from app.db import Database
 from app.db.connector import Conn
 from app.db.sql import q
+from app.services.kb.revision_cache import RevisionCache
 from app.services.kb.scan import keyset_start
 from app.services.kb.snapshot import FEATURE_NAMES
 from app.services.kb.summary import extract_metrics, json_object
@@ -185,37 +183,8 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
                           center, scale)
 
 
-class EvidenceCache:
-    """Evidence matrices per (workspace, strategy), valid for one KB revision; concurrent
-    cold requests share one load, built in a worker thread."""
+class EvidenceCache(RevisionCache[EvidenceMatrix]):
+    """Evidence matrices per (workspace, strategy) for one KB revision."""
 
-    def __init__(self, entries: int = 32) -> None:
-        self._entries: OrderedDict[tuple[uuid.UUID, str], EvidenceMatrix] = OrderedDict()
-        self._loading: dict[tuple[uuid.UUID, str, int], asyncio.Task[EvidenceMatrix]] = {}
-        self._size = entries
-        # Derived results per matrix (walk-forward checks), dropped with their matrix.
-        self.derived: dict[tuple[uuid.UUID, str, int, str], Any] = {}
-
-    async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str) -> EvidenceMatrix:
-        revision = int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
-        key = (workspace_id, strategy)
-        hit = self._entries.get(key)
-        if hit is not None and hit.revision == revision:
-            self._entries.move_to_end(key)
-            return hit
-        loading_key = (workspace_id, strategy, revision)
-        task = self._loading.get(loading_key)
-        if task is None:
-            task = asyncio.create_task(self._load(db, workspace_id, strategy, revision))
-            self._loading[loading_key] = task
-            task.add_done_callback(lambda t: self._loading.pop(loading_key, None))
-        return await asyncio.shield(task)
-
-    async def _load(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int) -> EvidenceMatrix:
-        rows = await db.fetch(q("load_evidence"), workspace_id, strategy)
-        matrix = await asyncio.to_thread(build_matrix, rows, revision)
-        self._entries[(workspace_id, strategy)] = matrix
-        self.derived = {k: v for k, v in self.derived.items() if (k[0], k[1]) != (workspace_id, strategy)}
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        return matrix
+    def __init__(self) -> None:
+        super().__init__("load_evidence", build_matrix)

@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
 
-from app.db import Database
 from app.services.kb.evidence import EvidenceCache, EvidenceMatrix
+from app.services.kb.query import RecommendQuery
 from app.services.kb.walkforward import Tuning, WalkForward, confidence_of, score_sets, summarize, tune
-
-if TYPE_CHECKING:
-    from app.services.kb.recommend import RecommendQuery
 
 RUNNER_UPS = 3
 MIN_WINDOWS = 3
 
 
-async def walk_forward_check(cache: EvidenceCache, db: Database, query: RecommendQuery,
+async def walk_forward_check(cache: EvidenceCache, query: RecommendQuery,
                              m: EvidenceMatrix) -> tuple[WalkForward, list[dict[str, Any]]]:
     """The tuned walk-forward replay for this matrix, computed once per KB revision."""
     key = (query.workspace_id, query.strategy_name, m.revision, "tune")
@@ -40,9 +37,8 @@ def _set(m: EvidenceMatrix, s: int, scores: Any) -> dict[str, Any]:
             "global_mean_sharpe": None if math.isnan(scores.global_mean[s]) else round(float(scores.global_mean[s]), 4)}
 
 
-async def choose_by_expectation(db: Database, query: RecommendQuery, result: dict[str, Any],
-                                cache: EvidenceCache) -> dict[str, Any]:
-    m = await cache.get(db, query.workspace_id, query.strategy_name)
+async def choose_by_expectation(cache: EvidenceCache, m: EvidenceMatrix, query: RecommendQuery,
+                                result: dict[str, Any]) -> dict[str, Any]:
     result["method"] = "expected"
     reasons: list[str] = result["reasons"]
     if m.n_windows < MIN_WINDOWS or not m.eligible.any():
@@ -56,8 +52,8 @@ async def choose_by_expectation(db: Database, query: RecommendQuery, result: dic
         vec = query.regime.feature_vector()
         if all(v is not None for v in vec):
             qvec = m.scaled(np.array(vec, dtype=float))
-    qtags = frozenset(query.regime.regime_tags if query.regime is not None else query.tags)
-    wf, tried = await walk_forward_check(cache, db, query, m)
+    qtags = query.tag_set
+    wf, tried = await walk_forward_check(cache, query, m)
     tuning = wf.tuning if wf.decisions else Tuning()
     scores = score_sets(m, np.ones(m.n_windows, dtype=bool), qvec, qtags, tuning)
     ranked = [int(s) for s in np.argsort(-scores.score, kind="stable") if np.isfinite(scores.score[s])]

@@ -9,10 +9,8 @@ and strategy and reloaded when an ingest bumps the workspace's revision.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +18,13 @@ import numpy as np
 import orjson
 
 from app.db import Database
-from app.db.sql import q
 from app.services.kb.evidence import EvidenceCache
 from app.services.kb.expected import choose_by_expectation
-from app.services.kb.snapshot import FEATURE_NAMES, RegimeSnapshot
+from app.services.kb.query import RecommendQuery
+from app.services.kb.revision_cache import RevisionCache, kb_revision
+from app.services.kb.snapshot import FEATURE_NAMES
+
+__all__ = ["RecommendQuery", "TrialCache", "aggregate_params", "recommend"]
 
 W_FEATURES, W_TAGS, W_QUALITY = 0.6, 0.25, 0.15
 OOD_DISTANCE = 3.0  # robust units (IQR-scaled, RMS over features) to the nearest trial
@@ -80,46 +81,13 @@ def _quality(sharpe: np.ndarray, max_dd: np.ndarray) -> np.ndarray:
     return 0.7 * s + 0.3 * dd
 
 
-class TrialCache:
-    """Trial matrices per (workspace, strategy), valid for one KB revision.
-
-    Concurrent requests for a matrix that is not cached share one load (no stampede of
-    identical queries), and the CPU-bound build runs in a worker thread so the event
-    loop keeps answering requests whose matrices are cached."""
+class TrialCache(RevisionCache[TrialMatrix]):
+    """Trial matrices per (workspace, strategy) for one KB revision, and beside them the
+    evidence matrices that recommend's default method reads."""
 
     def __init__(self) -> None:
+        super().__init__("load_trials", _build_matrix, _CACHE_ENTRIES)
         self.evidence = EvidenceCache()
-        self._entries: OrderedDict[tuple[uuid.UUID, str], TrialMatrix] = OrderedDict()
-        self._loading: dict[tuple[uuid.UUID, str, int], asyncio.Task[TrialMatrix]] = {}
-
-    async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str) -> TrialMatrix:
-        revision = int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
-        key = (workspace_id, strategy)
-        hit = self._entries.get(key)
-        if hit is not None and hit.revision == revision:
-            self._entries.move_to_end(key)
-            return hit
-        loading = self._loading.get((*key, revision))
-        if loading is None:
-            # A task of its own: a caller that gives up (client gone) does not cancel the
-            # load the other callers wait for.
-            loading = asyncio.create_task(self._load(db, workspace_id, strategy, revision))
-            self._loading[(*key, revision)] = loading
-            loading.add_done_callback(lambda t: self._loaded(t, (*key, revision)))
-        return await asyncio.shield(loading)
-
-    def _loaded(self, task: asyncio.Task[TrialMatrix], loading_key: tuple[uuid.UUID, str, int]) -> None:
-        self._loading.pop(loading_key, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here, so an unawaited failure is not logged twice
-
-    async def _load(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int) -> TrialMatrix:
-        rows = await db.fetch(q("load_trials"), workspace_id, strategy)
-        matrix = await asyncio.to_thread(_build_matrix, rows, revision)
-        self._entries[(workspace_id, strategy)] = matrix
-        while len(self._entries) > _CACHE_ENTRIES:
-            self._entries.popitem(last=False)
-        return matrix
 
 
 def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
@@ -155,21 +123,6 @@ def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
 
 
 DEFAULT_CACHE = TrialCache()
-
-
-@dataclass(frozen=True)
-class RecommendQuery:
-    workspace_id: uuid.UUID
-    strategy_name: str
-    regime: RegimeSnapshot | None = None
-    tags: tuple[str, ...] = ()
-    symbol: str | None = None
-    timeframe: str | None = None
-    top_k: int = 20
-    min_sharpe: float | None = None
-    min_trades: int | None = None
-    max_drawdown: float | None = None
-    method: str = "expected"
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -219,18 +172,21 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
     """Parameters for a strategy in a regime. The default method answers with a tested
     set chosen by expected OOS performance (see `walkforward`); `median` aggregates the
     nearest trials' parameters. Both report the nearest trials as `supporting_trials`."""
-    result = await _nearest_trials(db, query, cache or DEFAULT_CACHE)
+    cache = cache or DEFAULT_CACHE
+    revision = await kb_revision(db, query.workspace_id)
+    matrix = await cache.get(db, query.workspace_id, query.strategy_name, revision)
+    result = _nearest_trials(matrix, query)
     if query.method == "median" or "out_of_distribution" in result["reasons"]:
         result["method"] = "median"
         return result
-    return await choose_by_expectation(db, query, result, (cache or DEFAULT_CACHE).evidence)
+    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision)
+    return await choose_by_expectation(cache.evidence, evidence, query, result)
 
 
-async def _nearest_trials(db: Database, query: RecommendQuery, cache: TrialCache) -> dict[str, Any]:
-    matrix = await cache.get(db, query.workspace_id, query.strategy_name)
+def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any]:
     reasons: list[str] = []
     actions: list[str] = []
-    query_tags = frozenset(query.regime.regime_tags if query.regime is not None else query.tags)
+    query_tags = query.tag_set
     n = len(matrix.trial_ids)
     base = np.ones(n, dtype=bool)
     if query.min_sharpe is not None:

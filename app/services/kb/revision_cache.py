@@ -1,0 +1,72 @@
+"""Per-(workspace, strategy) matrices built from the database, valid for one KB revision.
+
+Concurrent requests for a matrix that is not cached share one load (no stampede of
+identical queries), and the CPU-bound build runs in a worker thread so the event loop
+keeps answering requests whose matrices are cached."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from app.db import Database
+from app.db.sql import q
+
+
+class Revisioned(Protocol):
+    revision: int
+
+
+M = TypeVar("M", bound=Revisioned)
+Key = tuple[uuid.UUID, str]
+
+
+async def kb_revision(db: Database, workspace_id: uuid.UUID) -> int:
+    """The workspace's KB revision: bumped by every ingest that changes trials or evidence."""
+    return int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
+
+
+class RevisionCache(Generic[M]):
+    def __init__(self, query: str, build: Callable[[list[Any], int], M], entries: int = 32) -> None:
+        self._query = query
+        self._build = build
+        self._size = entries
+        self._entries: OrderedDict[Key, M] = OrderedDict()
+        self._loading: dict[tuple[uuid.UUID, str, int], asyncio.Task[M]] = {}
+        # Results derived from a cached matrix (walk-forward checks), dropped with it.
+        self.derived: dict[tuple[uuid.UUID, str, int, str], Any] = {}
+
+    async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int | None = None) -> M:
+        if revision is None:
+            revision = await kb_revision(db, workspace_id)
+        key = (workspace_id, strategy)
+        hit = self._entries.get(key)
+        if hit is not None and hit.revision == revision:
+            self._entries.move_to_end(key)
+            return hit
+        loading_key = (workspace_id, strategy, revision)
+        task = self._loading.get(loading_key)
+        if task is None:
+            # A task of its own: a caller that gives up (client gone) does not cancel the
+            # load the other callers wait for.
+            task = asyncio.create_task(self._load(db, key, revision))
+            self._loading[loading_key] = task
+            task.add_done_callback(lambda t: self._loaded(t, loading_key))
+        return await asyncio.shield(task)
+
+    def _loaded(self, task: asyncio.Task[M], loading_key: tuple[uuid.UUID, str, int]) -> None:
+        self._loading.pop(loading_key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure is not logged twice
+
+    async def _load(self, db: Database, key: Key, revision: int) -> M:
+        rows = await db.fetch(q(self._query), *key)
+        matrix = await asyncio.to_thread(self._build, rows, revision)
+        self._entries[key] = matrix
+        self.derived = {k: v for k, v in self.derived.items() if (k[0], k[1]) != key}
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return matrix
