@@ -290,3 +290,22 @@ async def test_kb_serve_process_under_concurrent_requests(db, db_url, make_works
     # uvicorn shuts down gracefully, then re-raises the signal it caught
     assert proc.returncode in (0, -signal.SIGTERM), err
     assert b"Application shutdown complete" in err and b"Traceback" not in err
+
+
+async def test_trade_counts_beyond_32_bits_are_stored_and_ingest_keeps_both_snapshots(db, make_workspace,
+                                                                                     insert_runs):
+    ws = await make_workspace()
+    up, down = trend_snapshot(1, seed=3), trend_snapshot(-1, seed=4)
+    rows = [run_row(ws, 0, strategy_name="s", kb_status="candidate", regime_oos=up, regime_pre=down,
+                    summary={"trades": 2**31, "sharpe": 1.2, "max_drawdown_pct": -5.0}),
+            run_row(ws, 1, strategy_name="s", kb_status="candidate", regime_oos=up)]
+    rows[1]["trade_count"] = None
+    rows[1]["summary"] = '{"trades": 18446744073709551616, "sharpe": 1.0}'
+    await insert_runs(rows)
+    result = await ingest(db, ws)
+    assert result.inserted == 1 and result.errors == 1
+    assert "invalid_metrics" in result.error_examples  # beyond what any count column holds
+    stored = await db.fetchrow("SELECT n_trades, regime_tags, regime_pre_tags, regime_pre_features IS NOT NULL AS pre"
+                               " FROM kb_trials WHERE workspace_id = $1", ws)
+    assert stored["n_trades"] == 2**31 and stored["pre"]
+    assert "downtrend" in stored["regime_pre_tags"] and "uptrend" in stored["regime_tags"]

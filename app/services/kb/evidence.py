@@ -21,37 +21,13 @@ import orjson
 from app.db.connector import Conn
 from app.db.sql import q
 from app.services.kb.revision_cache import RevisionCache
+from app.services.kb.run_fields import feature_array, params_key, pg_array, tag_list
 from app.services.kb.scan import keyset_start
 from app.services.kb.snapshot import FEATURE_NAMES
 from app.services.kb.summary import extract_metrics, json_object
 from app.services.kb.windows import extract_windows
 
-# Keys that describe the data a run saw, not the strategy's parameters.
-DATASET_KEYS = frozenset({"oos_start", "oos_end", "date_min", "date_max", "start", "end", "oos_split",
-                          "oos_ratio", "is_start", "is_end", "symbol", "timeframe"})
 ELIGIBLE = ("candidate", "promoted")
-_INT64 = 2**63 - 1
-
-
-def params_key(params: Any) -> str:
-    """Canonical JSON of a run's strategy parameters (dataset keys removed)."""
-    return orjson.dumps({k: v for k, v in json_object(params).items() if k not in DATASET_KEYS},
-                        option=orjson.OPT_SORT_KEYS).decode()
-
-
-def feature_array(snapshot: dict[str, Any]) -> str | None:
-    """The snapshot's features as a Postgres array literal, or None unless all are finite."""
-    vector = [snapshot.get(name) for name in FEATURE_NAMES]
-    numbers = [float(v) for v in vector if isinstance(v, int | float) and not isinstance(v, bool)]
-    if len(numbers) == len(vector) and all(math.isfinite(v) for v in numbers):
-        return "{" + ",".join(repr(v) for v in numbers) + "}"
-    return None
-
-
-def tag_array(snapshot: dict[str, Any]) -> str:
-    tags = snapshot.get("regime_tags")
-    items = sorted(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else []
-    return "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in items) + "}"
 
 
 def evidence_row(row: asyncpg.Record) -> tuple[Any, ...] | None:
@@ -64,7 +40,7 @@ def evidence_row(row: asyncpg.Record) -> tuple[Any, ...] | None:
     meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
     oos, pre = json_object(row["regime_oos"]), json_object(row["regime_pre"])
     oos_features = feature_array(oos)
-    if oos_features is None or not -_INT64 <= m.n_trades_oos <= _INT64:
+    if oos_features is None:
         return None
     window = extract_windows(meta, params).oos
     raw_symbol = meta.get("symbol")
@@ -72,7 +48,7 @@ def evidence_row(row: asyncpg.Record) -> tuple[Any, ...] | None:
     timeframe = meta.get("timeframe") if isinstance(meta.get("timeframe"), str) else None
     values = (row["strategy_name"], symbol, timeframe, params_key(params), float(m.sharpe_oos), m.n_trades_oos,
               window.start if window else None, window.end if window else None, feature_array(pre),
-              oos_features, tag_array(pre), tag_array(oos), row["kb_status"] in ELIGIBLE)
+              oos_features, pg_array(tag_list(pre)), pg_array(tag_list(oos)), row["kb_status"] in ELIGIBLE)
     digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
     return (row["id"], *values, digest)
 

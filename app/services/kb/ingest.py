@@ -8,10 +8,9 @@ set-based batches, one transaction each.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,8 +23,8 @@ from app.db.connector import Conn
 from app.db.sql import q
 from app.db.workspaces import require_workspace
 from app.services.kb.evidence import write_evidence
+from app.services.kb.run_fields import feature_array, params_key, pg_array, tag_list
 from app.services.kb.scan import keyset_start
-from app.services.kb.snapshot import FEATURE_NAMES
 from app.services.kb.summary import extract_metrics, json_object
 from app.services.kb.windows import BadTimestamp, parse_timestamp
 
@@ -64,25 +63,11 @@ class TrialRow:
     n_trades: int
     features: str | None
     tags: str
+    pre_features: str | None
+    pre_tags: str
     ts_end: datetime | None
     kb_status: str
     content_hash: str
-
-
-def _pg_array(values: Sequence[Any]) -> str:
-    """A Postgres array literal; tags are quoted, numbers printed exactly."""
-    items = []
-    for v in values:
-        if isinstance(v, str):
-            items.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
-        else:
-            items.append(repr(float(v)))
-    return "{" + ",".join(items) + "}"
-
-
-# Keys that describe the data a run saw, not the strategy's parameters.
-DATASET_KEYS = frozenset({"oos_start", "oos_end", "date_min", "date_max", "start", "end", "oos_split",
-                          "oos_ratio", "is_start", "is_end", "symbol", "timeframe"})
 
 
 def _fraction(value: float | None) -> float | None:
@@ -99,12 +84,9 @@ def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
     if not row["strategy_name"]:
         return None, "missing_strategy"
     meta = json_object(row["dataset_meta"])
-    regime = json_object(row["regime_oos"])
-    vector = [regime.get(name) for name in FEATURE_NAMES]
-    features = None
-    if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vector):
-        features = _pg_array(vector)
-    tags = sorted(str(t) for t in regime.get("regime_tags") or [] if isinstance(t, str))
+    regime, pre = json_object(row["regime_oos"]), json_object(row["regime_pre"])
+    features, pre_features = feature_array(regime), feature_array(pre)
+    tags, pre_tags = tag_list(regime), tag_list(pre)
     ts_end = None
     if regime.get("ts_end"):
         try:
@@ -112,21 +94,21 @@ def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
         except BadTimestamp:
             ts_end = None
     m = extracted.metrics
-    params = orjson.dumps({k: v for k, v in json_object(row["params"]).items() if k not in DATASET_KEYS},
-                          option=orjson.OPT_SORT_KEYS).decode()
+    params = params_key(row["params"])
     symbol = meta.get("symbol") if isinstance(meta.get("symbol"), str) else None
     timeframe = meta.get("timeframe") if isinstance(meta.get("timeframe"), str) else None
     content = orjson.dumps(
         [row["strategy_name"], symbol, timeframe, row["experiment_type"], params, m.sharpe_oos,
          extracted.return_frac, m.max_dd_frac_oos, extracted.win_rate, extracted.profit_factor,
-         m.n_trades_oos, features, tags, regime.get("ts_end"), row["kb_status"]]
+         m.n_trades_oos, features, tags, pre_features, pre_tags, regime.get("ts_end"), row["kb_status"]]
     )
     return TrialRow(
         run_id=row["id"], strategy=row["strategy_name"], symbol=symbol, timeframe=timeframe,
         experiment_type=row["experiment_type"], params=params, sharpe=m.sharpe_oos,
         return_frac=extracted.return_frac, max_dd_frac=m.max_dd_frac_oos,
         win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
-        n_trades=m.n_trades_oos, features=features, tags=_pg_array(tags), ts_end=ts_end,
+        n_trades=m.n_trades_oos, features=features, tags=pg_array(tags), pre_features=pre_features,
+        pre_tags=pg_array(pre_tags), ts_end=ts_end,
         kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32],
     ), None
 
@@ -134,7 +116,8 @@ def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
 async def _write(conn: Conn, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
     cols = list(zip(*[(t.run_id, t.strategy, t.symbol, t.timeframe, t.experiment_type, t.params, t.sharpe,
                        t.return_frac, t.max_dd_frac, t.win_rate, t.profit_factor, t.n_trades, t.features,
-                       t.tags, t.ts_end, t.kb_status, t.content_hash) for t in trials], strict=True))
+                       t.tags, t.ts_end, t.kb_status, t.content_hash, t.pre_features, t.pre_tags)
+                      for t in trials], strict=True))
     rows = await conn.fetch(q("upsert_trials"), workspace_id, *[list(c) for c in cols])
     inserted = sum(1 for r in rows if r["inserted"])
     return inserted, len(rows) - inserted

@@ -1,7 +1,7 @@
 -- name: select_ingest_page
 SELECT id, created_at, strategy_name, experiment_type, kb_status, trade_count,
        params::text AS params, dataset_meta::text AS dataset_meta, summary::text AS summary,
-       regime_oos::text AS regime_oos
+       regime_oos::text AS regime_oos, regime_pre::text AS regime_pre
 FROM backtest_runs
 WHERE workspace_id = $1
   AND kb_status IN ('candidate', 'promoted')
@@ -20,15 +20,18 @@ WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
 -- by the WHERE on the conflict branch and so are not returned.
 INSERT INTO kb_trials AS t (workspace_id, source_run_id, strategy_name, symbol, timeframe, experiment_type,
                             params, sharpe, return_frac, max_dd_frac, win_rate, profit_factor, n_trades,
-                            regime_features, regime_tags, regime_ts_end, kb_status, content_hash)
+                            regime_features, regime_tags, regime_ts_end, kb_status, content_hash,
+                            regime_pre_features, regime_pre_tags)
 SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.experiment_type, u.params::jsonb, u.sharpe,
        u.return_frac, u.max_dd_frac, u.win_rate, u.profit_factor, u.n_trades,
-       u.features::float8[], u.tags::text[], u.ts_end, u.kb_status, u.content_hash
+       u.features::float8[], u.tags::text[], u.ts_end, u.kb_status, u.content_hash,
+       u.pre_features::float8[], u.pre_tags::text[]
 FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[],
-            $10::float8[], $11::float8[], $12::float8[], $13::int[], $14::text[], $15::text[], $16::timestamptz[],
-            $17::text[], $18::text[])
+            $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[],
+            $17::text[], $18::text[], $19::text[], $20::text[])
      AS u(run_id, strategy, symbol, timeframe, experiment_type, params, sharpe, return_frac, max_dd_frac,
-          win_rate, profit_factor, n_trades, features, tags, ts_end, kb_status, content_hash)
+          win_rate, profit_factor, n_trades, features, tags, ts_end, kb_status, content_hash, pre_features,
+          pre_tags)
 ON CONFLICT (workspace_id, source_run_id) DO UPDATE
 SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
     experiment_type = EXCLUDED.experiment_type, params = EXCLUDED.params, sharpe = EXCLUDED.sharpe,
@@ -36,6 +39,7 @@ SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe 
     profit_factor = EXCLUDED.profit_factor, n_trades = EXCLUDED.n_trades,
     regime_features = EXCLUDED.regime_features, regime_tags = EXCLUDED.regime_tags,
     regime_ts_end = EXCLUDED.regime_ts_end, kb_status = EXCLUDED.kb_status,
+    regime_pre_features = EXCLUDED.regime_pre_features, regime_pre_tags = EXCLUDED.regime_pre_tags,
     content_hash = EXCLUDED.content_hash, updated_at = now(), archived_at = NULL
 WHERE t.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR t.archived_at IS NOT NULL
 RETURNING (xmax = 0) AS inserted

@@ -1,0 +1,48 @@
+"""What ingest reads from a run for trials and evidence alike: its strategy parameters in
+canonical form, and regime features and tags as Postgres array literals (for `unnest`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from app.services.kb.snapshot import FEATURE_NAMES
+from app.services.kb.summary import json_object
+
+# Keys that describe the data a run saw, not the strategy's parameters.
+DATASET_KEYS = frozenset({"oos_start", "oos_end", "date_min", "date_max", "start", "end", "oos_split",
+                          "oos_ratio", "is_start", "is_end", "symbol", "timeframe"})
+
+
+def params_key(params: Any) -> str:
+    """Canonical JSON of a run's strategy parameters (dataset keys removed)."""
+    return orjson.dumps({k: v for k, v in json_object(params).items() if k not in DATASET_KEYS},
+                        option=orjson.OPT_SORT_KEYS).decode()
+
+
+def pg_array(values: Sequence[Any]) -> str:
+    """A Postgres array literal; strings are quoted, numbers printed exactly."""
+    items = []
+    for v in values:
+        if isinstance(v, str):
+            items.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            items.append(repr(float(v)))
+    return "{" + ",".join(items) + "}"
+
+
+def feature_array(snapshot: dict[str, Any]) -> str | None:
+    """The snapshot's features as an array literal, or None unless every one is finite."""
+    vector = [snapshot.get(name) for name in FEATURE_NAMES]
+    numbers = [float(v) for v in vector if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) == len(vector) and all(math.isfinite(v) for v in numbers):
+        return pg_array(numbers)
+    return None
+
+
+def tag_list(snapshot: dict[str, Any]) -> list[str]:
+    tags = snapshot.get("regime_tags")
+    return sorted(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else []
