@@ -4,7 +4,6 @@ subparser beside its handler."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from app.cli import render
@@ -92,10 +91,7 @@ async def cmd_backfill_candidacy(db: Database, args: argparse.Namespace) -> int:
     )
     if args.explain is not None:
         explanation = await explain_run(db, args.explain, opts)
-        if args.json:
-            render.print_json(dataclasses.asdict(explanation))
-        else:
-            echo(render.explain_text(explanation))
+        render.show(args.json, explanation, render.explain_text)
         return 0
     result = await _with_console("backfill-candidacy", lambda hooks: backfill_candidacy(db, opts, hooks))
     since = opts.since
@@ -142,18 +138,12 @@ async def cmd_backfill_regime(db: Database, args: argparse.Namespace) -> int:
 
 async def cmd_backfill_undo(db: Database, args: argparse.Namespace) -> int:
     result = await undo_backfill(db, args.backfill_run_id)
-    if args.json:
-        render.print_json(dataclasses.asdict(result))
-    else:
-        echo(render.undo_text(result))
+    render.show(args.json, result, render.undo_text)
     return 0
 
 
 async def cmd_backfill_runs(db: Database, args: argparse.Namespace) -> int:
     async with db.acquire() as conn:
         items = await ledger.list_runs(conn, args.workspace_id, args.limit)
-    if args.json:
-        render.print_json(items)
-    else:
-        echo(render.ledger_text(items))
+    render.show(args.json, items, render.ledger_text)
     return 0

@@ -90,19 +90,13 @@ async def cmd_ingest(db: Database, args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, progress=progress)
     finally:
         progress.close()
-    if args.json:
-        render.print_json(result.to_dict())
-    else:
-        echo(render.ingest_report(result))
+    render.show(args.json, result, render.ingest_report)
     return 0
 
 
 async def cmd_status(db: Database, args: argparse.Namespace) -> int:
     status = await workspace_status(db, args.workspace_id)
-    if args.json:
-        render.print_json(status)
-    else:
-        echo(render.status_report(status))
+    render.show(args.json, status, render.status_report)
     return 0
 
 
@@ -111,19 +105,13 @@ async def cmd_recommend(db: Database, args: argparse.Namespace) -> int:
     result = await recommend(db, RecommendQuery(
         workspace_id=args.workspace_id, strategy_name=args.strategy, regime=args.prepared, tags=tags,
         symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method))
-    if args.json:
-        render.print_json(result)
-    else:
-        echo(render.recommend_report(result))
+    render.show(args.json, result, render.recommend_report)
     return 0
 
 
 async def cmd_evaluate(db: Database, args: argparse.Namespace) -> int:
     report = await evaluate(db, args.workspace_id, args.strategy)
-    if args.json:
-        render.print_json(report)
-    else:
-        echo(render.evaluate_report(report))
+    render.show(args.json, report, render.evaluate_report)
     return 0
 
 

@@ -16,7 +16,7 @@ from app.cli import backfill, db, demo, kb
 from app.cli.options import Parser, resolve_env_flags
 from app.db import open_database
 from app.db.connector import TRANSIENT_ERRORS
-from app.errors import DriverError, KBError
+from app.errors import KBError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +41,9 @@ def _configure_logging(verbose: bool) -> None:
 
 # Transient database errors, minus bare OSError (a file error must not read as a lost connection).
 _CONNECTION_LOST = tuple(e for e in TRANSIENT_ERRORS if e is not OSError)
-# What ends a command with one line on stderr instead of a traceback.
-_ENDS_COMMAND: tuple[type[BaseException], ...] = (KBError, *_CONNECTION_LOST, DriverError)
+# What ends a command with one line on stderr instead of a traceback (driver errors
+# arrive as KBError, translated where the database is opened).
+_ENDS_COMMAND: tuple[type[BaseException], ...] = (KBError, *_CONNECTION_LOST)
 
 
 async def dispatch(args: argparse.Namespace) -> int:

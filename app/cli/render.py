@@ -4,7 +4,8 @@ and the one JSON printer."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from app.services.kb.backfill.undo import UndoResult
     from app.services.kb.ingest import IngestResult
 
+T = TypeVar("T")
 WIDTH = 50
 RULE = "=" * WIDTH
 THIN = "-" * WIDTH
@@ -140,8 +142,17 @@ def result_json(result: BackfillResult, **extra: Any) -> dict[str, Any]:
 
 
 def print_json(value: Any) -> None:
+    """Dicts, lists and dataclasses (UUIDs and datetimes as strings) as indented JSON."""
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
                                   default=str).decode() + "\n")
+
+
+def show(as_json: bool, value: T, text: Callable[[T], str]) -> None:
+    """A command's result: JSON for machines, else its text report."""
+    if as_json:
+        print_json(value)
+    else:
+        sys.stdout.write(text(value) + "\n")
 
 
 def explain_text(e: Explanation) -> str:

@@ -74,22 +74,6 @@ class EngineOptions:
     hooks: Hooks = field(default_factory=Hooks)
 
     @property
-    def workspace_id(self) -> uuid.UUID:
-        return self.scan.workspace_id
-
-    @property
-    def limit(self) -> int:
-        return self.scan.limit
-
-    @property
-    def batch_size(self) -> int:
-        return self.scan.batch_size
-
-    @property
-    def dry_run(self) -> bool:
-        return self.scan.dry_run
-
-    @property
     def page_size(self) -> int:
         return max(2000, self.scan.batch_size)
 
@@ -186,13 +170,13 @@ class _Run:
                                                          - self.base.changed_concurrently)
                     return True, 0
                 updated = 0
-                if batch and not self.opts.dry_run:
+                if batch and not self.opts.scan.dry_run:
                     updated = await self.job.write(conn, batch, self.run_id)
                 # Built afresh in each attempt: a failed attempt must not count its rows twice.
                 counts = self.base.plus(seen)
                 counts.updated += self.session.updated + updated
                 counts.changed_concurrently += self.session.changed_concurrently + (
-                    0 if self.opts.dry_run else len(batch) - updated)
+                    0 if self.opts.scan.dry_run else len(batch) - updated)
                 await ledger.checkpoint(conn, self.run_id, self.owner, cursor, counts.to_json())
                 return False, updated
 
@@ -200,7 +184,7 @@ class _Run:
         done, updated = await retrying("writing a batch", attempt_write, on_error=self.drop_writer)
         if not done:
             self.session.updated += updated
-            if not self.opts.dry_run:
+            if not self.opts.scan.dry_run:
                 self.session.changed_concurrently += len(batch) - updated
         self.batches += 1
         if self.opts.hooks.after_batch is not None:
@@ -230,10 +214,10 @@ class _Run:
             return
         conn: PoolConnectionProxy = await self.db.pool.acquire()
         try:
-            got = await ledger.try_lock(conn, self.job.kind, self.opts.workspace_id)
+            got = await ledger.try_lock(conn, self.job.kind, self.opts.scan.workspace_id)
             mine = await ledger.owns_running(conn, self.run_id, self.owner)
             if got and not mine:
-                await ledger.release_lock(conn, self.job.kind, self.opts.workspace_id)
+                await ledger.release_lock(conn, self.job.kind, self.opts.scan.workspace_id)
         except BaseException:
             await _release_quietly(self.db, conn)
             raise
@@ -242,7 +226,7 @@ class _Run:
             self.lost = True
             raise ledger.TakenOver(
                 f"the connection holding the backfill lock was closed and another process took over "
-                f"backfill-{self.job.kind} on workspace {self.opts.workspace_id}; committed batches are kept"
+                f"backfill-{self.job.kind} on workspace {self.opts.scan.workspace_id}; committed batches are kept"
             )
         old, self.lock_conn = self.lock_conn, conn
         await _release_quietly(self.db, old)
@@ -290,19 +274,19 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     started = time.monotonic()
     identity = job.identity()
     key = config_key(job.kind, identity)
-    await require_workspace(db, opts.workspace_id)
+    await require_workspace(db, opts.scan.workspace_id)
     owner = uuid.uuid4()
     lock_conn: PoolConnectionProxy = await db.pool.acquire()
     run: _Run | None = None
     try:
-        await ledger.acquire_lock(lock_conn, job.kind, opts.workspace_id)
+        await ledger.acquire_lock(lock_conn, job.kind, opts.scan.workspace_id)
         try:
-            dead = await ledger.mark_dead_runs_interrupted(lock_conn, opts.workspace_id, job.kind)
+            dead = await ledger.mark_dead_runs_interrupted(lock_conn, opts.scan.workspace_id, job.kind)
             start = keyset_start(opts.scan.since)
             if opts.scan.resume:
-                row = await ledger.find_resumable(lock_conn, opts.workspace_id, job.kind, key, opts.dry_run)
+                row = await ledger.find_resumable(lock_conn, opts.scan.workspace_id, job.kind, key, opts.scan.dry_run)
                 if row is None or row["status"] not in ledger.RESUMABLE:
-                    what = "dry-run " if opts.dry_run else ""
+                    what = "dry-run " if opts.scan.dry_run else ""
                     found = f" (the last one, {row['id']}, is {row['status']})" if row is not None else ""
                     raise NothingToResume(
                         f"no interrupted {what}backfill-{job.kind} run with this configuration to resume"
@@ -314,9 +298,9 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
                 await ledger.reopen_run(lock_conn, run_id, owner)
             else:
                 cursor = start
-                config = {**identity, "limit": opts.limit, "batch_size": opts.batch_size}
-                run_id = await ledger.open_run(lock_conn, opts.workspace_id, job.kind, config, key,
-                                               opts.dry_run, cursor, owner)
+                config = {**identity, "limit": opts.scan.limit, "batch_size": opts.scan.batch_size}
+                run_id = await ledger.open_run(lock_conn, opts.scan.workspace_id, job.kind, config, key,
+                                               opts.scan.dry_run, cursor, owner)
                 base = Counters()
             run = _Run(db, job, opts, run_id, base, lock_conn, owner)
             try:
@@ -328,7 +312,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
         finally:
             if run is not None:
                 lock_conn = run.lock_conn
-            await ledger.release_lock(lock_conn, job.kind, opts.workspace_id)
+            await ledger.release_lock(lock_conn, job.kind, opts.scan.workspace_id)
     finally:
         if run is not None:
             await run.release()
@@ -337,7 +321,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
         run_id=run.run_id,
         kind=job.kind,
         status=status,
-        dry_run=opts.dry_run,
+        dry_run=opts.scan.dry_run,
         counters=run.session,
         totals=run.base.plus(run.session),
         resumed=opts.scan.resume,
@@ -369,7 +353,7 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
     opts, job = run.opts, run.job
     session = run.session
     fetched = 0
-    requested = min(opts.page_size, opts.limit)
+    requested = min(opts.page_size, opts.scan.limit)
     next_page: asyncio.Task[Sequence[asyncpg.Record]] | None = None
     if requested > 0:
         next_page = asyncio.create_task(_fetch_with_retry(run.db, job, cursor, requested))
@@ -378,9 +362,9 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
             page = await next_page
             next_page = None
             fetched += len(page)
-            if len(page) == requested and fetched < opts.limit and not opts.hooks.should_stop():
+            if len(page) == requested and fetched < opts.scan.limit and not opts.hooks.should_stop():
                 last = page[-1]
-                requested = min(opts.page_size, opts.limit - fetched)
+                requested = min(opts.page_size, opts.scan.limit - fetched)
                 # Read the next page while this one is judged and written.
                 next_page = asyncio.create_task(
                     _fetch_with_retry(run.db, job, (last["created_at"], last["id"]), requested))
@@ -392,12 +376,12 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
                 else:
                     session.reject(outcome.reason, outcome.run_id)
                 cursor = (outcome.created_at, outcome.run_id)
-                if len(run.pending) >= opts.batch_size:
+                if len(run.pending) >= opts.scan.batch_size:
                     await run.flush(cursor)
             if not run.pending and page:
                 await run.flush(cursor)  # checkpoint a page of rejections: cheap, keeps resume exact
             if opts.hooks.progress is not None:
-                opts.hooks.progress(session.scanned, opts.limit)
+                opts.hooks.progress(session.scanned, opts.scan.limit)
             if opts.hooks.should_stop():
                 if next_page is not None:
                     next_page.cancel()
@@ -412,4 +396,4 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
     finally:
         if next_page is not None:
             next_page.cancel()
-    return ("limit_reached" if fetched >= opts.limit else "completed"), None
+    return ("limit_reached" if fetched >= opts.scan.limit else "completed"), None
