@@ -28,12 +28,11 @@ from app.db.runs import copy_runs
 from app.db.workspaces import ensure_workspace
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.evaluate import evaluate
+from app.services.kb.evaluate import evaluate_matrix
 from app.services.kb.evidence import EvidenceCache
 from app.services.kb.ingest import ingest
 from app.services.kb.ohlcv import load_ohlcv
 from app.services.kb.synthetic_world import GRIDS, REGIMES, make_world, sweep_runs, true_regime
-from app.services.kb.walkforward import tune
 
 COLUMNS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type",
            "params", "dataset_meta", "summary", "trade_count")
@@ -86,14 +85,13 @@ async def one_seed(seed: int, bars: int) -> None:
     cache = EvidenceCache()
     for strategy in GRIDS:
         t = time.monotonic()
-        report = await evaluate(db, ws, strategy, cache)
-        eval_s = time.monotonic() - t
         m = await cache.get(db, ws, strategy)
-        wf, _ = tune(m)
+        report, wf = evaluate_matrix(m)
+        eval_s = time.monotonic() - t
         trb, labels = true_regime_best(world, m, wf)
         rs = report["realised_sharpe"]
         print(f"-- {strategy}: {report['decisions']} decisions, tuning k={report['tuning']['k']} "
-              f"shrink={report['tuning']['shrink']}, kb evaluate {eval_s:.1f}s")
+              f"shrink={report['tuning']['shrink']}, evaluate (load + replay of 12 tunings) {eval_s:.1f}s")
         print(f"   {'method':<22}{'realised Sharpe':>16}")
         for name, value in (("recommend", rs["recommend"]), ("global best", rs["global_best"]),
                             ("median set", rs["median_set"]), ("random tested set", rs["random_set"]),

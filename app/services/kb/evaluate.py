@@ -9,8 +9,17 @@ from typing import Any
 
 from app.db import Database
 from app.db.workspaces import require_workspace
-from app.services.kb.evidence import EvidenceCache
-from app.services.kb.walkforward import summarize, tune
+from app.services.kb.evidence import EvidenceCache, EvidenceMatrix
+from app.services.kb.walkforward import WalkForward, summarize, tune
+
+
+def evaluate_matrix(matrix: EvidenceMatrix) -> tuple[dict[str, Any], WalkForward]:
+    """The tuned walk-forward replay of one strategy's evidence: its report and decisions."""
+    best, tried = tune(matrix)
+    report = {"windows": matrix.n_windows, "parameter_sets": len(matrix.set_keys),
+              "ex_ante_share": round(float(matrix.ex_ante.mean()), 4) if matrix.n_windows else None,
+              **summarize(matrix, best), "tried": tried}
+    return report, best
 
 
 async def evaluate(db: Database, workspace_id: uuid.UUID, strategy: str,
@@ -20,9 +29,6 @@ async def evaluate(db: Database, workspace_id: uuid.UUID, strategy: str,
     started = time.monotonic()
     await require_workspace(db, workspace_id)
     matrix = await (cache or EvidenceCache()).get(db, workspace_id, strategy)
-    best, tried = await asyncio.to_thread(tune, matrix)
-    report = summarize(matrix, best)
-    return {"workspace_id": str(workspace_id), "strategy_name": strategy, "windows": matrix.n_windows,
-            "parameter_sets": len(matrix.set_keys), "ex_ante_share": round(float(matrix.ex_ante.mean()), 4)
-            if matrix.n_windows else None, **report, "tried": tried,
+    report, _ = await asyncio.to_thread(evaluate_matrix, matrix)
+    return {"workspace_id": str(workspace_id), "strategy_name": strategy, **report,
             "elapsed_s": round(time.monotonic() - started, 3)}

@@ -48,36 +48,58 @@ class Scores:
     distance: np.ndarray  # distance of each near window
 
 
-def distances(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None,
-              qtags: frozenset[str]) -> np.ndarray:
-    idx = np.flatnonzero(prior)
+def distances(m: EvidenceMatrix, idx: np.ndarray, qvec: np.ndarray | None, qtags: frozenset[str],
+              scaled: np.ndarray | None = None) -> np.ndarray:
+    """Distance from the query to each window in `idx`: RMS over standardized features,
+    or 1 - tag overlap (Jaccard) for a tags-only query."""
     if qvec is not None:
-        diff = (m.features[idx] - m.center) / m.scale - qvec
+        diff = (scaled[idx] if scaled is not None else (m.features[idx] - m.center) / m.scale) - qvec
         return np.sqrt((diff * diff).mean(axis=1))
     sims = [len(qtags & set(m.tags[i])) / max(len(qtags | set(m.tags[i])), 1) for i in idx]
     return 1.0 - np.array(sims, dtype=float)
 
 
-def score_sets(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None, qtags: frozenset[str],
-               tuning: Tuning) -> Scores:
-    """Scores of every set from the windows in `prior` for a query regime."""
-    idx = np.flatnonzero(prior)
-    d = distances(m, prior, qvec, qtags)
+@dataclass
+class GlobalStats:
+    """Per-set all-history figures over a set of earlier windows; they do not depend on
+    the query or the tuning, so a walk-forward keeps them as running sums."""
+
+    n: np.ndarray
+    mean: np.ndarray
+    pooled_sd: float
+    candidates: np.ndarray
+    score: np.ndarray  # penalised mean: the global best is its argmax
+    z: float  # the multiple-testing haircut in standard errors
+
+
+def sums_of(sharpe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tested = np.isfinite(sharpe)
+    values = np.where(tested, sharpe, 0.0)
+    return tested.sum(axis=0).astype(float), values.sum(axis=0), (values * values).sum(axis=0)
+
+
+def global_stats(m: EvidenceMatrix, n: np.ndarray, total: np.ndarray, squares: np.ndarray,
+                 haircut: float) -> GlobalStats:
+    mean = np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0)
+    var = np.divide(squares, n, out=np.zeros(len(n)), where=n > 0) - np.nan_to_num(mean) ** 2
+    pooled = float(np.mean(var[n > 1])) if (n > 1).any() else 1.0
+    pooled_sd = math.sqrt(max(pooled, 1e-6))
+    candidates = m.eligible & (n > 0)
+    n_tried = max(int(candidates.sum()), 1)
+    z = haircut * math.sqrt(2.0 * math.log(n_tried)) if n_tried > 1 else 0.0
+    se = pooled_sd / np.sqrt(np.maximum(n, 1.0))
+    score = np.where(candidates, np.nan_to_num(mean, nan=-np.inf) - z * se, -np.inf)
+    return GlobalStats(n, mean, pooled_sd, candidates, score, z)
+
+
+def local_scores(m: EvidenceMatrix, idx: np.ndarray, d: np.ndarray, g: GlobalStats, tuning: Tuning) -> Scores:
+    """Scores of every set from the windows `idx` (at distances `d`) and their global stats."""
     k = min(tuning.k, len(idx))
     near = np.argpartition(d, k - 1)[:k] if k < len(idx) else np.arange(len(idx))
     near = near[np.argsort(d[near], kind="stable")]
     h = max(float(d[near].max()), 1e-6)
     w = np.exp(-0.5 * (d[near] / h) ** 2)
-    all_s = m.sharpe[idx]
-    tested = np.isfinite(all_s)
-    g_n = tested.sum(axis=0).astype(float)
-    g_sum = np.where(tested, all_s, 0.0).sum(axis=0)
-    g_mean = np.divide(g_sum, g_n, out=np.full(len(g_n), np.nan), where=g_n > 0)
-    g_sq = np.where(tested, all_s * all_s, 0.0).sum(axis=0)
-    g_var = np.divide(g_sq, g_n, out=np.zeros(len(g_n)), where=g_n > 0) - np.nan_to_num(g_mean) ** 2
-    pooled_sd = math.sqrt(max(float(np.nanmean(np.where(g_n > 1, g_var, np.nan))) if (g_n > 1).any() else 1.0,
-                              1e-6))
-    local = all_s[near]
+    local = m.sharpe[idx[near]]
     lmask = np.isfinite(local)
     lw = w[:, None] * lmask
     wsum = lw.sum(axis=0)
@@ -85,16 +107,19 @@ def score_sets(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None, qt
                        where=wsum > 0)
     w2 = (w[:, None] ** 2 * lmask).sum(axis=0)
     n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(wsum)), where=w2 > 0)
-    estimate = (n_eff * l_mean + tuning.shrink * np.nan_to_num(g_mean)) / (n_eff + tuning.shrink)
-    estimate = np.where(g_n > 0, estimate, np.nan)
-    candidates = m.eligible & (g_n > 0)
-    n_tried = max(int(candidates.sum()), 1)
-    z = tuning.haircut * math.sqrt(2.0 * math.log(n_tried)) if n_tried > 1 else 0.0
-    se = pooled_sd / np.sqrt(n_eff + tuning.shrink)
-    score = np.where(candidates, estimate - z * se, -np.inf)
-    g_se = pooled_sd / np.sqrt(np.maximum(g_n, 1.0))
-    g_score = np.where(candidates, np.nan_to_num(g_mean, nan=-np.inf) - z * g_se, -np.inf)
-    return Scores(estimate, score, se, n_eff, g_mean, g_score, g_n, idx[near], w, d[near])
+    estimate = (n_eff * l_mean + tuning.shrink * np.nan_to_num(g.mean)) / (n_eff + tuning.shrink)
+    estimate = np.where(g.n > 0, estimate, np.nan)
+    se = g.pooled_sd / np.sqrt(n_eff + tuning.shrink)
+    score = np.where(g.candidates, estimate - g.z * se, -np.inf)
+    return Scores(estimate, score, se, n_eff, g.mean, g.score, g.n, idx[near], w, d[near])
+
+
+def score_sets(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None, qtags: frozenset[str],
+               tuning: Tuning) -> Scores:
+    """Scores of every set from the windows in `prior` for a query regime."""
+    idx = np.flatnonzero(prior)
+    g = global_stats(m, *sums_of(m.sharpe[idx]), tuning.haircut)
+    return local_scores(m, idx, distances(m, idx, qvec, qtags), g, tuning)
 
 
 def confidence_of(estimate: float, se: float) -> float:
@@ -129,50 +154,63 @@ class WalkForward:
         return float(np.mean([d.realised - d.realised_global for d in self.decisions]))
 
 
-def walk_forward(m: EvidenceMatrix, tuning: Tuning, conditioned: bool = True) -> WalkForward:
-    """Replay history: one decision at the start of each window with enough earlier windows."""
-    out = WalkForward(tuning)
+def walk_forward(m: EvidenceMatrix, tunings: list[Tuning]) -> list[WalkForward]:
+    """Replay history for several tunings at once: one decision at the start of each
+    window with enough earlier windows. Distances, the all-history figures and the
+    baselines are computed once per decision; only the local scores depend on the tuning."""
+    outs = [WalkForward(t) for t in tunings]
+    if not tunings:
+        return outs
+    haircut = tunings[0].haircut
     known = np.flatnonzero(m.start_ns >= 0)
     order = known[np.argsort(m.start_ns[known], kind="stable")]
-    ends = m.end_ns
+    ended = np.flatnonzero(m.end_ns >= 0)
+    by_end = ended[np.argsort(m.end_ns[ended], kind="stable")]
     scaled = (m.features - m.center) / m.scale
     # A window where fewer than two sets were tested cannot tell one choice from another.
     comparable = np.isfinite(m.sharpe).sum(axis=1) >= 2
+    n_sets = m.sharpe.shape[1]
+    n, total, squares = np.zeros(n_sets), np.zeros(n_sets), np.zeros(n_sets)
+    seen = 0
     for j in order.tolist():
-        if not comparable[j]:
+        while seen < len(by_end) and m.end_ns[by_end[seen]] < m.start_ns[j]:
+            row_n, row_sum, row_sq = sums_of(m.sharpe[by_end[seen]][None, :])
+            n, total, squares = n + row_n, total + row_sum, squares + row_sq
+            seen += 1
+        if not comparable[j] or seen < MIN_PRIOR_WINDOWS:
             continue
-        prior = (ends >= 0) & (ends < m.start_ns[j])
-        if prior.sum() < MIN_PRIOR_WINDOWS:
+        g = global_stats(m, n, total, squares, haircut)
+        if not np.isfinite(g.score).any():
             continue
         row = m.sharpe[j]
-        sc = score_sets(m, prior, scaled[j], frozenset(m.tags[j]), tuning)
-        if not np.isfinite(sc.score).any():
+        gb = int(np.argmax(g.score))
+        if not math.isfinite(row[gb]):
             continue
-        gb = int(np.argmax(sc.global_score))
-        chosen = int(np.argmax(sc.score)) if conditioned else gb
-        if not (math.isfinite(row[chosen]) and math.isfinite(row[gb])):
-            continue
-        cand = np.flatnonzero(np.isfinite(sc.global_score) & np.isfinite(row))
-        by_mean = cand[np.argsort(sc.global_mean[cand], kind="stable")]
+        idx = by_end[:seen]
+        d = distances(m, idx, scaled[j], frozenset(m.tags[j]), scaled)
+        cand = np.flatnonzero(np.isfinite(g.score) & np.isfinite(row))
+        by_mean = cand[np.argsort(g.mean[cand], kind="stable")]
         median_set = int(by_mean[len(by_mean) // 2])
-        out.decisions.append(Decision(
-            j, chosen, gb, confidence_of(float(sc.estimate[chosen]), float(sc.se[chosen])),
-            float(row[chosen]), float(row[gb]), float(row[median_set]), float(np.mean(row[cand])),
-            float(np.nanmax(row))))
-    return out
+        baselines = (float(row[gb]), float(row[median_set]), float(np.mean(row[cand])), float(np.nanmax(row)))
+        for out, tuning in zip(outs, tunings, strict=True):
+            sc = local_scores(m, idx, d, g, tuning)
+            chosen = int(np.argmax(sc.score))
+            if not math.isfinite(row[chosen]):
+                continue
+            out.decisions.append(Decision(
+                j, chosen, gb, confidence_of(float(sc.estimate[chosen]), float(sc.se[chosen])),
+                float(row[chosen]), *baselines))
+    return outs
 
 
 def tune(m: EvidenceMatrix) -> tuple[WalkForward, list[dict[str, Any]]]:
     """The neighbourhood size and shrinkage with the best walk-forward uplift over the
     global best; every tried setting's figures are returned too."""
-    tried = []
-    best: WalkForward | None = None
-    for k, shrink in TUNING_GRID:
-        wf = walk_forward(m, Tuning(k=k, shrink=shrink))
-        tried.append({"k": k, "shrink": shrink, "decisions": len(wf.decisions), "uplift": _round(wf.uplift())})
-        if best is None or (wf.decisions and (not best.decisions or wf.uplift() > best.uplift())):
-            best = wf
-    assert best is not None
+    outs = walk_forward(m, [Tuning(k=k, shrink=s) for k, s in TUNING_GRID])
+    tried = [{"k": wf.tuning.k, "shrink": wf.tuning.shrink, "decisions": len(wf.decisions),
+              "uplift": _round(wf.uplift())} for wf in outs]
+    with_decisions = [wf for wf in outs if wf.decisions]
+    best = max(with_decisions, key=lambda wf: wf.uplift()) if with_decisions else outs[0]
     return best, tried
 
 
