@@ -33,6 +33,7 @@ from app.services.kb.evidence import EvidenceCache
 from app.services.kb.ingest import ingest
 from app.services.kb.ohlcv import load_ohlcv
 from app.services.kb.synthetic_world import GRIDS, REGIMES, make_world, sweep_runs, true_regime
+from app.services.kb.walkforward import sums_of
 
 COLUMNS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type",
            "params", "dataset_meta", "summary", "trade_count")
@@ -49,13 +50,13 @@ def true_regime_best(world, m, wf) -> tuple[list[float], list[str]]:
     for d in wf.decisions:
         j = d.window
         prior = [w for w in range(m.n_windows) if 0 <= m.end_ns[w] < m.start_ns[j] and regime_of[w] == regime_of[j]]
-        candidates = np.flatnonzero(m.eligible)
         if prior:
-            means = np.nanmean(m.sharpe[np.array(prior)][:, candidates], axis=0)
-            best = int(candidates[int(np.nanargmax(means))])
+            n, total, _ = sums_of(m, np.array(prior))
+            means = np.where(m.eligible & (n > 0), total / np.maximum(n, 1), -np.inf)
+            best = int(np.argmax(means))
         else:
             best = d.global_best
-        value = m.sharpe[j, best]
+        value = m.row(j)[best]
         realised.append(float(value) if np.isfinite(value) else d.realised_global)
         e = idx[j] + 199
         labels.append(true_regime(world, idx[j], e))

@@ -73,29 +73,60 @@ async def write_evidence(conn: Conn, workspace_id: uuid.UUID, batch_size: int = 
 
 @dataclass
 class EvidenceMatrix:
-    """Windows x parameter sets. A window is one (symbol, OOS start, OOS end) regime
-    observation; its features are the ex-ante snapshot where there is one."""
+    """Windows x parameter sets of OOS Sharpe, kept sparse: one cell per (window, set)
+    that was tested, grouped by window (`ptr[w]:ptr[w+1]`). A window is one (symbol, OOS
+    start, OOS end) regime observation; its features are the ex-ante snapshot where
+    there is one. Random searches (every run its own set) stay as small as their runs."""
 
     revision: int
     set_keys: list[str]  # canonical params JSON per set
     eligible: np.ndarray  # per set: reached the KB at least once
-    sharpe: np.ndarray  # windows x sets, NaN where the set was not tested in the window
+    ptr: np.ndarray  # per window: offset of its first cell (n_windows + 1)
+    cell_set: np.ndarray
+    cell_sharpe: np.ndarray  # mean OOS Sharpe of the set's runs in the window
+    cell_run: list[uuid.UUID]  # one run per cell
     features: np.ndarray  # windows x d (raw)
     ex_ante: np.ndarray  # per window: features are ex-ante (else OOS)
     tags: list[tuple[str, ...]]  # per window, of the snapshot matched
     oos_tags: list[tuple[str, ...]]
     start_ns: np.ndarray  # per window OOS start (ns), -1 unknown
     end_ns: np.ndarray
-    runs: list[dict[int, uuid.UUID]]  # per window: set index -> one run id
     center: np.ndarray
     scale: np.ndarray
 
     @property
     def n_windows(self) -> int:
-        return int(self.sharpe.shape[0])
+        return len(self.ptr) - 1
+
+    @property
+    def n_sets(self) -> int:
+        return len(self.set_keys)
 
     def scaled(self, vector: np.ndarray) -> np.ndarray:
         return (vector - self.center) / self.scale
+
+    def tested(self) -> np.ndarray:
+        """Sets tested per window."""
+        return np.diff(self.ptr)
+
+    def row(self, w: int) -> np.ndarray:
+        """A window's Sharpe per set, NaN where the set was not tested there."""
+        out = np.full(self.n_sets, np.nan)
+        out[self.cell_set[self.ptr[w]:self.ptr[w + 1]]] = self.cell_sharpe[self.ptr[w]:self.ptr[w + 1]]
+        return out
+
+    def cells(self, windows: np.ndarray) -> np.ndarray:
+        """Indices of the cells of these windows, window by window."""
+        starts = self.ptr[windows]
+        lengths = self.ptr[windows + 1] - starts
+        # Each window's run of cells: its start, shifted by where its run begins in the output.
+        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return shift + np.arange(int(lengths.sum()), dtype=np.int64)
+
+    def run_of(self, w: int, s: int) -> uuid.UUID | None:
+        lo, hi = int(self.ptr[w]), int(self.ptr[w + 1])
+        hits = np.flatnonzero(self.cell_set[lo:hi] == s)
+        return self.cell_run[lo + int(hits[0])] if len(hits) else None
 
 
 # The smallest spread per feature that counts as a real difference between regimes
@@ -110,7 +141,9 @@ def _ns(value: Any) -> int:
 def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
     windows: dict[tuple[Any, ...], int] = {}
     sets: dict[str, int] = {}
-    cells: list[tuple[int, int, float, uuid.UUID, bool]] = []
+    # (window, set) -> [sum, count, a run]; repeated runs of one set in one window average.
+    cells: dict[tuple[int, int], list[Any]] = {}
+    eligible: list[bool] = []
     feats: list[Any] = []
     ex_ante: list[bool] = []
     tags: list[tuple[str, ...]] = []
@@ -120,7 +153,7 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
     for r in rows:
         use_pre = r["pre_features"] is not None
         vector = r["pre_features"] if use_pre else r["oos_features"]
-        if vector is None or len(vector) != len(FEATURE_NAMES):
+        if vector is None or len(vector) != len(FEATURE_NAMES) or not math.isfinite(r["sharpe"]):
             continue
         key = (r["symbol"], r["timeframe"], r["oos_start"], r["oos_end"]) if r["oos_start"] is not None \
             else ("run", r["source_run_id"])
@@ -133,20 +166,21 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
             oos_tags.append(tuple(r["oos_tags"]))
             starts.append(_ns(r["oos_start"]))
             ends.append(_ns(r["oos_end"]))
-        s = sets.setdefault(r["params"], len(sets))
-        cells.append((w, s, float(r["sharpe"]), r["source_run_id"], bool(r["eligible"])))
-    n_w, n_s = len(windows), len(sets)
-    sharpe = np.full((n_w, n_s), np.nan)
-    counts = np.zeros((n_w, n_s))
-    eligible = np.zeros(n_s, dtype=bool)
-    runs: list[dict[int, uuid.UUID]] = [{} for _ in range(n_w)]
-    for w, s, value, run_id, ok in cells:
-        if math.isfinite(value):
-            # Repeated runs of one set in one window: their mean.
-            sharpe[w, s] = value if counts[w, s] == 0 else (sharpe[w, s] * counts[w, s] + value) / (counts[w, s] + 1)
-            counts[w, s] += 1
-        eligible[s] |= ok
-        runs[w].setdefault(s, run_id)
+        s = sets.get(r["params"])
+        if s is None:
+            s = sets[r["params"]] = len(sets)
+            eligible.append(False)
+        eligible[s] = eligible[s] or bool(r["eligible"])
+        cell = cells.get((w, s))
+        if cell is None:
+            cells[(w, s)] = [float(r["sharpe"]), 1, r["source_run_id"]]
+        else:
+            cell[0] += float(r["sharpe"])
+            cell[1] += 1
+    order = sorted(cells)
+    cell_window = np.array([w for w, _ in order], dtype=np.int64)
+    ptr = np.searchsorted(cell_window, np.arange(len(windows) + 1)).astype(np.int64)
+    n_w = len(windows)
     features = np.array(feats, dtype=float).reshape(n_w, len(FEATURE_NAMES))
     if n_w:
         center = np.median(features, axis=0)
@@ -154,9 +188,12 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
         scale = np.maximum((q75 - q25) / 1.349, MIN_SCALE)
     else:
         center, scale = np.zeros(len(FEATURE_NAMES)), MIN_SCALE.copy()
-    return EvidenceMatrix(revision, list(sets), eligible, sharpe, features, np.array(ex_ante, dtype=bool), tags,
-                          oos_tags, np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), runs,
-                          center, scale)
+    return EvidenceMatrix(
+        revision, list(sets), np.array(eligible, dtype=bool), ptr,
+        np.array([s for _, s in order], dtype=np.int64),
+        np.array([cells[c][0] / cells[c][1] for c in order], dtype=float), [cells[c][2] for c in order],
+        features, np.array(ex_ante, dtype=bool), tags, oos_tags, np.array(starts, dtype=np.int64),
+        np.array(ends, dtype=np.int64), center, scale)
 
 
 class EvidenceCache(RevisionCache[EvidenceMatrix]):

@@ -29,6 +29,14 @@ async def walk_forward_check(cache: EvidenceCache, query: RecommendQuery,
     return result
 
 
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 4)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def _set(m: EvidenceMatrix, s: int, scores: Any) -> dict[str, Any]:
     est, se = float(scores.estimate[s]), float(scores.se[s])
     return {"params": orjson.loads(m.set_keys[s]), "expected_sharpe": round(est, 4),
@@ -102,8 +110,7 @@ async def choose_by_expectation(cache: EvidenceCache, m: EvidenceMatrix, query: 
             "ex_ante_share": round(float(m.ex_ante.mean()), 4),
             "nearest_windows": [
                 {"distance": round(float(d), 4), "weight": round(float(w), 4), "tags": list(m.tags[i]),
-                 "sharpe_of_choice": None if math.isnan(m.sharpe[i, chosen]) else round(float(m.sharpe[i, chosen]), 4),
-                 "run_id": str(m.runs[i][chosen]) if chosen in m.runs[i] else None}
+                 "sharpe_of_choice": _rounded(m.row(i)[chosen]), "run_id": _text(m.run_of(i, chosen))}
                 for i, d, w in zip(scores.nearest[:10].tolist(), scores.distance[:10], scores.weights[:10], strict=True)
             ],
         },

@@ -69,13 +69,17 @@ class GlobalStats:
     pooled_sd: float
     candidates: np.ndarray
     score: np.ndarray  # penalised mean: the global best is its argmax
-    z: float  # the multiple-testing haircut in standard errors
+    z: float
+    mean0: np.ndarray  # mean with 0 where a set has no evidence  # the multiple-testing haircut in standard errors
 
 
-def sums_of(sharpe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tested = np.isfinite(sharpe)
-    values = np.where(tested, sharpe, 0.0)
-    return tested.sum(axis=0).astype(float), values.sum(axis=0), (values * values).sum(axis=0)
+def sums_of(m: EvidenceMatrix, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per set: how many of these windows tested it, and its Sharpe sum and sum of squares."""
+    cells = m.cells(windows)
+    sets, values = m.cell_set[cells], m.cell_sharpe[cells]
+    return (np.bincount(sets, minlength=m.n_sets).astype(float),
+            np.bincount(sets, weights=values, minlength=m.n_sets),
+            np.bincount(sets, weights=values * values, minlength=m.n_sets))
 
 
 def global_stats(m: EvidenceMatrix, n: np.ndarray, total: np.ndarray, squares: np.ndarray,
@@ -89,37 +93,46 @@ def global_stats(m: EvidenceMatrix, n: np.ndarray, total: np.ndarray, squares: n
     z = haircut * math.sqrt(2.0 * math.log(n_tried)) if n_tried > 1 else 0.0
     se = pooled_sd / np.sqrt(np.maximum(n, 1.0))
     score = np.where(candidates, np.nan_to_num(mean, nan=-np.inf) - z * se, -np.inf)
-    return GlobalStats(n, mean, pooled_sd, candidates, score, z)
+    return GlobalStats(n, mean, pooled_sd, candidates, score, z, np.nan_to_num(mean))
 
 
-def local_scores(m: EvidenceMatrix, idx: np.ndarray, d: np.ndarray, g: GlobalStats, tuning: Tuning) -> Scores:
-    """Scores of every set from the windows `idx` (at distances `d`) and their global stats."""
-    k = min(tuning.k, len(idx))
-    near = np.argpartition(d, k - 1)[:k] if k < len(idx) else np.arange(len(idx))
-    near = near[np.argsort(d[near], kind="stable")]
-    h = max(float(d[near].max()), 1e-6)
-    w = np.exp(-0.5 * (d[near] / h) ** 2)
-    local = m.sharpe[idx[near]]
-    lmask = np.isfinite(local)
-    lw = w[:, None] * lmask
-    wsum = lw.sum(axis=0)
-    l_mean = np.divide((lw * np.where(lmask, local, 0.0)).sum(axis=0), wsum, out=np.zeros(len(wsum)),
-                       where=wsum > 0)
-    w2 = (w[:, None] ** 2 * lmask).sum(axis=0)
+def nearest(d: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest distances, nearest first."""
+    k = min(k, len(d))
+    near = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
+    return near[np.argsort(d[near], kind="stable")]
+
+
+def local_scores(m: EvidenceMatrix, windows: np.ndarray, dist: np.ndarray, g: GlobalStats,
+                 tuning: Tuning) -> Scores:
+    """Scores of every set from the nearest windows (sorted by distance `dist`, at least
+    `tuning.k` of them when there are) and the global stats."""
+    windows, dist = windows[:tuning.k], dist[:tuning.k]
+    h = max(float(dist[-1]), 1e-6)
+    w = np.exp(-0.5 * (dist / h) ** 2)
+    cells = m.cells(windows)
+    cell_w = np.repeat(w, m.ptr[windows + 1] - m.ptr[windows])
+    sets = m.cell_set[cells]
+    wsum = np.bincount(sets, weights=cell_w, minlength=m.n_sets)
+    wsharpe = np.bincount(sets, weights=cell_w * m.cell_sharpe[cells], minlength=m.n_sets)
+    l_mean = np.divide(wsharpe, wsum, out=np.zeros(m.n_sets), where=wsum > 0)
+    w2 = np.bincount(sets, weights=cell_w * cell_w, minlength=m.n_sets)
     n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(wsum)), where=w2 > 0)
-    estimate = (n_eff * l_mean + tuning.shrink * np.nan_to_num(g.mean)) / (n_eff + tuning.shrink)
+    estimate = (n_eff * l_mean + tuning.shrink * g.mean0) / (n_eff + tuning.shrink)
     estimate = np.where(g.n > 0, estimate, np.nan)
     se = g.pooled_sd / np.sqrt(n_eff + tuning.shrink)
     score = np.where(g.candidates, estimate - g.z * se, -np.inf)
-    return Scores(estimate, score, se, n_eff, g.mean, g.score, g.n, idx[near], w, d[near])
+    return Scores(estimate, score, se, n_eff, g.mean, g.score, g.n, windows, w, dist)
 
 
 def score_sets(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None, qtags: frozenset[str],
                tuning: Tuning) -> Scores:
     """Scores of every set from the windows in `prior` for a query regime."""
     idx = np.flatnonzero(prior)
-    g = global_stats(m, *sums_of(m.sharpe[idx]), tuning.haircut)
-    return local_scores(m, idx, distances(m, idx, qvec, qtags), g, tuning)
+    g = global_stats(m, *sums_of(m, idx), tuning.haircut)
+    d = distances(m, idx, qvec, qtags)
+    near = nearest(d, tuning.k)
+    return local_scores(m, idx[near], d[near], g, tuning)
 
 
 def confidence_of(estimate: float, se: float) -> float:
@@ -162,19 +175,19 @@ def walk_forward(m: EvidenceMatrix, tunings: list[Tuning]) -> list[WalkForward]:
     if not tunings:
         return outs
     haircut = tunings[0].haircut
+    max_k = max(t.k for t in tunings)
     known = np.flatnonzero(m.start_ns >= 0)
     order = known[np.argsort(m.start_ns[known], kind="stable")]
     ended = np.flatnonzero(m.end_ns >= 0)
     by_end = ended[np.argsort(m.end_ns[ended], kind="stable")]
     scaled = (m.features - m.center) / m.scale
     # A window where fewer than two sets were tested cannot tell one choice from another.
-    comparable = np.isfinite(m.sharpe).sum(axis=1) >= 2
-    n_sets = m.sharpe.shape[1]
-    n, total, squares = np.zeros(n_sets), np.zeros(n_sets), np.zeros(n_sets)
+    comparable = m.tested() >= 2
+    n, total, squares = np.zeros(m.n_sets), np.zeros(m.n_sets), np.zeros(m.n_sets)
     seen = 0
     for j in order.tolist():
         while seen < len(by_end) and m.end_ns[by_end[seen]] < m.start_ns[j]:
-            row_n, row_sum, row_sq = sums_of(m.sharpe[by_end[seen]][None, :])
+            row_n, row_sum, row_sq = sums_of(m, by_end[seen:seen + 1])
             n, total, squares = n + row_n, total + row_sum, squares + row_sq
             seen += 1
         if not comparable[j] or seen < MIN_PRIOR_WINDOWS:
@@ -182,18 +195,20 @@ def walk_forward(m: EvidenceMatrix, tunings: list[Tuning]) -> list[WalkForward]:
         g = global_stats(m, n, total, squares, haircut)
         if not np.isfinite(g.score).any():
             continue
-        row = m.sharpe[j]
+        row = m.row(j)
         gb = int(np.argmax(g.score))
         if not math.isfinite(row[gb]):
             continue
         idx = by_end[:seen]
         d = distances(m, idx, scaled[j], frozenset(m.tags[j]), scaled)
+        near = nearest(d, max_k)
+        near_windows, near_d = idx[near], d[near]
         cand = np.flatnonzero(np.isfinite(g.score) & np.isfinite(row))
         by_mean = cand[np.argsort(g.mean[cand], kind="stable")]
         median_set = int(by_mean[len(by_mean) // 2])
         baselines = (float(row[gb]), float(row[median_set]), float(np.mean(row[cand])), float(np.nanmax(row)))
         for out, tuning in zip(outs, tunings, strict=True):
-            sc = local_scores(m, idx, d, g, tuning)
+            sc = local_scores(m, near_windows, near_d, g, tuning)
             chosen = int(np.argmax(sc.score))
             if not math.isfinite(row[chosen]):
                 continue
