@@ -2,8 +2,9 @@
 regime, whatever its kb_status (a set's failures count as much as its successes), with
 its OOS window, its ex-ante and OOS regime, and whether it reached the KB.
 
-Ingest writes it (`write_evidence`); recommend and evaluate read it as an
-`EvidenceMatrix`: windows x parameter sets of OOS Sharpe, cached per KB revision.
+Ingest writes it (`evidence_row`, `upsert_evidence`) in the same pass as the trials;
+recommend and evaluate read it as an `EvidenceMatrix` of OOS Sharpe per window and
+parameter set, cached per KB revision.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -21,54 +22,40 @@ import orjson
 from app.db.connector import Conn
 from app.db.sql import q
 from app.services.kb.revision_cache import RevisionCache
-from app.services.kb.run_fields import feature_array, params_key, pg_array, tag_list
-from app.services.kb.scan import keyset_start
+from app.services.kb.run_fields import ParsedRun, pg_array
 from app.services.kb.snapshot import FEATURE_NAMES
-from app.services.kb.summary import extract_metrics, json_object
 from app.services.kb.windows import extract_windows
 
 ELIGIBLE = ("candidate", "promoted")
 
 
-def evidence_row(row: asyncpg.Record) -> tuple[Any, ...] | None:
-    """One run as an evidence row, or None when it says nothing usable (no finite Sharpe,
-    no strategy, no OOS features)."""
-    extracted = extract_metrics(row["summary"], row["trade_count"])
-    m = extracted.metrics
-    if m is None or m.sharpe_oos is None or not row["strategy_name"]:
+def evidence_row(row: asyncpg.Record, run: ParsedRun) -> tuple[Any, ...] | None:
+    """One completed test variant as an evidence row, or None when it says nothing usable
+    (no regime, no finite Sharpe, no strategy, no OOS features)."""
+    m = run.extracted.metrics
+    if (row["run_kind"] != "test_variant" or m is None or m.sharpe_oos is None or not row["strategy_name"]
+            or run.features is None):
         return None
-    meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
-    oos, pre = json_object(row["regime_oos"]), json_object(row["regime_pre"])
-    oos_features = feature_array(oos)
-    if oos_features is None:
-        return None
-    window = extract_windows(meta, params).oos
-    raw_symbol = meta.get("symbol")
-    symbol = raw_symbol.strip().upper() if isinstance(raw_symbol, str) else None
-    timeframe = meta.get("timeframe") if isinstance(meta.get("timeframe"), str) else None
-    values = (row["strategy_name"], symbol, timeframe, params_key(params), float(m.sharpe_oos), m.n_trades_oos,
-              window.start if window else None, window.end if window else None, feature_array(pre),
-              oos_features, pg_array(tag_list(pre)), pg_array(tag_list(oos)), row["kb_status"] in ELIGIBLE)
+    window = extract_windows(run.meta, run.params).oos
+    symbol = run.symbol.strip().upper() if run.symbol is not None else None
+    values = (row["strategy_name"], symbol, run.timeframe, run.params_key, float(m.sharpe_oos), m.n_trades_oos,
+              window.start if window else None, window.end if window else None, run.pre_features,
+              run.features, pg_array(run.pre_tags), pg_array(run.tags), row["kb_status"] in ELIGIBLE)
     digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
     return (row["id"], *values, digest)
 
 
-async def write_evidence(conn: Conn, workspace_id: uuid.UUID, batch_size: int = 2000) -> int:
-    """Upsert the workspace's evidence (changed rows only); returns how many changed."""
-    changed = 0
-    cursor = keyset_start(None)
-    while True:
-        page = await conn.fetch(q("select_evidence_page"), workspace_id, cursor[0], cursor[1], batch_size)
-        if not page:
-            break
-        cursor = (page[-1]["created_at"], page[-1]["id"])
-        rows = [r for r in (evidence_row(p) for p in page) if r is not None]
-        if rows:
-            columns = [list(c) for c in zip(*rows, strict=True)]
-            async with conn.transaction():
-                changed += len(await conn.fetch(q("upsert_evidence"), workspace_id, *columns))
+async def upsert_evidence(conn: Conn, workspace_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> int:
+    """Insert or update evidence rows (unchanged ones are skipped); returns how many changed."""
+    if not rows:
+        return 0
+    return len(await conn.fetch(q("upsert_evidence"), workspace_id, *[list(c) for c in zip(*rows, strict=True)]))
+
+
+async def delete_stale_evidence(conn: Conn, workspace_id: uuid.UUID) -> int:
+    """Evidence whose run no longer qualifies (not completed, or its regime removed)."""
     status = await conn.execute(q("delete_stale_evidence"), workspace_id)
-    return changed + int(status.rsplit(" ", 1)[-1])
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @dataclass
@@ -93,6 +80,9 @@ class EvidenceMatrix:
     end_ns: np.ndarray
     center: np.ndarray
     scale: np.ndarray
+    scaled_features: np.ndarray  # (features - center) / scale, computed once per load
+    # Query-independent results derived from this matrix (all-history stats), built on first use.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def n_windows(self) -> int:
@@ -193,7 +183,7 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
         np.array([s for _, s in order], dtype=np.int64),
         np.array([cells[c][0] / cells[c][1] for c in order], dtype=float), [cells[c][2] for c in order],
         features, np.array(ex_ante, dtype=bool), tags, oos_tags, np.array(starts, dtype=np.int64),
-        np.array(ends, dtype=np.int64), center, scale)
+        np.array(ends, dtype=np.int64), center, scale, (features - center) / scale)
 
 
 class EvidenceCache(RevisionCache[EvidenceMatrix]):

@@ -11,21 +11,26 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.services.kb.evidence import EvidenceCache, EvidenceMatrix
+from app.services.kb.evidence import EvidenceMatrix
 from app.services.kb.query import RecommendQuery
-from app.services.kb.walkforward import Tuning, WalkForward, confidence_of, score_sets, summarize, tune
+from app.services.kb.walkforward import Tuning, WalkForward, confidence_of, score_query, summarize, tune
 
 RUNNER_UPS = 3
 MIN_WINDOWS = 3
 
 
-async def walk_forward_check(cache: EvidenceCache, query: RecommendQuery,
-                             m: EvidenceMatrix) -> tuple[WalkForward, list[dict[str, Any]]]:
-    """The tuned walk-forward replay for this matrix, computed once per KB revision."""
-    key = (query.workspace_id, query.strategy_name, m.revision, "tune")
-    if key not in cache.derived:
-        cache.derived[key] = await asyncio.to_thread(tune, m)
-    result: tuple[WalkForward, list[dict[str, Any]]] = cache.derived[key]
+def _check(m: EvidenceMatrix) -> tuple[WalkForward, dict[str, Any]]:
+    wf, tried = tune(m)
+    return wf, {**summarize(m, wf), "tried": tried}
+
+
+async def walk_forward_check(m: EvidenceMatrix) -> tuple[WalkForward, dict[str, Any]]:
+    """The tuned walk-forward replay of this matrix and its summary, computed once per
+    matrix (that is, per KB revision) in a worker thread."""
+    if "check" not in m.memo:
+        # One replay shared by concurrent requests (not one per request).
+        m.memo["check"] = asyncio.ensure_future(asyncio.to_thread(_check, m))
+    result: tuple[WalkForward, dict[str, Any]] = await asyncio.shield(m.memo["check"])
     return result
 
 
@@ -45,7 +50,7 @@ def _set(m: EvidenceMatrix, s: int, scores: Any) -> dict[str, Any]:
             "global_mean_sharpe": None if math.isnan(scores.global_mean[s]) else round(float(scores.global_mean[s]), 4)}
 
 
-async def choose_by_expectation(cache: EvidenceCache, m: EvidenceMatrix, query: RecommendQuery,
+async def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery,
                                 result: dict[str, Any]) -> dict[str, Any]:
     result["method"] = "expected"
     reasons: list[str] = result["reasons"]
@@ -61,9 +66,9 @@ async def choose_by_expectation(cache: EvidenceCache, m: EvidenceMatrix, query: 
         if all(v is not None for v in vec):
             qvec = m.scaled(np.array(vec, dtype=float))
     qtags = query.tag_set
-    wf, tried = await walk_forward_check(cache, query, m)
+    wf, check = await walk_forward_check(m)
     tuning = wf.tuning if wf.decisions else Tuning()
-    scores = score_sets(m, np.ones(m.n_windows, dtype=bool), qvec, qtags, tuning)
+    scores = score_query(m, qvec, qtags, tuning)
     ranked = [int(s) for s in np.argsort(-scores.score, kind="stable") if np.isfinite(scores.score[s])]
     if not ranked:
         reasons.append("no_performance_evidence")
@@ -114,6 +119,6 @@ async def choose_by_expectation(cache: EvidenceCache, m: EvidenceMatrix, query: 
                 for i, d, w in zip(scores.nearest[:10].tolist(), scores.distance[:10], scores.weights[:10], strict=True)
             ],
         },
-        walk_forward={**summarize(m, wf), "tried": tried},
+        walk_forward=check,
     )
     return result

@@ -22,10 +22,9 @@ from app.db import Database
 from app.db.connector import Conn
 from app.db.sql import q
 from app.db.workspaces import require_workspace
-from app.services.kb.evidence import write_evidence
-from app.services.kb.run_fields import feature_array, params_key, pg_array, tag_list
+from app.services.kb.evidence import ELIGIBLE, delete_stale_evidence, evidence_row, upsert_evidence
+from app.services.kb.run_fields import ParsedRun, parse_run, pg_array
 from app.services.kb.scan import keyset_start
-from app.services.kb.summary import extract_metrics, json_object
 from app.services.kb.windows import BadTimestamp, parse_timestamp
 
 
@@ -77,16 +76,13 @@ def _fraction(value: float | None) -> float | None:
     return value / 100.0 if value > 1.0 else value
 
 
-def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
-    extracted = extract_metrics(row["summary"], row["trade_count"])
+def trial_from_row(row: asyncpg.Record, run: ParsedRun) -> tuple[TrialRow | None, str | None]:
+    extracted = run.extracted
     if extracted.metrics is None:
         return None, str(extracted.reason)
     if not row["strategy_name"]:
         return None, "missing_strategy"
-    meta = json_object(row["dataset_meta"])
-    regime, pre = json_object(row["regime_oos"]), json_object(row["regime_pre"])
-    features, pre_features = feature_array(regime), feature_array(pre)
-    tags, pre_tags = tag_list(regime), tag_list(pre)
+    regime = run.regime
     ts_end = None
     if regime.get("ts_end"):
         try:
@@ -94,21 +90,19 @@ def trial_from_row(row: asyncpg.Record) -> tuple[TrialRow | None, str | None]:
         except BadTimestamp:
             ts_end = None
     m = extracted.metrics
-    params = params_key(row["params"])
-    symbol = meta.get("symbol") if isinstance(meta.get("symbol"), str) else None
-    timeframe = meta.get("timeframe") if isinstance(meta.get("timeframe"), str) else None
     content = orjson.dumps(
-        [row["strategy_name"], symbol, timeframe, row["experiment_type"], params, m.sharpe_oos,
+        [row["strategy_name"], run.symbol, run.timeframe, row["experiment_type"], run.params_key, m.sharpe_oos,
          extracted.return_frac, m.max_dd_frac_oos, extracted.win_rate, extracted.profit_factor,
-         m.n_trades_oos, features, tags, pre_features, pre_tags, regime.get("ts_end"), row["kb_status"]]
+         m.n_trades_oos, run.features, run.tags, run.pre_features, run.pre_tags, regime.get("ts_end"),
+         row["kb_status"]]
     )
     return TrialRow(
-        run_id=row["id"], strategy=row["strategy_name"], symbol=symbol, timeframe=timeframe,
-        experiment_type=row["experiment_type"], params=params, sharpe=m.sharpe_oos,
+        run_id=row["id"], strategy=row["strategy_name"], symbol=run.symbol, timeframe=run.timeframe,
+        experiment_type=row["experiment_type"], params=run.params_key, sharpe=m.sharpe_oos,
         return_frac=extracted.return_frac, max_dd_frac=m.max_dd_frac_oos,
         win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
-        n_trades=m.n_trades_oos, features=features, tags=pg_array(tags), pre_features=pre_features,
-        pre_tags=pg_array(pre_tags), ts_end=ts_end,
+        n_trades=m.n_trades_oos, features=run.features, tags=pg_array(run.tags), pre_features=run.pre_features,
+        pre_tags=pg_array(run.pre_tags), ts_end=ts_end,
         kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32],
     ), None
 
@@ -151,9 +145,16 @@ async def ingest(
             if not page:
                 break
             cursor = (page[-1]["created_at"], page[-1]["id"])
-            trials = []
+            trials, evidence = [], []
             for row in page:
-                trial, reason = trial_from_row(row)
+                run = parse_run(row)
+                found = evidence_row(row, run)
+                if found is not None:
+                    evidence.append(found)
+                if row["kb_status"] not in ELIGIBLE:
+                    continue  # evidence only
+                result.scanned += 1
+                trial, reason = trial_from_row(row, run)
                 if trial is None:
                     result.errors += 1
                     shown = result.error_examples.setdefault(str(reason), [])
@@ -161,18 +162,21 @@ async def ingest(
                         shown.append(str(row["id"]))
                 else:
                     trials.append(trial)
-            result.scanned += len(page)
-            if trials:
-                if dry_run:
+            inserted = updated = 0
+            if dry_run:
+                if trials:
                     inserted, updated = await _preview(conn, workspace_id, trials)
-                else:
-                    async with conn.transaction():
+            elif trials or evidence:
+                async with conn.transaction():
+                    if trials:
                         inserted, updated = await _write(conn, workspace_id, trials)
-                        if inserted or updated:
-                            await conn.execute(q("bump_trial_revision"), workspace_id)
-                result.inserted += inserted
-                result.updated += updated
-                result.skipped += len(trials) - inserted - updated
+                    changed = await upsert_evidence(conn, workspace_id, evidence)
+                    result.evidence += changed
+                    if inserted or updated or changed:
+                        await conn.execute(q("bump_trial_revision"), workspace_id)
+            result.inserted += inserted
+            result.updated += updated
+            result.skipped += len(trials) - inserted - updated
             if progress is not None:
                 progress(result.scanned, result.scanned)
         if dry_run:
@@ -181,10 +185,9 @@ async def ingest(
             async with conn.transaction():
                 status = await conn.execute(q("archive_stale_trials"), workspace_id)
                 result.archived = int(status.rsplit(" ", 1)[-1])
-                if result.archived:
+                stale = await delete_stale_evidence(conn, workspace_id)
+                result.evidence += stale
+                if result.archived or stale:
                     await conn.execute(q("bump_trial_revision"), workspace_id)
-            result.evidence = await write_evidence(conn, workspace_id)
-            if result.evidence:
-                await conn.execute(q("bump_trial_revision"), workspace_id)
     result.elapsed_s = time.monotonic() - started
     return result

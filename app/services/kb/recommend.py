@@ -180,7 +180,7 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
         result["method"] = "median"
         return result
     evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision)
-    return await choose_by_expectation(cache.evidence, evidence, query, result)
+    return await choose_by_expectation(evidence, query, result)
 
 
 def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any]:

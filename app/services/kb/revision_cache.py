@@ -36,8 +36,6 @@ class RevisionCache(Generic[M]):
         self._size = entries
         self._entries: OrderedDict[Key, M] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, str, int], asyncio.Task[M]] = {}
-        # Results derived from a cached matrix (walk-forward checks), dropped with it.
-        self.derived: dict[tuple[uuid.UUID, str, int, str], Any] = {}
 
     async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int | None = None) -> M:
         if revision is None:
@@ -66,7 +64,6 @@ class RevisionCache(Generic[M]):
         rows = await db.fetch(q(self._query), *key)
         matrix = await asyncio.to_thread(self._build, rows, revision)
         self._entries[key] = matrix
-        self.derived = {k: v for k, v in self.derived.items() if (k[0], k[1]) != key}
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return matrix

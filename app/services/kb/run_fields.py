@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from app.services.kb.snapshot import FEATURE_NAMES
-from app.services.kb.summary import json_object
+from app.services.kb.summary import ExtractedMetrics, extract_metrics, json_object
 
 # Keys that describe the data a run saw, not the strategy's parameters.
 DATASET_KEYS = frozenset({"oos_start", "oos_end", "date_min", "date_max", "start", "end", "oos_split",
@@ -46,3 +47,31 @@ def feature_array(snapshot: dict[str, Any]) -> str | None:
 def tag_list(snapshot: dict[str, Any]) -> list[str]:
     tags = snapshot.get("regime_tags")
     return sorted(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else []
+
+
+@dataclass(frozen=True)
+class ParsedRun:
+    """One run's JSON columns decoded once, for its trial and its evidence alike."""
+
+    extracted: ExtractedMetrics
+    meta: dict[str, Any]
+    params: dict[str, Any]
+    params_key: str
+    regime: dict[str, Any]
+    pre: dict[str, Any]
+    features: str | None
+    pre_features: str | None
+    tags: list[str]
+    pre_tags: list[str]
+    symbol: str | None
+    timeframe: str | None
+
+
+def parse_run(row: Any) -> ParsedRun:
+    meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
+    regime, pre = json_object(row["regime_oos"]), json_object(row["regime_pre"])
+    symbol, timeframe = meta.get("symbol"), meta.get("timeframe")
+    return ParsedRun(
+        extract_metrics(row["summary"], row["trade_count"]), meta, params, params_key(params), regime, pre,
+        feature_array(regime), feature_array(pre), tag_list(regime), tag_list(pre),
+        symbol if isinstance(symbol, str) else None, timeframe if isinstance(timeframe, str) else None)

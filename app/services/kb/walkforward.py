@@ -48,12 +48,14 @@ class Scores:
     distance: np.ndarray  # distance of each near window
 
 
-def distances(m: EvidenceMatrix, idx: np.ndarray, qvec: np.ndarray | None, qtags: frozenset[str],
-              scaled: np.ndarray | None = None) -> np.ndarray:
-    """Distance from the query to each window in `idx`: RMS over standardized features,
-    or 1 - tag overlap (Jaccard) for a tags-only query."""
+def distances(m: EvidenceMatrix, idx: np.ndarray | None, qvec: np.ndarray | None,
+              qtags: frozenset[str]) -> np.ndarray:
+    """Distance from the query to each window in `idx` (None: every window): RMS over
+    standardized features, or 1 - tag overlap (Jaccard) for a tags-only query."""
+    if idx is None:
+        idx = np.arange(m.n_windows)
     if qvec is not None:
-        diff = (scaled[idx] if scaled is not None else (m.features[idx] - m.center) / m.scale) - qvec
+        diff = (m.scaled_features if len(idx) == m.n_windows else m.scaled_features[idx]) - qvec
         return np.sqrt((diff * diff).mean(axis=1))
     sims = [len(qtags & set(m.tags[i])) / max(len(qtags | set(m.tags[i])), 1) for i in idx]
     return 1.0 - np.array(sims, dtype=float)
@@ -125,14 +127,15 @@ def local_scores(m: EvidenceMatrix, windows: np.ndarray, dist: np.ndarray, g: Gl
     return Scores(estimate, score, se, n_eff, g.mean, g.score, g.n, windows, w, dist)
 
 
-def score_sets(m: EvidenceMatrix, prior: np.ndarray, qvec: np.ndarray | None, qtags: frozenset[str],
-               tuning: Tuning) -> Scores:
-    """Scores of every set from the windows in `prior` for a query regime."""
-    idx = np.flatnonzero(prior)
-    g = global_stats(m, *sums_of(m, idx), tuning.haircut)
-    d = distances(m, idx, qvec, qtags)
+def score_query(m: EvidenceMatrix, qvec: np.ndarray | None, qtags: frozenset[str], tuning: Tuning) -> Scores:
+    """Scores of every set from all windows for a query regime (recommend's path: the
+    all-history stats are computed once per matrix)."""
+    key = ("global_stats", tuning.haircut)
+    if key not in m.memo:
+        m.memo[key] = global_stats(m, *sums_of(m, np.arange(m.n_windows)), tuning.haircut)
+    d = distances(m, None, qvec, qtags)
     near = nearest(d, tuning.k)
-    return local_scores(m, idx[near], d[near], g, tuning)
+    return local_scores(m, near, d[near], m.memo[key], tuning)
 
 
 def confidence_of(estimate: float, se: float) -> float:
@@ -180,7 +183,6 @@ def walk_forward(m: EvidenceMatrix, tunings: list[Tuning]) -> list[WalkForward]:
     order = known[np.argsort(m.start_ns[known], kind="stable")]
     ended = np.flatnonzero(m.end_ns >= 0)
     by_end = ended[np.argsort(m.end_ns[ended], kind="stable")]
-    scaled = (m.features - m.center) / m.scale
     # A window where fewer than two sets were tested cannot tell one choice from another.
     comparable = m.tested() >= 2
     n, total, squares = np.zeros(m.n_sets), np.zeros(m.n_sets), np.zeros(m.n_sets)
@@ -200,7 +202,7 @@ def walk_forward(m: EvidenceMatrix, tunings: list[Tuning]) -> list[WalkForward]:
         if not math.isfinite(row[gb]):
             continue
         idx = by_end[:seen]
-        d = distances(m, idx, scaled[j], frozenset(m.tags[j]), scaled)
+        d = distances(m, idx, m.scaled_features[j], frozenset(m.tags[j]))
         near = nearest(d, max_k)
         near_windows, near_d = idx[near], d[near]
         cand = np.flatnonzero(np.isfinite(g.score) & np.isfinite(row))

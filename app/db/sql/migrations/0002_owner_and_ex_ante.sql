@@ -34,3 +34,9 @@ ALTER TABLE kb_trials ADD COLUMN regime_pre_features double precision[];
 ALTER TABLE kb_trials ADD COLUMN regime_pre_tags text[] NOT NULL DEFAULT '{}';
 -- Trade counts beyond 32 bits are refused per row by ingest; the column holds what the gate accepts.
 ALTER TABLE kb_trials ALTER COLUMN n_trades TYPE bigint;
+
+-- Serves ingest's one pass over trials and evidence, keyset on (created_at, id).
+CREATE INDEX backtest_runs_ingest_scan_idx
+    ON backtest_runs (workspace_id, created_at, id)
+    WHERE status IN ('completed', 'success')
+      AND (kb_status IN ('candidate', 'promoted') OR (run_kind = 'test_variant' AND regime_oos IS NOT NULL));

@@ -1,11 +1,13 @@
 -- name: select_ingest_page
-SELECT id, created_at, strategy_name, experiment_type, kb_status, trade_count,
+-- One pass for trials (candidate and promoted runs) and performance evidence (every
+-- completed test variant with a regime, whatever its kb_status).
+SELECT id, created_at, run_kind, strategy_name, experiment_type, kb_status, trade_count,
        params::text AS params, dataset_meta::text AS dataset_meta, summary::text AS summary,
        regime_oos::text AS regime_oos, regime_pre::text AS regime_pre
 FROM backtest_runs
 WHERE workspace_id = $1
-  AND kb_status IN ('candidate', 'promoted')
   AND status IN ('completed', 'success')
+  AND (kb_status IN ('candidate', 'promoted') OR (run_kind = 'test_variant' AND regime_oos IS NOT NULL))
   AND (created_at, id) > ($2::timestamptz, $3::uuid)
 ORDER BY created_at, id
 LIMIT $4
@@ -90,20 +92,6 @@ GROUP BY 1 ORDER BY 1
 
 -- name: status_archived_trials
 SELECT count(*) FROM kb_trials WHERE workspace_id = $1 AND archived_at IS NOT NULL
-
--- name: select_evidence_page
--- Performance evidence: every completed test variant with a regime, whatever its kb_status.
-SELECT id, created_at, strategy_name, kb_status, trade_count, params::text AS params,
-       dataset_meta::text AS dataset_meta, summary::text AS summary, regime_oos::text AS regime_oos,
-       regime_pre::text AS regime_pre
-FROM backtest_runs
-WHERE workspace_id = $1
-  AND run_kind = 'test_variant'
-  AND status IN ('completed', 'success')
-  AND regime_oos IS NOT NULL
-  AND (created_at, id) > ($2::timestamptz, $3::uuid)
-ORDER BY created_at, id
-LIMIT $4
 
 -- name: upsert_evidence
 INSERT INTO kb_evidence AS e (workspace_id, source_run_id, strategy_name, symbol, timeframe, params, sharpe,
