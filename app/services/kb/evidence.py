@@ -22,7 +22,7 @@ import orjson
 from app.db.connector import Conn
 from app.db.sql import q
 from app.services.kb.revision_cache import RevisionCache
-from app.services.kb.run_fields import ParsedRun, pg_array
+from app.services.kb.run_fields import ParsedRun
 from app.services.kb.snapshot import FEATURE_NAMES
 from app.services.kb.windows import extract_windows
 
@@ -40,7 +40,7 @@ def evidence_row(row: asyncpg.Record, run: ParsedRun) -> tuple[Any, ...] | None:
     symbol = run.symbol.strip().upper() if run.symbol is not None else None
     values = (row["strategy_name"], symbol, run.timeframe, run.params_key, float(m.sharpe_oos), m.n_trades_oos,
               window.start if window else None, window.end if window else None, run.pre_features,
-              run.features, pg_array(run.pre_tags), pg_array(run.tags), row["kb_status"] in ELIGIBLE)
+              run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
     digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
     return (row["id"], *values, digest)
 
@@ -81,6 +81,7 @@ class EvidenceMatrix:
     center: np.ndarray
     scale: np.ndarray
     scaled_features: np.ndarray  # (features - center) / scale, computed once per load
+    squared_norms: np.ndarray  # per window, of scaled_features (fast distances)
     # Query-independent results derived from this matrix (all-history stats), built on first use.
     memo: dict[Any, Any] = field(default_factory=dict)
 
@@ -178,12 +179,13 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
         scale = np.maximum((q75 - q25) / 1.349, MIN_SCALE)
     else:
         center, scale = np.zeros(len(FEATURE_NAMES)), MIN_SCALE.copy()
+    scaled = (features - center) / scale
     return EvidenceMatrix(
         revision, list(sets), np.array(eligible, dtype=bool), ptr,
         np.array([s for _, s in order], dtype=np.int64),
         np.array([cells[c][0] / cells[c][1] for c in order], dtype=float), [cells[c][2] for c in order],
         features, np.array(ex_ante, dtype=bool), tags, oos_tags, np.array(starts, dtype=np.int64),
-        np.array(ends, dtype=np.int64), center, scale, (features - center) / scale)
+        np.array(ends, dtype=np.int64), center, scale, scaled, (scaled * scaled).sum(axis=1))
 
 
 class EvidenceCache(RevisionCache[EvidenceMatrix]):

@@ -69,7 +69,10 @@ async def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery,
     wf, check = await walk_forward_check(m)
     tuning = wf.tuning if wf.decisions else Tuning()
     scores = score_query(m, qvec, qtags, tuning)
-    ranked = [int(s) for s in np.argsort(-scores.score, kind="stable") if np.isfinite(scores.score[s])]
+    # Only the best few are needed: the answer and its runner-ups.
+    finite = np.flatnonzero(np.isfinite(scores.score))
+    top = finite[np.argsort(-scores.score[finite], kind="stable")[:RUNNER_UPS + 2]]
+    ranked = [int(s) for s in top]
     if not ranked:
         reasons.append("no_performance_evidence")
         result.update(status="none", confidence=0.0, params={})

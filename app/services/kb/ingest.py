@@ -23,7 +23,7 @@ from app.db.connector import Conn
 from app.db.sql import q
 from app.db.workspaces import require_workspace
 from app.services.kb.evidence import ELIGIBLE, delete_stale_evidence, evidence_row, upsert_evidence
-from app.services.kb.run_fields import ParsedRun, parse_run, pg_array
+from app.services.kb.run_fields import ParsedRun, parse_run
 from app.services.kb.scan import keyset_start
 from app.services.kb.windows import BadTimestamp, parse_timestamp
 
@@ -101,8 +101,8 @@ def trial_from_row(row: asyncpg.Record, run: ParsedRun) -> tuple[TrialRow | None
         experiment_type=row["experiment_type"], params=run.params_key, sharpe=m.sharpe_oos,
         return_frac=extracted.return_frac, max_dd_frac=m.max_dd_frac_oos,
         win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
-        n_trades=m.n_trades_oos, features=run.features, tags=pg_array(run.tags), pre_features=run.pre_features,
-        pre_tags=pg_array(run.pre_tags), ts_end=ts_end,
+        n_trades=m.n_trades_oos, features=run.features, tags=run.tags_literal, pre_features=run.pre_features,
+        pre_tags=run.pre_tags_literal, ts_end=ts_end,
         kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32],
     ), None
 

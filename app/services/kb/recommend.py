@@ -22,7 +22,7 @@ from app.services.kb.evidence import EvidenceCache
 from app.services.kb.expected import choose_by_expectation
 from app.services.kb.query import RecommendQuery
 from app.services.kb.revision_cache import RevisionCache, kb_revision
-from app.services.kb.snapshot import FEATURE_NAMES
+from app.services.kb.snapshot import FEATURE_NAMES, rms_distances
 
 __all__ = ["RecommendQuery", "TrialCache", "aggregate_params", "recommend"]
 
@@ -57,6 +57,7 @@ class TrialMatrix:
     scale: np.ndarray
     quality: np.ndarray
     scaled: np.ndarray  # (features - center) / scale, computed once per load
+    squared_norms: np.ndarray  # per trial, of `scaled` (fast distances)
     tag_vocab: dict[str, int]
     tag_bits: np.ndarray  # one bit per tag in tag_vocab
     tag_count: np.ndarray
@@ -100,6 +101,7 @@ def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
     col = lambda name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)  # noqa: E731
     sharpe, max_dd = col("sharpe"), col("max_dd_frac")
     center, scale = _robust_scale(feats, has)
+    scaled = (feats - center) / scale
     tag_sets = [frozenset(r["regime_tags"] or ()) for r in rows]
     vocab = {t: i for i, t in enumerate(sorted(set().union(*tag_sets)))} if tag_sets else {}
     if len(vocab) > 63:  # bitmasks hold 63 tags; rarer ones beyond that do not count for overlap
@@ -117,7 +119,7 @@ def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
         timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
         params=[r["params"] for r in rows],
         center=center, scale=scale, quality=_quality(sharpe, max_dd),
-        scaled=(feats - center) / scale, tag_vocab=vocab, tag_bits=bits,
+        scaled=scaled, squared_norms=(scaled * scaled).sum(axis=1), tag_vocab=vocab, tag_bits=bits,
         tag_count=np.bitwise_count(bits).astype(np.float64),
     )
 
@@ -233,8 +235,7 @@ def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any
     tag_sim = inter / np.maximum(union, 1.0)
     quality = matrix.quality[idx]
     if qvec is not None:
-        diff = matrix.scaled[idx] - qvec
-        dist = np.sqrt((diff * diff).mean(axis=1))
+        dist = rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx]
         feat_sim = 1.0 / (1.0 + dist)
         score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * quality
         nearest = float(dist.min())

@@ -37,11 +37,15 @@ def pg_array(values: Sequence[Any]) -> str:
 
 def feature_array(snapshot: dict[str, Any]) -> str | None:
     """The snapshot's features as an array literal, or None unless every one is finite."""
-    vector = [snapshot.get(name) for name in FEATURE_NAMES]
-    numbers = [float(v) for v in vector if isinstance(v, int | float) and not isinstance(v, bool)]
-    if len(numbers) == len(vector) and all(math.isfinite(v) for v in numbers):
-        return pg_array(numbers)
-    return None
+    numbers = []
+    for name in FEATURE_NAMES:
+        v = snapshot.get(name)
+        if type(v) is not float and type(v) is not int:  # bool and anything else: no features
+            return None
+        if not math.isfinite(v):
+            return None
+        numbers.append(repr(float(v)))
+    return "{" + ",".join(numbers) + "}"
 
 
 def tag_list(snapshot: dict[str, Any]) -> list[str]:
@@ -63,6 +67,8 @@ class ParsedRun:
     pre_features: str | None
     tags: list[str]
     pre_tags: list[str]
+    tags_literal: str
+    pre_tags_literal: str
     symbol: str | None
     timeframe: str | None
 
@@ -71,7 +77,8 @@ def parse_run(row: Any) -> ParsedRun:
     meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
     regime, pre = json_object(row["regime_oos"]), json_object(row["regime_pre"])
     symbol, timeframe = meta.get("symbol"), meta.get("timeframe")
+    tags, pre_tags = tag_list(regime), tag_list(pre)
     return ParsedRun(
         extract_metrics(row["summary"], row["trade_count"]), meta, params, params_key(params), regime, pre,
-        feature_array(regime), feature_array(pre), tag_list(regime), tag_list(pre),
+        feature_array(regime), feature_array(pre), tags, pre_tags, pg_array(tags), pg_array(pre_tags),
         symbol if isinstance(symbol, str) else None, timeframe if isinstance(timeframe, str) else None)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.services.kb.evidence import EvidenceMatrix
+from app.services.kb.snapshot import rms_distances
 
 TUNING_GRID = tuple((k, s) for k in (5, 10, 20, 40) for s in (1.0, 4.0, 16.0))
 MIN_PRIOR_WINDOWS = 20
@@ -55,8 +56,9 @@ def distances(m: EvidenceMatrix, idx: np.ndarray | None, qvec: np.ndarray | None
     if idx is None:
         idx = np.arange(m.n_windows)
     if qvec is not None:
-        diff = (m.scaled_features if len(idx) == m.n_windows else m.scaled_features[idx]) - qvec
-        return np.sqrt((diff * diff).mean(axis=1))
+        if len(idx) == m.n_windows:
+            return rms_distances(m.scaled_features, m.squared_norms, qvec)
+        return rms_distances(m.scaled_features[idx], m.squared_norms[idx], qvec)
     sims = [len(qtags & set(m.tags[i])) / max(len(qtags | set(m.tags[i])), 1) for i in idx]
     return 1.0 - np.array(sims, dtype=float)
 
