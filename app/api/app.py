@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -203,6 +204,12 @@ def create_app(db: Database | None = None) -> FastAPI:
     @app.exception_handler(KBError)
     async def kb_error(_: Request, exc: KBError) -> JSONResponse:
         return JSONResponse(status_code=http_status(exc), content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # The offending input is left out: it may be NaN or huge, which JSON cannot carry.
+        detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(asyncpg.PostgresError)
     async def driver_error(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
