@@ -313,6 +313,6 @@ async def test_trade_counts_beyond_32_bits_are_stored_and_ingest_keeps_both_snap
 
 async def test_api_refuses_non_finite_thresholds(api, make_workspace):
     ws = await make_workspace()
-    body = '{"workspace_id": "%s", "strategy_name": "s", "tags": ["uptrend"], "min_sharpe": NaN}' % ws
+    body = '{"workspace_id": "' + str(ws) + '", "strategy_name": "s", "tags": ["uptrend"], "min_sharpe": NaN}'
     r = await api.post("/kb/trials/recommend", content=body, headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 422 and "detail" in r.json()
