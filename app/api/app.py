@@ -28,6 +28,8 @@ from app.db.lifecycle import translate
 from app.db.sql import q
 from app.errors import BadInput, DriverError, KBError, NotFound
 from app.services.kb.evaluate import evaluate
+from app.services.kb.importing.fields import resolve_mapping
+from app.services.kb.importing.service import import_frame
 from app.services.kb.ingest import ingest
 from app.services.kb.ohlcv import frame_series
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
@@ -125,6 +127,17 @@ class RecommendRequest(BaseModel):
     min_trades: int | None = Field(default=None, ge=0)
     max_drawdown: float | None = Field(default=None, ge=0, le=1)
     method: str = Field(default="expected", pattern="^(expected|median)$")
+
+
+MAX_IMPORT_RUNS = 50_000
+
+
+class ImportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workspace_id: uuid.UUID
+    runs: list[dict[str, Any]] = Field(max_length=MAX_IMPORT_RUNS)
+    source: str = Field(default="api", min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+    dry_run: bool = False
 
 
 def _token() -> str | None:
@@ -240,6 +253,14 @@ def create_app(db: Database | None = None) -> FastAPI:
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown,
             method=body.method), cache)
         return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    @app.post("/kb/runs", dependencies=auth)
+    async def import_route(body: ImportRequest, db: DB) -> dict[str, Any]:
+        """Import runs (the fields of `kb import`); bad rows are listed by position (from 1)
+        with a reason and the rest are written. Re-sending the same runs adds nothing."""
+        frame = pd.DataFrame.from_records(body.runs) if body.runs else pd.DataFrame({"strategy_name": []})
+        mapping = resolve_mapping([str(c) for c in frame.columns], {}, {})
+        return await import_frame(db, body.workspace_id, frame, mapping, source=body.source, dry_run=body.dry_run)
 
     @app.get("/kb/status", dependencies=auth)
     async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:

@@ -13,14 +13,21 @@ import numpy as np
 from app.cli.console import Progress, echo
 from app.cli.kb import regime_from_ohlcv
 from app.cli.options import opt, positive
-from app.cli.render import candidacy_report, ingest_report, recommend_report, regime_report, status_report
+from app.cli.render import (
+    candidacy_report,
+    import_report,
+    ingest_report,
+    recommend_report,
+    regime_report,
+    status_report,
+)
 from app.db import Database
 from app.db.embedded import kb_home
-from app.db.runs import copy_runs
 from app.db.workspaces import reset_workspace
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.demo_data import SYMBOLS, make_market, make_runs, write_market
+from app.services.kb.demo_data import SYMBOLS, make_market, make_runs, write_market, write_runs_csv
+from app.services.kb.importing.service import import_frame, load_file
 from app.services.kb.ingest import ingest
 from app.services.kb.ohlcv import load_ohlcv
 from app.services.kb.recommend import RecommendQuery, recommend
@@ -28,8 +35,6 @@ from app.services.kb.scan import Hooks
 from app.services.kb.status import workspace_status
 
 DEMO_NAMESPACE = uuid.UUID("6f1c2a52-7d0e-4f7b-9a59-2b8d3f0c1e11")
-_COLS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type",
-         "params", "dataset_meta", "summary", "trade_count")
 
 
 def demo_workspace_id(seed: int) -> uuid.UUID:
@@ -44,11 +49,17 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_demo, database="migrate")
 
 
-async def load_demo(db: Database, workspace_id: uuid.UUID, runs: list[dict[str, Any]]) -> None:
-    """Reset the demo workspace and insert its runs."""
+async def load_demo(db: Database, workspace_id: uuid.UUID, runs_csv: Path) -> dict[str, Any]:
+    """Reset the demo workspace and import its runs from the CSV export, as a user would."""
     async with db.acquire() as conn, conn.transaction():
         await reset_workspace(conn, workspace_id, "demo")
-        await copy_runs(conn, runs, _COLS)
+    frame, mapping = load_file(runs_csv, None, {}, {})
+    progress = Progress("import")
+    try:
+        return await import_frame(db, workspace_id, frame, mapping, source=runs_csv.name, dry_run=False,
+                                  progress=progress)
+    finally:
+        progress.close()
 
 
 async def cmd_demo(db: Database, args: argparse.Namespace) -> int:
@@ -59,8 +70,10 @@ async def cmd_demo(db: Database, args: argparse.Namespace) -> int:
     market = make_market(rng)
     ohlcv_path = write_market(market, folder)
     runs = make_runs(workspace_id, market, args.runs, rng)
+    runs_csv = write_runs_csv(runs, folder)
     echo(f"demo workspace {workspace_id}: {len(runs)} runs over {', '.join(SYMBOLS)}; OHLCV at {ohlcv_path}")
-    await load_demo(db, workspace_id, runs)
+    echo(f"$ kb import {runs_csv} --workspace-id {workspace_id}")
+    echo(import_report(await load_demo(db, workspace_id, runs_csv)))
     data = load_ohlcv(ohlcv_path)
     limit = len(runs)
     for dry in (True, False):

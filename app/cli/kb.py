@@ -12,6 +12,8 @@ from app.cli.options import finite, opt, positive, since_arg, uuid_arg
 from app.db import Database
 from app.errors import BadInput
 from app.services.kb.evaluate import evaluate
+from app.services.kb.expected import RUNNER_UPS
+from app.services.kb.importing.optuna_source import enqueue
 from app.services.kb.ingest import ingest
 from app.services.kb.ohlcv import load_ohlcv
 from app.services.kb.recommend import RecommendQuery, recommend
@@ -46,6 +48,11 @@ def register(sub: Any) -> None:
     opt(p, "--method", choices=("expected", "median"), default="expected",
         help="expected: the tested set with the best expected OOS Sharpe here (default); "
              "median: per-parameter weighted median of the nearest trials")
+    opt(p, "--enqueue-optuna", default=None, metavar="STORAGE",
+        help="enqueue the answer as the next trial of an Optuna study in STORAGE (needs --study)")
+    opt(p, "--study", default=None, help="the Optuna study for --enqueue-optuna")
+    opt(p, "--top", type=positive(1 + RUNNER_UPS), default=1,
+        help=f"with --enqueue-optuna: the answer and its runner-ups, up to {1 + RUNNER_UPS} sets (default 1)")
     opt(p, "--json", action="store_true", default=False, help="print as JSON")
     p.set_defaults(handler=cmd_recommend, prepare=_query_regime)
 
@@ -80,6 +87,8 @@ def regime_from_ohlcv(path: str, symbol: str | None, timeframe: str | None) -> R
 def _query_regime(args: argparse.Namespace) -> RegimeSnapshot | None:
     if bool(args.ohlcv_file) == bool(args.tags):
         raise BadInput("give the current regime as --ohlcv-file or as --tags (one of them)")
+    if bool(args.enqueue_optuna) != bool(args.study):
+        raise BadInput("--enqueue-optuna STORAGE and --study NAME go together")
     return regime_from_ohlcv(args.ohlcv_file, args.symbol, args.timeframe) if args.ohlcv_file else None
 
 
@@ -105,8 +114,21 @@ async def cmd_recommend(db: Database, args: argparse.Namespace) -> int:
     result = await recommend(db, RecommendQuery(
         workspace_id=args.workspace_id, strategy_name=args.strategy, regime=args.prepared, tags=tags,
         symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method))
+    if args.enqueue_optuna:
+        result["optuna_enqueued"] = _enqueue(args, result)
     render.show(args.json, result, render.recommend_report)
     return 0
+
+
+def _enqueue(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    """The answer (and with --top, its runner-ups) as the study's next trials."""
+    if not result.get("params"):
+        raise BadInput("recommend has no parameter set to enqueue (no answer for this strategy and regime)")
+    sets = [result["params"], *(r["params"] for r in result.get("runner_ups") or [])][: args.top]
+    note = {"kb_workspace_id": str(args.workspace_id), "kb_strategy": args.strategy,
+            "kb_method": result.get("method", args.method)}
+    added = enqueue(args.enqueue_optuna, args.study, sets, note)
+    return {"study": args.study, "offered": len(sets), "enqueued": added}
 
 
 async def cmd_evaluate(db: Database, args: argparse.Namespace) -> int:

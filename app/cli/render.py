@@ -250,6 +250,10 @@ def recommend_report(r: dict[str, Any]) -> str:
         lines.append("Top trials (similarity, sharpe, run):")
         for t in r["supporting_trials"][:5]:
             lines.append(f"  {t['similarity']:.3f}  {_fmt(t['sharpe']):>6}  {t['run_id']}")
+    if "optuna_enqueued" in r:
+        e = r["optuna_enqueued"]
+        lines.append(f"Optuna: {e['enqueued']} of {e['offered']} set(s) enqueued in study {e['study']!r} "
+                     "(sets already queued or tried are skipped)")
     lines.append(RULE)
     return "\n".join(lines)
 
@@ -272,4 +276,37 @@ def evaluate_report(r: dict[str, Any]) -> str:
     lines += [f"  {name:<6}{v['decisions']:>5}  {_fmt(v['mean_confidence']):>6}  {_fmt(v['realised']):>6}"
               for name, v in r["calibration"].items()]
     lines += [_label("Elapsed", f"{r['elapsed_s']:.2f}s"), RULE]
+    return "\n".join(lines)
+
+
+def import_report(r: dict[str, Any]) -> str:
+    head = "kb import" + (" (dry run: nothing written)" if r["dry_run"] else "")
+    verb = "would import" if r["dry_run"] else "imported"
+    lines = [head, f"  workspace:        {r['workspace_id']}", f"  source:           {r['source']}"]
+    if "optuna" in r:
+        lines.append("  trials:           " + ", ".join(f"{k} {v:,}" for k, v in r["optuna"].items()))
+    lines += [
+        f"  rows read:        {r['rows']:,}",
+        f"  {verb + ':':<17} {r['imported']:,}",
+        f"  already present:  {r['already_present']:,}",
+        f"  invalid:          {r['invalid']:,}",
+    ]
+    lines += [f"    {reason:<34} {count:,}" for reason, count in r["invalid_by_reason"].items()]
+    for item in r["errors"][:10]:
+        lines.append(f"    row {item['row']}: {item['reason']}")
+    if r["invalid"] > 10:
+        lines.append(f"    ... {r['invalid'] - 10:,} more (--json lists up to {len(r['errors']):,})")
+    lines += [f"  note: {count:,} row(s): {note}" for note, count in r.get("notes", {}).items()]
+    m = r["mapping"]
+    if m["columns"]:
+        lines.append("  columns:          " + ", ".join(f"{f}<-{c!r}" for f, c in m["columns"].items()))
+    if m["param_columns"]:
+        lines.append("  param columns:    " + ", ".join(f"{p}<-{c!r}" for p, c in m["param_columns"].items()))
+    if m["constants"]:
+        lines.append("  set:              " + ", ".join(f"{f}={v}" for f, v in m["constants"].items()))
+    if m["ignored_columns"]:
+        lines.append("  ignored columns:  " + ", ".join(repr(c) for c in m["ignored_columns"][:15])
+                     + (" ..." if len(m["ignored_columns"]) > 15 else ""))
+    if "elapsed_s" in r:
+        lines.append(f"  elapsed:          {r['elapsed_s']:.1f}s ({r['rows_per_s']:,.0f} rows/s)")
     return "\n".join(lines)

@@ -16,6 +16,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from app.services.kb.windows import extract_windows
+
 SYMBOLS = ("AAPL", "MSFT", "BTC")
 DEMO_START = datetime(2024, 1, 1, tzinfo=UTC)
 BARS = 24 * 365
@@ -160,6 +162,37 @@ def make_runs(workspace_id: uuid.UUID, market: DemoMarket, count: int, rng: np.r
             "trade_count": trades if rng.random() < 0.3 else None,
         })
     return runs
+
+
+def _flat(run: dict[str, Any]) -> dict[str, Any]:
+    """One run as a row of `kb import` fields, the way a researcher's own script would export it."""
+    summary = run["summary"]
+    while isinstance(summary, str):  # the demo's JSON-string-holding-JSON summaries
+        summary = orjson.loads(summary)
+    summary = summary or {}
+    meta, params = run["dataset_meta"], dict(run["params"])
+    window: dict[str, Any] = {}
+    found = extract_windows(meta, params).oos
+    if found is not None:
+        window = {"oos_start": found.start.isoformat(), "oos_end": found.end.isoformat()}
+    for key in ("date_min", "date_max", "oos_ratio", "oos_split", "start", "end"):
+        params.pop(key, None)
+    return {
+        "run_id": str(run["id"]), "created_at": run["created_at"].isoformat(), "strategy": run["strategy_name"],
+        "run_kind": run["run_kind"], "status": run["status"], "experiment_type": run["experiment_type"],
+        "symbol": meta["symbol"], "timeframe": meta["timeframe"], **window,
+        "trades": run["trade_count"] if run["trade_count"] is not None else summary.get("trades"),
+        **{k: summary.get(k) for k in ("sharpe", "max_drawdown_pct", "return_pct", "win_rate", "profit_factor")},
+        **{f"param_{k}": v for k, v in params.items()},
+    }
+
+
+def write_runs_csv(runs: list[dict[str, Any]], folder: Path) -> Path:
+    """The demo runs as a CSV export, for the demo's import step."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "demo_runs.csv"
+    pd.DataFrame([_flat(r) for r in runs]).to_csv(path, index=False)
+    return path
 
 
 def write_market(market: DemoMarket, folder: Path) -> Path:

@@ -1,0 +1,1 @@
+"""Bringing runs in from files, Optuna studies and the API (SPEC section 11)."""

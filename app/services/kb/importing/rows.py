@@ -1,0 +1,322 @@
+"""Validate imported rows in bulk: one pass per column, not per cell.
+
+The result is the records to stage (one tuple per good row, in `STAGING_COLUMNS`
+order) and a reason for every bad row, keyed by its 1-based row number in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from app.services.kb.importing.fields import Mapping, split_strategy_repr
+
+STAGING_COLUMNS = ("source_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type", "params",
+                   "dataset_meta", "summary", "trade_count")
+# The checked values a row is made of (its content hash, when it has no id of its own).
+_CONTENT = ("created_at", "run_kind", "status", "strategy_name", "experiment_type", "params", "symbol",
+            "timeframe", "oos_start", "oos_end", "trades", "sharpe", "max_drawdown_pct", "return_pct", "win_rate",
+            "profit_factor")
+_META = ("symbol", "timeframe", "oos_start", "oos_end")
+_METRICS = ("trades", "sharpe", "max_drawdown_pct", "return_pct", "win_rate", "profit_factor")
+RUN_KINDS = frozenset({"backtest", "tune_variant", "test_variant"})
+STATUSES = frozenset({"pending", "running", "completed", "failed", "skipped", "success"})
+DEFAULTS = {"run_kind": "test_variant", "status": "completed", "experiment_type": "sweep"}
+MAX_TEXT = 500
+MAX_TRADES = 2**31 - 1  # the trade_count column is a 32-bit integer
+_MIN_TS = pd.Timestamp("1900-01-01", tz="UTC")
+_MAX_TS = pd.Timestamp("2200-01-01", tz="UTC")
+_EPOCH_MS = 1e11  # epoch numbers above this are milliseconds
+
+
+@dataclass
+class Prepared:
+    records: list[tuple[Any, ...]]
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (row number, reason)
+    total: int = 0
+    notes: dict[str, int] = field(default_factory=dict)  # kept rows with a value left out, by why
+
+
+class _Checker:
+    """Collects the first reason each row is bad; the offending value is shown only for
+    the rows flagged, so a clean column costs no string formatting."""
+
+    def __init__(self, index: pd.Index) -> None:
+        self.bad = pd.Series("", index=index, dtype=object)
+
+    def flag(self, mask: pd.Series, reason: str, shown: pd.Series | None = None) -> None:
+        fresh = mask.to_numpy(dtype=bool, na_value=False) & (self.bad.to_numpy() == "")
+        if not fresh.any():
+            return
+        if shown is None:
+            self.bad[fresh] = reason
+        else:
+            values = shown[fresh].astype(str).str.slice(0, 40).map(repr)
+            self.bad[fresh] = (reason + ": " + values).to_numpy()
+
+
+def _blank_to_na(series: pd.Series) -> pd.Series:
+    """Text stripped; empty text is missing. Non-text values pass unchanged."""
+    if isinstance(series.dtype, pd.StringDtype):
+        stripped = series.str.strip()
+        return stripped.mask(stripped == "")
+    if series.dtype == object:
+        try:
+            stripped = series.str.strip()
+        except AttributeError:  # no text in the column at all
+            return series
+        kept = series.where(stripped.isna(), stripped)
+        return kept.mask((stripped == "").fillna(False).astype(bool))
+    return series
+
+
+def _text(series: pd.Series, name: str, check: _Checker) -> pd.Series:
+    values = _blank_to_na(series)
+    present = values.notna()
+    if isinstance(values.dtype, pd.StringDtype):
+        text = values
+    else:
+        text = values.where(~present, values.astype(str).str.strip()).astype(object)
+    check.flag(present & text.str.contains("\x00", regex=False).fillna(False).astype(bool),
+               f"{name} contains a NUL character")
+    check.flag(present & (text.str.len() > MAX_TEXT).fillna(False).astype(bool),
+               f"{name} is longer than {MAX_TEXT} characters")
+    return text
+
+
+def _number(series: pd.Series, name: str, check: _Checker, scale: float) -> pd.Series:
+    if series.dtype.kind in "iuf":
+        numbers = series.astype("float64")
+    elif series.dtype.kind == "b":
+        check.flag(series.notna(), f"{name} is not a number")
+        return pd.Series(np.nan, index=series.index)
+    else:
+        values = _blank_to_na(series)
+        if values.dtype == object:  # JSON true/false must not read as 1/0
+            booleans = pd.Series(np.fromiter((type(v) is bool for v in values), bool, len(values)),
+                                 index=values.index)
+            if booleans.any():
+                check.flag(booleans, f"{name} is not a number")
+                values = values.mask(booleans)
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        check.flag(values.notna() & numbers.isna(), f"{name} is not a number", values)
+    finite = np.isfinite(numbers.to_numpy())
+    check.flag(numbers.notna() & ~finite, f"{name} is not a finite number")
+    numbers = numbers.where(finite)
+    return numbers * scale if scale != 1.0 else numbers
+
+
+def _count(series: pd.Series, name: str, check: _Checker) -> pd.Series:
+    numbers = _number(series, name, check, 1.0)
+    present = numbers.notna()
+    check.flag(present & (numbers != np.floor(numbers.fillna(0.0))), f"{name} is not a whole number")
+    check.flag(present & ((numbers < 0) | (numbers > MAX_TRADES)), f"{name} is out of range (0..{MAX_TRADES:,})")
+    return numbers
+
+
+def _enum(series: pd.Series, name: str, check: _Checker, allowed: frozenset[str]) -> pd.Series:
+    text = _text(series, name, check).str.lower()
+    check.flag(text.notna() & ~text.isin(allowed), f"unknown {name} (one of {', '.join(sorted(allowed))})", series)
+    return text
+
+
+def _timestamps(series: pd.Series, name: str, check: _Checker) -> pd.Series:
+    """ISO 8601 (naive means UTC), native timestamps, or epoch seconds / milliseconds."""
+    values = _blank_to_na(series)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
+        out = pd.to_datetime(values, utc=True, errors="coerce").astype("datetime64[us, UTC]")
+    else:
+        numbers = (values.astype("float64") if values.dtype.kind in "iuf"
+                   else pd.to_numeric(values, errors="coerce"))
+        numeric = numbers.notna()
+        if numeric.any():
+            raw = numbers[numeric].astype("float64").to_numpy()
+            seconds = np.where(np.abs(raw) >= _EPOCH_MS, raw / 1000.0, raw)
+            ok = np.isfinite(seconds) & (np.abs(seconds) < 7.2e9)  # within 1742..2198
+            micros = np.where(ok, np.round(seconds * 1e6), 0).astype("int64")
+            stamped = pd.Series(pd.to_datetime(micros, unit="us", utc=True), index=numbers.index[numeric])
+            out[numeric] = stamped.where(ok)
+        text = values.notna() & ~numeric
+        if text.any():
+            raw_text = values[text].astype(str).str.replace(r"[zZ]$", "+00:00", regex=True)
+            out[text] = pd.to_datetime(raw_text, utc=True, errors="coerce", format="ISO8601")
+    present = values.notna()
+    check.flag(present & out.isna(), f"{name} is not a timestamp", values)
+    inside = (out >= _MIN_TS) & (out <= _MAX_TS)
+    check.flag(out.notna() & ~inside, f"{name} is outside 1900..2200")
+    return out.where(inside)
+
+
+def _params_object(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str | bytes):
+        try:
+            loaded = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        return loaded if isinstance(loaded, dict) else None
+    return None
+
+
+def _param_values(series: pd.Series) -> list[Any]:
+    """A param column as plain values; floats that are all whole numbers (ints read with
+    blanks) become ints again."""
+    values = _list(series)
+    if series.dtype.kind == "f":
+        present = [v for v in values if v is not None]
+        if present and all(math.isfinite(v) and v == int(v) for v in present):
+            return [None if v is None else int(v) for v in values]
+        return [None if v is None or not math.isfinite(v) else v for v in values]
+    return values
+
+
+def _params(frame: pd.DataFrame, mapping: Mapping, check: _Checker) -> list[dict[str, Any]]:
+    n = len(frame)
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    if mapping.strategy_repr is not None and "strategy_name" not in mapping.columns:
+        for i, value in enumerate(frame[mapping.strategy_repr].tolist()):
+            split = split_strategy_repr(value) if isinstance(value, str) else None
+            if split is not None:
+                out[i].update(split[1])
+    if "params" in mapping.columns or "params" in mapping.constants:
+        raw = (frame[mapping.columns["params"]].tolist() if "params" in mapping.columns
+               else [mapping.constants["params"]] * n)
+        bad = np.zeros(n, dtype=bool)
+        for i, value in enumerate(raw):
+            if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+                continue
+            obj = _params_object(value)
+            if obj is None:
+                bad[i] = True
+            else:
+                out[i].update(obj)
+        check.flag(pd.Series(bad, index=frame.index), "params is not a JSON object")
+    if mapping.param_columns:
+        names = list(mapping.param_columns)
+        lists = [_param_values(frame[mapping.param_columns[p]]) for p in names]
+        for i, values in enumerate(zip(*lists, strict=True)):
+            out[i].update({k: v for k, v in zip(names, values, strict=True) if v is not None})
+    return out
+
+
+def _column(frame: pd.DataFrame, mapping: Mapping, name: str) -> pd.Series | None:
+    if name in mapping.columns:
+        return frame[mapping.columns[name]]
+    if name in mapping.constants:
+        return pd.Series([mapping.constants[name]] * len(frame), index=frame.index, dtype=object)
+    return None
+
+
+def _list(series: pd.Series) -> list[Any]:
+    """Plain Python values, None for missing."""
+    if series.dtype.kind == "f":
+        return [None if v != v else v for v in series.to_numpy().tolist()]  # noqa: PLR0124 (NaN test)
+    missing = series.isna().to_numpy()
+    values = series.to_numpy(dtype=object).tolist()
+    if missing.any():
+        return [None if m else v for v, m in zip(values, missing.tolist(), strict=True)]
+    return values
+
+
+def _micros(series: pd.Series) -> list[int | None]:
+    """Timestamps as microseconds since the epoch (the staging table's form)."""
+    missing = series.isna().to_numpy()
+    naive = series.astype("datetime64[us, UTC]").dt.tz_convert(None)
+    values = naive.to_numpy(dtype="datetime64[us]").view("int64").tolist()
+    return [None if m else v for v, m in zip(values, missing.tolist(), strict=True)]
+
+
+def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepared:
+    """Check every row; bad rows get a reason, good rows become staging records."""
+    frame = frame.reset_index(drop=True)
+    n = len(frame)
+    check = _Checker(frame.index)
+    empty = pd.Series([None] * n, index=frame.index, dtype=object)
+
+    def get(name: str) -> pd.Series:
+        found = _column(frame, mapping, name)
+        return empty if found is None else found
+
+    strategy = _text(get("strategy_name"), "strategy_name", check)
+    if mapping.strategy_repr is not None and "strategy_name" not in mapping.columns:
+        names = frame[mapping.strategy_repr].map(
+            lambda v: (split_strategy_repr(v) or (None, None))[0] if isinstance(v, str) else None)
+        strategy = strategy.where(strategy.notna(), names)
+    text = {f: _text(get(f), f, check) for f in ("symbol", "timeframe", "experiment_type", "source_id")}
+    kinds = _enum(get("run_kind"), "run_kind", check, RUN_KINDS)
+    statuses = _enum(get("status"), "status", check, STATUSES)
+    stamps = {f: _timestamps(get(f), f, check) for f in ("oos_start", "oos_end", "created_at")}
+    trades = _count(get("trades"), "trades", check)
+    # A profit factor is +inf when no trade lost (vectorbt exports it so): left out, not refused.
+    factor = pd.to_numeric(_blank_to_na(get("profit_factor")), errors="coerce")
+    no_losses = factor == np.inf
+    metrics = {f: _number(get(f).mask(no_losses) if f == "profit_factor" else get(f), f, check, mapping.scale(f))
+               for f in ("sharpe", "max_drawdown_pct", "return_pct", "win_rate", "profit_factor")}
+    params = _params(frame, mapping, check)
+    check.flag(strategy.isna(), "no strategy_name")
+    start, end = stamps["oos_start"], stamps["oos_end"]
+    check.flag(start.notna() & end.notna() & (end < start), "oos_end is before oos_start")
+    check.flag(start.notna() ^ end.notna(), "oos_start and oos_end must be given together")
+
+    good = (check.bad == "").to_numpy()
+    bad_rows = np.flatnonzero(~good)
+    errors = [(first_row + int(i), str(check.bad.iat[int(i)])) for i in bad_rows]
+    keep = np.flatnonzero(good)
+    sub = lambda s: s.iloc[keep]  # noqa: E731
+    params_json = [orjson.dumps(params[i], option=orjson.OPT_SORT_KEYS).decode() for i in keep]
+    columns: dict[str, list[Any]] = {
+        "created_at": _micros(sub(stamps["created_at"])),
+        "run_kind": _list(sub(kinds)),
+        "status": _list(sub(statuses)),
+        "strategy_name": _list(sub(strategy)),
+        "params": params_json,
+        "oos_start": _iso(sub(start)),
+        "oos_end": _iso(sub(end)),
+        "trades": [None if v is None else int(v) for v in _list(sub(trades))],
+        **{f: _list(sub(s)) for f, s in text.items()},
+        **{f: _list(sub(s)) for f, s in metrics.items()},
+    }
+    for name, default in DEFAULTS.items():
+        columns[name] = [default if v is None else v for v in columns[name]]
+    columns["source_id"] = _source_ids(columns)
+    columns["dataset_meta"] = _objects(columns, _META)
+    columns["summary"] = _objects(columns, _METRICS)
+    columns["trade_count"] = columns["trades"]
+    records = list(zip(*(columns[c] for c in STAGING_COLUMNS), strict=True)) if len(keep) else []
+    notes = {"profit_factor infinite (no losing trade), left out": int(no_losses.to_numpy()[keep].sum())}
+    return Prepared(records=records, errors=errors, total=n, notes={k: v for k, v in notes.items() if v})
+
+
+def _objects(columns: dict[str, list[Any]], keys: tuple[str, ...]) -> list[str]:
+    """JSON objects of the given columns, leaving out missing values."""
+    return [orjson.dumps({k: v for k, v in zip(keys, values, strict=True) if v is not None}).decode()
+            for values in zip(*(columns[k] for k in keys), strict=True)]
+
+
+def _iso(series: pd.Series) -> list[str | None]:
+    """Timestamps as ISO 8601 UTC text, to the second, as `dataset_meta` keeps them."""
+    naive = series.astype("datetime64[us, UTC]").dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
+    text = np.datetime_as_string(naive, unit="s")
+    missing = series.isna().to_numpy()
+    return [None if m else t + "Z" for t, m in zip(text.tolist(), missing.tolist(), strict=True)]
+
+
+def _source_ids(columns: dict[str, list[Any]]) -> list[str]:
+    """The row's own id, or a hash of its content (so re-importing it adds nothing)."""
+    out = []
+    for own, *values in zip(columns["source_id"], *(columns[c] for c in _CONTENT), strict=True):
+        if own is not None:
+            out.append(own)
+            continue
+        text = "\x1f".join("" if v is None else repr(v) for v in values)
+        out.append("sha1:" + hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
+    return out
+

@@ -1,0 +1,83 @@
+"""One import, whatever the source: map, check in bulk, write, report."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from app.db import Database
+from app.services.kb.importing.fields import FIELDS, Mapping, resolve_mapping
+from app.services.kb.importing.rows import Prepared, prepare
+from app.services.kb.importing.sources import detect_format, read_table
+from app.services.kb.importing.store import writer
+
+ERRORS_LISTED = 1000
+CHUNK_ROWS = 10_000
+
+
+async def import_frame(db: Database, workspace_id: uuid.UUID, frame: pd.DataFrame, mapping: Mapping, *,
+                       source: str, dry_run: bool, progress: Callable[[int, int], None] | None = None,
+                       first_row: int = 1) -> dict[str, Any]:
+    """Import the rows of `frame` as mapped; bad rows are reported, the rest written.
+    Chunks are checked in a worker thread while the database writes the previous one."""
+    total = len(frame)
+    starts = list(range(0, total, CHUNK_ROWS)) or [0]
+
+    def check(start: int) -> Prepared:
+        return prepare(frame.iloc[start : start + CHUNK_ROWS], mapping, first_row=first_row + start)
+
+    errors: list[tuple[int, str]] = []
+    notes: Counter[str] = Counter()
+    valid = 0
+    async with writer(db, workspace_id, source, dry_run=dry_run) as out:
+        pending = asyncio.create_task(asyncio.to_thread(check, starts[0]))
+        for i, start in enumerate(starts):
+            prepared = await pending
+            if i + 1 < len(starts):
+                pending = asyncio.create_task(asyncio.to_thread(check, starts[i + 1]))
+            await out.write(prepared)
+            valid += len(prepared.records)
+            errors += prepared.errors
+            notes.update(prepared.notes)
+            if progress is not None:
+                progress(min(start + CHUNK_ROWS, total), total)
+        new = await out.new_rows()
+    reasons = Counter(_reason_kind(reason) for _, reason in errors)
+    return {
+        "workspace_id": str(workspace_id),
+        "source": source,
+        "dry_run": dry_run,
+        "rows": total,
+        "valid": valid,
+        "imported": new,
+        "already_present": valid - new,
+        "invalid": len(errors),
+        "invalid_by_reason": dict(reasons.most_common()),
+        "notes": dict(notes),
+        "errors": [{"row": row, "reason": reason} for row, reason in errors[:ERRORS_LISTED]],
+        "mapping": mapping.describe(),
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without the offending value: `sharpe is not a number: 'x'` -> `sharpe is not a number`."""
+    return reason.split(":", 1)[0]
+
+
+def text_columns(headers: list[str], maps: dict[str, str], sets: dict[str, str]) -> list[str]:
+    """The CSV columns to keep as text: everything mapped to a non-numeric field."""
+    mapping = resolve_mapping(headers, maps, sets)
+    return [c for f, c in mapping.columns.items() if FIELDS[f] not in ("int", "float")]
+
+
+def load_file(path: Path, fmt: str | None, maps: dict[str, str], sets: dict[str, str]) -> tuple[pd.DataFrame, Mapping]:
+    """Read the file and decide the mapping; every problem here is bad input, before any write."""
+    kind = detect_format(path, fmt)
+    frame = read_table(path, kind, lambda headers: text_columns(headers, maps, sets))
+    return frame, resolve_mapping(list(frame.columns), maps, sets)

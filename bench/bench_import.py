@@ -1,0 +1,101 @@
+"""`kb import` speed: 200,000 runs from CSV, Parquet and JSON lines, and an Optuna study
+of 10,000 trials, each into a fresh workspace (read, check, COPY, insert), plus the
+re-import of the CSV (everything already present). Baseline in the same run: `kb seed`
+COPY-loading the same number of ready-made rows (no file, no checks).
+
+BENCH_ROWS overrides 200,000; BENCH_TRIALS overrides 10,000.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _common import env_int, fresh_database, peak_rss_mb, run
+
+from app.services.kb.importing.optuna_source import study_frame
+from app.services.kb.importing.service import import_frame, load_file
+from app.services.kb.seed import seed_runs
+
+
+def sweep(rows: int) -> pd.DataFrame:
+    """A researcher's export: backtesting.py-style stats plus param columns."""
+    rng = np.random.default_rng(5)
+    start = pd.Timestamp("2022-01-03", tz="UTC") + pd.to_timedelta(rng.integers(0, 900, rows), unit="D")
+    return pd.DataFrame({
+        "strategy_name": rng.choice(["sma_cross", "bollinger", "breakout"], rows),
+        "param_fast": rng.integers(5, 50, rows), "param_slow": rng.integers(50, 200, rows),
+        "param_stop": rng.uniform(0.5, 3, rows).round(2),
+        "symbol": rng.choice(["SPY", "QQQ", "IWM"], rows), "timeframe": "1d",
+        "Start": start, "End": start + pd.Timedelta(days=90),
+        "Sharpe Ratio": rng.normal(0.5, 1, rows).round(4), "Max. Drawdown [%]": -rng.uniform(2, 40, rows).round(3),
+        "# Trades": rng.integers(0, 300, rows), "Return [%]": rng.normal(4, 12, rows).round(3),
+        "Win Rate [%]": rng.uniform(20, 80, rows).round(2), "Profit Factor": rng.uniform(0.5, 3, rows).round(3),
+        "run_id": [f"r{i}" for i in range(rows)],
+    })
+
+
+def optuna_study(path: Path, trials: int) -> str:
+    import optuna  # noqa: PLC0415
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{path}"
+    study = optuna.create_study(study_name="bench", storage=storage, direction="maximize")
+    rng = np.random.default_rng(6)
+    dists = {"fast": optuna.distributions.IntDistribution(5, 50),
+             "stop": optuna.distributions.FloatDistribution(0.5, 3.0)}
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    made = [optuna.trial.create_trial(
+        params={"fast": int(rng.integers(5, 51)), "stop": float(rng.uniform(0.5, 3))}, distributions=dists,
+        value=float(rng.normal(0.5, 1)), user_attrs={"symbol": "SPY", "timeframe": "1d", "trades": 40,
+                                                     "oos_start": "2024-01-02", "oos_end": "2024-04-01"},
+        state=optuna.trial.TrialState.COMPLETE) for _ in range(trials)]
+    for i, trial in enumerate(made):
+        trial.datetime_start = trial.datetime_complete = t0 + timedelta(seconds=i)
+    study.add_trials(made)
+    return storage
+
+
+async def main() -> None:
+    rows = env_int("BENCH_ROWS", 200_000)
+    trials = env_int("BENCH_TRIALS", 10_000)
+    db = await fresh_database("kb_bench_import")
+    started = time.perf_counter()
+    await seed_runs(db, uuid.uuid4(), rows, seed=1, eligible_share=0.3)
+    base = time.perf_counter() - started
+    print(f"baseline kb seed (COPY of ready rows): {rows:,} in {base:.2f}s = {rows / base:,.0f} rows/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        frame = sweep(rows)
+        frame.to_csv(folder / "runs.csv", index=False)
+        frame.to_parquet(folder / "runs.parquet")
+        frame.assign(Start=frame["Start"].astype(str), End=frame["End"].astype(str)).to_json(
+            folder / "runs.jsonl", orient="records", lines=True)
+        for name in ("runs.csv", "runs.parquet", "runs.jsonl", "runs.csv"):
+            ws = uuid.UUID(int=1) if name == "runs.csv" else uuid.uuid4()
+            started = time.perf_counter()
+            table, mapping = load_file(folder / name, None, {}, {})
+            read = time.perf_counter() - started
+            report = await import_frame(db, ws, table, mapping, source=name, dry_run=False)
+            total = time.perf_counter() - started
+            print(f"{name:<13} {report['rows']:,} rows: imported {report['imported']:,}, present "
+                  f"{report['already_present']:,}, invalid {report['invalid']:,}; read {read:.2f}s, "
+                  f"total {total:.2f}s = {report['rows'] / total:,.0f} rows/s; peak RSS {peak_rss_mb():.0f} MB")
+        storage = optuna_study(folder / "study.db", trials)
+        started = time.perf_counter()
+        table, mapping, counts = study_frame(storage, "bench", None)
+        read = time.perf_counter() - started
+        report = await import_frame(db, uuid.uuid4(), table, mapping, source="optuna:bench", dry_run=False)
+        total = time.perf_counter() - started
+        print(f"optuna study  {counts['trials']:,} trials: imported {report['imported']:,}; read {read:.2f}s, "
+              f"total {total:.2f}s = {report['rows'] / total:,.0f} rows/s")
+    await db.close()
+
+
+if __name__ == "__main__":
+    run(main())

@@ -1,0 +1,292 @@
+"""`kb import`, `kb import-optuna`, `POST /kb/runs` and `--enqueue-optuna`, against PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import optuna
+import orjson
+import pandas as pd
+import pytest
+
+from tests.conftest import API_TOKEN, ohlcv_frame
+
+EXPORTS = Path(__file__).parent.parent / "fixtures" / "exports"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+async def _runs(db, ws):
+    rows = await db.fetch("SELECT * FROM backtest_runs WHERE workspace_id = $1 ORDER BY import_source_id", ws)
+    return [{k: (orjson.loads(v) if k in ("params", "dataset_meta", "summary") and v else v)
+             for k, v in dict(r).items()} for r in rows]
+
+
+async def test_backtesting_py_export_is_recognised_and_stored_as_the_system_expects(cli, db) -> None:
+    ws = uuid.uuid4()
+    code, out, err = await cli("import", EXPORTS / "backtesting_py_stats.csv", "--workspace-id", ws,
+                               "--set", "symbol=SYN", "--set", "timeframe=1d", "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert (report["rows"], report["imported"], report["invalid"]) == (6, 6, 0)
+    runs = await _runs(db, ws)
+    source = pd.read_csv(EXPORTS / "backtesting_py_stats.csv")
+    first = next(r for r in runs if r["params"] == {"n1": 5, "n2": 30})
+    row = source[source["_strategy"] == "SmaCross(n1=5,n2=30)"].iloc[0]
+    assert first["strategy_name"] == "SmaCross" and first["run_kind"] == "test_variant"
+    assert first["status"] == "completed" and first["experiment_type"] == "sweep" and first["kb_status"] == "excluded"
+    assert first["dataset_meta"] == {"symbol": "SYN", "timeframe": "1d", "oos_start": "2023-01-02T00:00:00Z",
+                                     "oos_end": "2024-11-29T00:00:00Z"}
+    summary = first["summary"]
+    assert summary["sharpe"] == pytest.approx(row["Sharpe Ratio"])
+    assert summary["max_drawdown_pct"] == pytest.approx(row["Max. Drawdown [%]"])  # percent, as exported
+    assert summary["return_pct"] == pytest.approx(row["Return [%]"])
+    assert summary["win_rate"] == pytest.approx(row["Win Rate [%]"] / 100)  # a fraction in the store
+    assert summary["trades"] == first["trade_count"] == row["# Trades"]
+    assert first["import_source"] == "backtesting_py_stats.csv"
+    # the same file again adds nothing
+    code, out, _ = await cli("import", EXPORTS / "backtesting_py_stats.csv", "--workspace-id", ws,
+                             "--set", "symbol=SYN", "--set", "timeframe=1d", "--json")
+    assert code == 0 and orjson.loads(out)["imported"] == 0 and orjson.loads(out)["already_present"] == 6
+    assert len(await _runs(db, ws)) == 6
+
+
+async def test_vectorbt_export_with_param_columns_and_an_infinite_profit_factor(cli, db) -> None:
+    ws = uuid.uuid4()
+    code, out, err = await cli("import", EXPORTS / "vectorbt_stats.csv", "--workspace-id", ws, "--set",
+                               "strategy_name=sma_cross", "--set", "symbol=SYN", "--set", "timeframe=1d", "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["imported"] == 6 and report["invalid"] == 0 and sum(report["notes"].values()) == 1
+    runs = await _runs(db, ws)
+    source = pd.read_csv(EXPORTS / "vectorbt_stats.csv")
+    run = next(r for r in runs if r["params"] == {"fast": 10, "slow": 50})
+    row = source[(source["param_fast"] == 10) & (source["param_slow"] == 50)].iloc[0]
+    assert run["summary"]["max_drawdown_pct"] == pytest.approx(row["Max Drawdown [%]"])  # positive sign kept
+    assert run["summary"]["return_pct"] == pytest.approx(row["Total Return [%]"])
+    assert run["trade_count"] == row["Total Trades"]
+    assert sum("profit_factor" not in r["summary"] for r in runs) == 1
+
+
+async def test_bad_rows_are_reported_by_number_and_the_rest_imported_dry_run_counts_the_same(
+        cli, db, tmp_path) -> None:
+    ws = uuid.uuid4()
+    path = tmp_path / "runs.csv"
+    path.write_text(
+        "strategy,params,oos_start,oos_end,sharpe,max_drawdown_pct,trades,run_kind,symbol,timeframe,created_at\n"
+        's1,"{""a"": 1}",2024-01-01,2024-02-01,1.1,-10,30,test_variant,SPY,1d,2025-03-01T10:00:00Z\n'
+        's1,"{""a"": 2}",2024-01-01,2024-02-01,high,-10,30,test_variant,SPY,1d,\n'
+        's1,"{""a"": 3}",2024-03-01,2024-02-01,1.0,-10,30,test_variant,SPY,1d,\n'
+        's1,"{""a"": 4}",2024-01-01,2024-02-01,1.0,-10,30,walk_forward,SPY,1d,\n'
+        's1,not json,2024-01-01,2024-02-01,1.0,-10,30,,SPY,1d,\n'
+        's1,"{""a"": 6}",1704067200,1706745600000,0.5,8,2147483648,,SPY,1d,\n'
+        ',"{""a"": 7}",2024-01-01,2024-02-01,0.5,8,3,,SPY,1d,\n'
+        's1,"{""a"": 8}",2024-01-01,,0.5,8,3,,SPY,1d,\n'
+        's1,"{""a"": 9}",1704067200,1706745600000,0.5,8,12,backtest,SPY,1d,\n')
+    dry = await cli("import", path, "--workspace-id", ws, "--dry-run", "--json")
+    real = await cli("import", path, "--workspace-id", ws, "--json")
+    assert dry[0] == real[0] == 0, real[2]
+    d, r = orjson.loads(dry[1]), orjson.loads(real[1])
+    assert {k: d[k] for k in ("rows", "valid", "imported", "invalid")} == \
+           {k: r[k] for k in ("rows", "valid", "imported", "invalid")} == \
+           {"rows": 9, "valid": 2, "imported": 2, "invalid": 7}
+    reasons = {e["row"]: e["reason"] for e in r["errors"]}
+    assert reasons[2].startswith("sharpe is not a number: 'high'")
+    assert reasons[3] == "oos_end is before oos_start"
+    assert reasons[4].startswith("unknown run_kind") and reasons[4].endswith("'walk_forward'")
+    assert reasons[5] == "params is not a JSON object"
+    assert reasons[6].startswith("trades is out of range")
+    assert reasons[7] == "no strategy_name"
+    assert reasons[8] == "oos_start and oos_end must be given together"
+    runs = await _runs(db, ws)
+    assert sorted(r["params"]["a"] for r in runs) == [1, 9]
+    epoch = next(r for r in runs if r["params"]["a"] == 9)
+    assert epoch["dataset_meta"]["oos_start"] == "2024-01-01T00:00:00Z"  # epoch seconds
+    assert epoch["dataset_meta"]["oos_end"] == "2024-02-01T00:00:00Z"  # epoch milliseconds
+    assert epoch["run_kind"] == "backtest"
+    first = next(r for r in runs if r["params"]["a"] == 1)
+    assert first["created_at"] == datetime(2025, 3, 1, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--map", "sharpe=Sharp"], "no column 'Sharp'"),
+    (["--set", "colour=red"], "unknown field 'colour'"),
+    (["--map", "sharpe"], "expected FIELD=VALUE"),
+    (["--format", "parquet"], "unreadable as parquet"),
+])
+async def test_bad_invocations_exit_2_before_any_write(cli, db, tmp_path, argv, message) -> None:
+    ws = uuid.uuid4()
+    path = tmp_path / "runs.csv"
+    path.write_text("strategy_name,sharpe\ns1,1.0\n")
+    code, out, err = await cli("import", path, "--workspace-id", ws, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs") == 0
+
+
+async def test_unreadable_or_missing_file_exits_2(cli, tmp_path) -> None:
+    (tmp_path / "x.csv").write_bytes(b"\xff\xfe\x00garbage\x00\xff")
+    code, _, err = await cli("import", tmp_path / "x.csv", "--workspace-id", uuid.uuid4())
+    assert code == 2 and "UTF-8" in err
+    code, _, err = await cli("import", tmp_path / "nope.csv", "--workspace-id", uuid.uuid4())
+    assert code == 2 and "no such file" in err
+    (tmp_path / "runs.xlsx").write_text("x")
+    code, _, err = await cli("import", tmp_path / "runs.xlsx", "--workspace-id", uuid.uuid4())
+    assert code == 2 and "--format" in err
+
+
+async def test_parquet_native_timestamps_and_jsonl_params_objects(cli, db, tmp_path) -> None:
+    ws = uuid.uuid4()
+    frame = pd.DataFrame({
+        "strategy_name": ["p", "p"], "params.window": [10, 20],
+        "oos_start": pd.to_datetime(["2024-01-01", "2024-02-01"]).tz_localize("UTC"),
+        "oos_end": pd.to_datetime(["2024-01-31", "2024-02-28"]),  # naive means UTC
+        "sharpe": [1.0, 0.5], "trades": [10, 20], "return_pct": [0.1, 0.2]})
+    frame.to_parquet(tmp_path / "runs.parquet")
+    code, out, err = await cli("import", tmp_path / "runs.parquet", "--workspace-id", ws, "--json")
+    assert code == 0 and orjson.loads(out)["imported"] == 2, err
+    (tmp_path / "runs.jsonl").write_text(
+        '{"strategy_name": "j", "params": {"k": 3, "mode": "fast"}, "sharpe": "1.5", "source_id": "007"}\n'
+        '{"strategy_name": "j", "params": {"k": 4}, "sharpe": 2}\n')
+    code, out, err = await cli("import", tmp_path / "runs.jsonl", "--workspace-id", ws, "--json")
+    assert code == 0 and orjson.loads(out)["imported"] == 2, err
+    runs = {r["import_source_id"]: r for r in await _runs(db, ws)}
+    assert runs["007"]["params"] == {"k": 3, "mode": "fast"} and runs["007"]["summary"]["sharpe"] == 1.5
+    parquet = [r for r in runs.values() if r["strategy_name"] == "p"]
+    assert {r["dataset_meta"]["oos_start"] for r in parquet} == {"2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z"}
+    assert {r["params"]["window"] for r in parquet} == {10, 20}
+    # return_pct is a pct field named as such: stored as given
+    assert {r["summary"]["return_pct"] for r in parquet} == {0.1, 0.2}
+
+
+def _make_study(path: Path, name: str = "sma_sweep") -> str:
+    storage = f"sqlite:///{path}"
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for i in range(8):
+        trial = study.ask()
+        fast = trial.suggest_int("fast", 5, 30)
+        trial.suggest_categorical("mode", ["long", "both"])
+        if i == 5:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        if i == 6:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        trial.set_user_attr("symbol", "SYN")
+        trial.set_user_attr("timeframe", "1h")
+        trial.set_user_attr("trades", 20 + i)
+        trial.set_user_attr("max_drawdown_pct", -8.0)
+        if i == 7:
+            trial.set_user_attr("sharpe", 9.5)  # the attribute wins over the objective
+        study.tell(trial, 1.0 + fast / 100)
+    return storage
+
+
+async def test_import_optuna_takes_complete_trials_idempotently(cli, db, tmp_path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _make_study(tmp_path / "study.db")
+    ws = uuid.uuid4()
+    code, out, err = await cli("import-optuna", "--storage", storage, "--study", "sma_sweep",
+                               "--workspace-id", ws, "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["imported"] == 6 and report["optuna"] == {"trials": 8, "complete": 6, "fail": 1, "pruned": 1}
+    runs = await _runs(db, ws)
+    assert {r["import_source_id"] for r in runs} == {"0", "1", "2", "3", "4", "7"}
+    assert {r["strategy_name"] for r in runs} == {"sma_sweep"}
+    assert all(set(r["params"]) == {"fast", "mode"} for r in runs)
+    by_id = {r["import_source_id"]: r for r in runs}
+    assert by_id["7"]["summary"]["sharpe"] == 9.5
+    assert by_id["0"]["summary"]["sharpe"] == pytest.approx(1.0 + by_id["0"]["params"]["fast"] / 100)
+    assert by_id["1"]["trade_count"] == 21 and by_id["1"]["dataset_meta"]["symbol"] == "SYN"
+    code, out, _ = await cli("import-optuna", "--storage", storage, "--study", "sma_sweep", "--workspace-id", ws,
+                             "--strategy", "sma", "--json")
+    assert code == 0 and orjson.loads(out)["imported"] == 0  # keyed by study and trial number
+    code, _, err = await cli("import-optuna", "--storage", storage, "--study", "nope", "--workspace-id", ws)
+    assert code == 2 and "no study named 'nope'" in err and "sma_sweep" in err
+    code, _, err = await cli("import-optuna", "--storage", f"sqlite:///{tmp_path}/absent.db", "--study", "x",
+                             "--workspace-id", ws)
+    assert code == 2 and not (tmp_path / "absent.db").exists()
+
+
+async def test_post_runs_validates_per_row_and_is_idempotent(api, db) -> None:
+    ws = uuid.uuid4()
+    body = {"workspace_id": str(ws), "runs": [
+        {"strategy_name": "s", "params": {"x": 1}, "sharpe": 1.2, "trades": 30, "oos_start": "2024-01-01",
+         "oos_end": "2024-02-01", "symbol": "SPY", "timeframe": "1d", "source_id": "a"},
+        {"strategy_name": "s", "params": {"x": 2}, "sharpe": "NaN"},
+        {"strategy_name": "s", "params": {"x": 3}, "sharpe": True},
+        {"strategy_name": "s\u0000x", "params": {"x": 4}},
+        {"strategy_name": "s", "params": [1, 2]},
+    ]}
+    assert (await api.post("/kb/runs", json=body)).status_code == 401
+    resp = await api.post("/kb/runs", json=body, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    report = resp.json()
+    assert report["imported"] == 1 and report["invalid"] == 4
+    assert [e["row"] for e in report["errors"]] == [2, 3, 4, 5]
+    again = (await api.post("/kb/runs", json=body, headers=AUTH)).json()
+    assert again["imported"] == 0 and again["already_present"] == 1
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1", ws) == 1
+    resp = await api.post("/kb/runs", json={"workspace_id": str(ws), "runs": [{"sharpe": 1, "Sharpe Ratio": 2}]},
+                          headers=AUTH)
+    assert resp.status_code == 422 and "both give sharpe" in resp.json()["detail"]
+
+
+def _pipeline_csv(path: Path, rng: np.random.Generator, start: datetime) -> None:
+    """Sweeps of two parameter sets over many windows of one symbol; `fast=10` wins."""
+    rows = []
+    for w in range(40):
+        lo = start + timedelta(hours=300 + 60 * w)
+        for fast in (10, 30):
+            rows.append({"strategy_name": "sma", "param_fast": fast, "symbol": "SYN", "timeframe": "1h",
+                         "oos_start": lo.isoformat(), "oos_end": (lo + timedelta(hours=59)).isoformat(),
+                         "Sharpe Ratio": round((1.4 if fast == 10 else 0.3) + rng.normal(0, 0.1), 3),
+                         "Max. Drawdown [%]": -9.0, "# Trades": 25, "Return [%]": 4.0})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+async def test_imported_runs_go_through_the_pipeline_and_recommend_uses_them(cli, db, tmp_path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ws = uuid.uuid4()
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    ohlcv = tmp_path / "bars.csv"
+    ohlcv_frame(start, 3000, seed=4).to_csv(ohlcv, index=False)
+    _pipeline_csv(tmp_path / "sweep.csv", np.random.default_rng(1), start)
+    code, _, err = await cli("import", tmp_path / "sweep.csv", "--workspace-id", ws)
+    assert code == 0, err
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="sma", storage=storage, direction="maximize")
+    for w in range(10):
+        lo = start + timedelta(hours=400 + 50 * w)
+        study.enqueue_trial({"fast": 10})
+        trial = study.ask()
+        trial.suggest_int("fast", 5, 40)
+        for key, value in {"symbol": "SYN", "timeframe": "1h", "trades": 30, "max_drawdown_pct": -5.0,
+                           "oos_start": lo.isoformat(), "oos_end": (lo + timedelta(hours=49)).isoformat()}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 1.5)
+    code, _, err = await cli("import-optuna", "--storage", storage, "--study", "sma", "--workspace-id", ws)
+    assert code == 0, err
+    for argv in (["backfill-regime", "--ohlcv-file", ohlcv, "--symbol", "SYN", "--timeframe", "1h", "--limit", "1000"],
+                 ["backfill-candidacy", "--limit", "1000"], ["ingest"]):
+        code, out, err = await cli(*argv, "--workspace-id", ws)
+        assert code == 0, (argv, err)
+    # 40 windows x fast=10 and 10 Optuna trials pass the gate; fast=30 fails min Sharpe sometimes at most
+    trials = await db.fetchval("SELECT count(*) FROM kb_trials WHERE workspace_id = $1", ws)
+    passed = await db.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1 AND kb_status = 'candidate'",
+                               ws)
+    assert trials == passed >= 50
+    code, out, err = await cli("recommend", "--workspace-id", ws, "--strategy", "sma", "--ohlcv-file", ohlcv,
+                               "--timeframe", "1h", "--json", "--enqueue-optuna", storage, "--study", "sma",
+                               "--top", "2")
+    assert code == 0, err
+    answer = orjson.loads(out)
+    assert answer["params"] == {"fast": 10}
+    assert answer["optuna_enqueued"]["offered"] == 2
+    waiting = [t for t in optuna.load_study(study_name="sma", storage=storage).get_trials()
+               if t.state == optuna.trial.TrialState.WAITING]
+    # the answer (fast=10) was tried already and is skipped; the runner-up is queued
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"fast": 30}]
+    assert waiting[0].user_attrs["kb_rank"] == 2 and answer["optuna_enqueued"]["enqueued"] == 1
