@@ -6,8 +6,6 @@ With `KB_API_TOKEN` set every /kb route needs `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
-import hmac
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import LoopbackHostOnly, require_token
+from app.api.dashboard import register as register_dashboard
 from app.db import Database, ledger, open_database
 from app.db.lifecycle import translate
 from app.db.sql import q
@@ -140,21 +140,6 @@ class ImportRequest(BaseModel):
     dry_run: bool = False
 
 
-def _token() -> str | None:
-    return os.environ.get("KB_API_TOKEN") or None
-
-
-async def require_token(request: Request) -> None:
-    token = _token()
-    if token is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise HTTPException(status_code=401, detail="missing or wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
-
-
 def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
@@ -211,8 +196,10 @@ def create_app(db: Database | None = None) -> FastAPI:
             app.state.db = opened
             yield
 
-    app = FastAPI(title="trading-kb", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="trading-kb", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.add_middleware(BodyLimit)
+    app.add_middleware(LoopbackHostOnly)
 
     @app.exception_handler(KBError)
     async def kb_error(_: Request, exc: KBError) -> JSONResponse:
@@ -235,6 +222,12 @@ def create_app(db: Database | None = None) -> FastAPI:
         return {"status": "ok"}
 
     auth = [Depends(require_token)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    register_dashboard(app)
 
     @app.post("/kb/trials/ingest", dependencies=auth)
     async def ingest_route(body: IngestRequest, db: DB) -> dict[str, Any]:

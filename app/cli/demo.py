@@ -98,4 +98,7 @@ async def cmd_demo(db: Database, args: argparse.Namespace) -> int:
          f"after: {len(after['supporting_trials'])}")
     echo(recommend_report(after))
     echo(f"demo finished in {time.monotonic() - started:.1f}s")
+    echo("See it:")
+    echo(f"  kb serve                      # then open http://127.0.0.1:8000/?workspace_id={workspace_id}")
+    echo(f"  kb report --workspace-id {workspace_id} --out kb-report.html")
     return 0

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from app.cli import backfill, db, demo, importing, kb
+from app.cli import backfill, db, demo, importing, kb, report
 from app.cli.options import Parser, resolve_env_flags
 from app.db import open_database
 from app.db.connector import TRANSIENT_ERRORS
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="kb", description="Knowledge base of trustworthy backtest runs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (db, backfill, kb, importing, demo):
+    for module in (db, backfill, kb, importing, report, demo):
         module.register(sub)
     return parser
 

@@ -225,6 +225,11 @@ def tag_regime_batch(values: Mapping[str, np.ndarray]) -> list[dict[str, list[di
     return out
 
 
+# Every tag a snapshot can carry (the rules above), in display order.
+REGIME_TAGS = ("uptrend", "downtrend", "trending", "flat", "choppy", "mean_reverting", "efficient", "noisy",
+               "high_vol", "low_vol", "overbought", "oversold")
+
+
 def _iso_many(ns: np.ndarray) -> list[str]:
     return [t + "Z" for t in np.datetime_as_string(ns.astype("datetime64[ns]"), unit="s").tolist()]
 

@@ -1,0 +1,55 @@
+"""`kb report`: the dashboard's views of one workspace as a single offline HTML file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from app.cli.console import echo
+from app.cli.options import opt, uuid_arg
+from app.db import Database
+from app.errors import BadInput
+from app.services.kb.dashboard import report_data
+from app.web import report_page
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("report", help="write the dashboard of a workspace as one self-contained HTML file")
+    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    opt(p, "--out", required=True, help="the HTML file to write")
+    p.set_defaults(handler=cmd_report, prepare=_check_out)
+
+
+def _check_out(args: argparse.Namespace) -> Path:
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise BadInput(f"--out {out} is a directory; give a file name such as {out / 'kb-report.html'}")
+    if not out.parent.is_dir():
+        raise BadInput(f"--out {out}: the folder {out.parent} does not exist")
+    return out
+
+
+def _write_whole(out: Path, text: str) -> None:
+    """Written next to the target and renamed, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=".kb-report-", suffix=".html", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def cmd_report(db: Database, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    out: Path = args.prepared
+    html = report_page(await report_data(db, args.workspace_id))
+    _write_whole(out, html)
+    echo(f"wrote {out} ({len(html.encode()) / 1e6:.1f} MB) in {time.monotonic() - started:.1f}s; "
+         f"open it in a browser, no server needed")
+    return 0
