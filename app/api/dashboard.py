@@ -54,7 +54,7 @@ def register(app: FastAPI) -> None:
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="trading-kb API",
                                    swagger_js_url="/static/vendor/swagger-ui-bundle.js",
-                                   swagger_css_url="/static/vendor/swagger-ui.css", swagger_favicon_url="")
+                                   swagger_css_url="/static/vendor/swagger-ui.css", swagger_favicon_url="data:,")
 
     @pages.post("/kb/session", status_code=204)
     async def open_session(body: SessionRequest) -> Response:

@@ -221,7 +221,8 @@ async def test_api_auth_validation_and_isolation(api, db, make_workspace, insert
     r = await api.get(f"/kb/status?workspace_id={uuid.uuid4()}", headers=AUTH)
     assert r.status_code == 404
     assert (await api.get(f"/kb/backfill-runs?workspace_id={ws}", headers=AUTH)).json() == []
-    assert "/kb/trials/recommend" in (await api.get("/openapi.json")).json()["paths"]
+    assert (await api.get("/openapi.json")).status_code == 401
+    assert "/kb/trials/recommend" in (await api.get("/openapi.json", headers=AUTH)).json()["paths"]
 
 
 async def test_serve_refuses_open_bind_without_token(cli, monkeypatch):
