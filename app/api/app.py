@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -18,7 +18,7 @@ import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import LoopbackHostOnly, require_token
@@ -96,16 +96,34 @@ class _TooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body over {limit:,} bytes")
 
 
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _in_range(value: datetime | None) -> datetime | None:
+    """Timestamps outside 1900..2200 are refused (422), not left to fail deeper down."""
+    if value is None:
+        return None
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not EARLIEST <= aware <= LATEST:
+        raise ValueError("must be between 1900-01-01 and 2200-01-01")
+    return aware
+
+
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     workspace_id: uuid.UUID
     since: datetime | None = None
     dry_run: bool = False
 
+    _since_range = field_validator("since")(_in_range)
+
 
 class Bar(BaseModel):
     model_config = ConfigDict(extra="ignore")
     timestamp: datetime
+
+    _timestamp_range = field_validator("timestamp")(_in_range)
     open: float | None = None
     high: float = Field(gt=0)
     low: float = Field(gt=0)
@@ -116,7 +134,7 @@ class Bar(BaseModel):
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     workspace_id: uuid.UUID
-    strategy_name: str = Field(min_length=1, max_length=200)
+    strategy_name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
     regime: dict[str, Any] | None = None
     ohlcv: list[Bar] | None = Field(default=None, max_length=MAX_OHLCV_ROWS)
     tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=32)
@@ -261,7 +279,7 @@ def create_app(db: Database | None = None) -> FastAPI:
 
     @app.get("/kb/evaluate", dependencies=auth)
     async def evaluate_route(workspace_id: uuid.UUID,
-                             strategy_name: Annotated[str, Query(min_length=1, max_length=200)],
+                             strategy_name: Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$")],
                              db: DB, cache: Annotated[TrialCache, Depends(get_cache)]) -> dict[str, Any]:
         """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`)."""
         return await evaluate(db, workspace_id, strategy_name, cache.evidence)

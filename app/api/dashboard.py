@@ -30,7 +30,7 @@ def _db(request: Request) -> Database:
 
 
 DB = Annotated[Database, Depends(_db)]
-Strategy = Annotated[str, Query(min_length=1, max_length=200)]
+Strategy = Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 
 
 def register(app: FastAPI) -> None:

@@ -103,3 +103,24 @@ async def test_evaluate_command_reports_walk_forward_uplift(cli, db, make_worksp
     assert set(report["calibration"]) == {"low", "mid", "high"} and report["per_regime"]
     code, out, _ = await cli("evaluate", "--workspace-id", ws, "--strategy", "s")
     assert code == 0 and "WALK-FORWARD EVALUATION" in out and "Uplift:" in out
+
+
+async def test_a_long_lived_cache_never_answers_from_deleted_runs(db, make_workspace, insert_runs) -> None:
+    ws = await make_workspace()
+    rng = np.random.default_rng(3)
+    await insert_runs(_windows(ws, 40, lambda name, up, w: round(
+        (1.5 if (name == "A") == up else -1.0) + rng.normal(0, 0.2), 3)))
+    await ingest(db, ws)
+    cache = TrialCache()  # one cache for the whole test, as in a running `kb serve`
+    query = RecommendQuery(ws, "s", regime=RegimeSnapshot.from_dict(UP), top_k=5)
+    assert (await recommend(db, query, cache))["params"]["set"] == "A"
+    await db.execute("DELETE FROM backtest_runs WHERE workspace_id = $1 AND params->>'set' = 'A'", ws)
+    after = await recommend(db, query, cache)
+    assert after["params"]["set"] == "B"
+    assert all(t["params"]["set"] == "B" for t in after["supporting_trials"])
+    # deleting the workspace and making it again never brings an old revision back
+    await db.execute("DELETE FROM workspaces WHERE id = $1", ws)
+    await make_workspace(workspace_id=ws)
+    await insert_runs(_windows(ws, 20, lambda name, up, w: 1.0 if name == "A" else 0.2))
+    await ingest(db, ws)
+    assert (await recommend(db, query, cache))["params"]["set"] == "A"

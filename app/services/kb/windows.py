@@ -67,8 +67,24 @@ def parse_timestamp(value: Any) -> datetime:
 
 
 def parse_since(text: str) -> datetime:
-    """`--since`: a date (midnight UTC) or an ISO timestamp (naive means UTC)."""
-    return parse_timestamp(text)
+    """`--since`: a date (midnight UTC) or an ISO timestamp (naive means UTC). A bare
+    number is a date, never epoch seconds: `2025` is 2025-01-01, `20250101` and
+    `2025-01` are read as dates too."""
+    value = text.strip()
+    try:
+        if value.isdigit() and len(value) == 4:
+            return parse_timestamp(f"{value}-01-01")
+        if value.isdigit() and len(value) == 8:
+            return parse_timestamp(f"{value[:4]}-{value[4:6]}-{value[6:]}")
+        if len(value) == 7 and value[4] == "-" and (value[:4] + value[5:]).isdigit():
+            return parse_timestamp(f"{value}-01")
+    except BadTimestamp:
+        raise BadTimestamp(f"not a date: {value!r}") from None
+    try:
+        float(value)
+    except ValueError:
+        return parse_timestamp(value)
+    raise BadTimestamp(f"a number is not a date: {value!r} (write 2025-01-01)")
 
 
 @dataclass(frozen=True)

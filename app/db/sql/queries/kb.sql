@@ -63,8 +63,8 @@ WHERE t.workspace_id = $1 AND t.archived_at IS NULL
   AND (r.kb_status NOT IN ('candidate', 'promoted') OR r.status NOT IN ('completed', 'success'))
 
 -- name: bump_trial_revision
-INSERT INTO kb_trial_revisions (workspace_id, revision, updated_at) VALUES ($1, 1, now())
-ON CONFLICT (workspace_id) DO UPDATE SET revision = kb_trial_revisions.revision + 1, updated_at = now()
+INSERT INTO kb_trial_revisions (workspace_id, revision, updated_at) VALUES ($1, nextval('kb_revision_seq'), now())
+ON CONFLICT (workspace_id) DO UPDATE SET revision = EXCLUDED.revision, updated_at = now()
 
 -- name: trial_revision
 SELECT revision FROM kb_trial_revisions WHERE workspace_id = $1
