@@ -179,3 +179,20 @@ def test_python_dash_m_entry_point(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "app.services.kb.cli", "backfill-candidacy", "--workspace-id", "x"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "not a UUID" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_symbol_matches_whatever_the_case_and_spaces(cli, db, make_workspace, insert_runs, ohlcv_file) -> None:
+    ws = await make_workspace()
+    stored = ["AAPL", "aapl", " Aapl", "AAPL  ", "MSFT"]
+    await insert_runs([run_row(ws, i, dataset_meta={"symbol": s, "timeframe": "1h", "oos_start": iso(300),
+                                                     "oos_end": iso(900)}) for i, s in enumerate(stored)])
+    for flag in ("AAPL", " aapl "):
+        code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file, "--symbol",
+                                   flag, "--timeframe", "1h", "--dry-run", "--json")
+        assert code == 0, err
+        report = orjson.loads(out)
+        assert report["total_scanned"] == 4 and report["updated"] == 0 and report["reasons"] == {}
+    code, out, _ = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file, "--symbol", "aapl",
+                             "--timeframe", "1h", "--json")
+    assert code == 0 and orjson.loads(out)["updated"] == 4
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE regime_oos IS NULL") == 1

@@ -42,7 +42,7 @@ WHERE workspace_id = $1
   AND run_kind = 'test_variant'
   AND status IN ('completed', 'success')
   AND regime_oos IS NULL
-  AND ($5::text IS NULL OR dataset_meta ->> 'symbol' = $5)
+  AND ($5::text IS NULL OR upper(btrim(dataset_meta ->> 'symbol')) = upper(btrim($5::text)))
   AND (created_at, id) > ($2::timestamptz, $3::uuid)
 ORDER BY created_at, id
 LIMIT $4
