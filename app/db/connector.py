@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,12 +15,11 @@ from asyncpg.pool import PoolConnectionProxy
 
 from app.db.sql import q
 from app.errors import DatabaseUnavailable
+from app.urls import redact_url
 
 # What code receives from `Database.acquire()` or `connect()`; both speak the same API.
 Conn = asyncpg.Connection | PoolConnectionProxy
 
-_PASSWORD_IN_URI = re.compile(r"(://[^:/@?]*):[^@/?]*@")
-_PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
 # Errors that mean "the server or the network went away", worth a bounded retry.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -60,9 +58,7 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, safe to print."""
-    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URI.sub(r"\1:***@", dsn))
+redact_dsn = redact_url
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

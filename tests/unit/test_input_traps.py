@@ -68,3 +68,16 @@ async def test_recommend_refuses_an_ohlcv_file_with_too_few_bars(tmp_path, capsy
                     "2024-01-01T01:00:00Z,1,2,0.5,1.5\n2024-01-01T02:00:00Z,1,2,0.5,1.6\n")
     code = await amain(["recommend", "--workspace-id", WS, "--strategy", "s", "--ohlcv-file", str(path)])
     assert code == 2 and "at least 50 bars" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u:p@ss@host/db", "postgresql://u:***@host/db"),
+    ("postgresql://u:p/w?x@host:5432/db", "postgresql://u:***@host:5432/db"),
+    ("postgresql://u:a:b@h/db?password=x", "postgresql://u:***@h/db?password=***"),
+    ("postgresql://user@h/db", "postgresql://user@h/db"),
+    ("host=h password=secret user=u", "host=h password=*** user=u"),
+])
+def test_passwords_never_printed(url, shown) -> None:
+    from app.urls import redact_url
+
+    assert redact_url(url) == shown

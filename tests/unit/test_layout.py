@@ -13,7 +13,8 @@ PURE = {
     "app.services.kb.gate", "app.services.kb.regime", "app.services.kb.snapshot", "app.services.kb.windows",
     "app.services.kb.summary", "app.services.kb.ohlcv", "app.services.kb.scan", "app.services.kb.demo_data",
     "app.services.kb.backfill.counters", "app.services.kb.candidacy", "app.services.kb.types",
-    "app.services.kb.synthetic_world",
+    "app.services.kb.synthetic_world", "app.services.kb.importing.fields", "app.services.kb.importing.rows",
+    "app.services.kb.importing.sources", "app.services.kb.importing.optuna_source", "app.web", "app.urls",
 }
 # The plan names `python -m app.services.kb.cli`: a two-line entry point into the CLI.
 PLAN_ENTRY = "app.services.kb.cli"

@@ -14,6 +14,7 @@ import pandas as pd
 
 from app.errors import BadInput
 from app.services.kb.importing.fields import FIELDS, Mapping
+from app.urls import redact_url
 
 INSTALL_HINT = "pip install 'trading-kb[optuna]'"
 
@@ -27,14 +28,6 @@ def _optuna() -> Any:
     return optuna
 
 
-def _shown(storage: str) -> str:
-    """The storage URL without a password."""
-    head, sep, tail = storage.partition("://")
-    if sep and "@" in tail:
-        return f"{head}://***@{tail.rsplit('@', 1)[1]}"
-    return storage
-
-
 def _load(storage: str, study: str) -> Any:
     optuna = _optuna()
     if storage.startswith("sqlite:///"):
@@ -45,10 +38,10 @@ def _load(storage: str, study: str) -> Any:
         return optuna.load_study(study_name=study, storage=storage)
     except KeyError:
         names = _study_names(optuna, storage)
-        raise BadInput(f"no study named {study!r} in {_shown(storage)}"
+        raise BadInput(f"no study named {study!r} in {redact_url(storage)}"
                        + (f"; studies: {', '.join(names[:20])}" if names else "")) from None
     except Exception as exc:  # SQLAlchemy and driver errors: a bad URL or an unreachable server
-        raise BadInput(f"cannot open Optuna storage {_shown(storage)}: {type(exc).__name__}") from None
+        raise BadInput(f"cannot open Optuna storage {redact_url(storage)}: {type(exc).__name__}") from None
 
 
 def _study_names(optuna: Any, storage: str) -> list[str]:
