@@ -35,9 +35,14 @@ def token_matches(given: str, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+def _header_bytes(value: str) -> bytes:
+    """HTTP headers arrive decoded as latin-1; their bytes again (a UTF-8 token is sent as UTF-8)."""
+    return value.encode("latin-1", errors="replace")
+
+
 def authorised(request: Request, token: str) -> bool:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token_matches(given.strip(), token):
+    if scheme.lower() == "bearer" and hmac.compare_digest(_header_bytes(given.strip()), token.encode()):
         return True
     cookie = request.cookies.get(SESSION_COOKIE, "")
     return bool(cookie) and hmac.compare_digest(cookie.encode(), session_value(token).encode())

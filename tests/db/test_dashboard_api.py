@@ -93,3 +93,17 @@ async def test_without_a_token_only_loopback_host_names_are_answered(db, monkeyp
             assert resp.status_code == status
             if status == 421:
                 assert "localhost" in resp.json()["detail"]
+
+
+async def test_a_non_ascii_token_works_as_utf8_bytes(db, monkeypatch) -> None:
+    token = "clé-ünïcode-令牌"
+    monkeypatch.setenv("KB_API_TOKEN", token)
+    app = create_app(db)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            good = {"Authorization": b"Bearer " + token.encode()}
+            assert (await client.get("/kb/workspaces", headers=good)).status_code == 200
+            assert (await client.get("/kb/workspaces", headers={"Authorization": "Bearer cl"})).status_code == 401
+            assert (await client.post("/kb/session", json={"token": token})).status_code == 204
+            assert (await client.get("/kb/workspaces")).status_code == 200
