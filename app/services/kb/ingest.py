@@ -28,6 +28,9 @@ from app.services.kb.scan import keyset_start
 from app.services.kb.windows import BadTimestamp, parse_timestamp
 
 
+INVALID_PARAMS = "invalid_params"
+
+
 @dataclass
 class IngestResult:
     workspace_id: uuid.UUID
@@ -147,7 +150,13 @@ async def ingest(
             cursor = (page[-1]["created_at"], page[-1]["id"])
             trials, evidence = [], []
             for row in page:
-                run = parse_run(row)
+                try:
+                    run = parse_run(row)
+                except (TypeError, ValueError):  # params JSON that cannot be keyed (an integer beyond 64 bits)
+                    if row["kb_status"] in ELIGIBLE:
+                        result.scanned += 1
+                        _count_error(result, INVALID_PARAMS, row["id"])
+                    continue
                 found = evidence_row(row, run)
                 if found is not None:
                     evidence.append(found)
@@ -156,10 +165,7 @@ async def ingest(
                 result.scanned += 1
                 trial, reason = trial_from_row(row, run)
                 if trial is None:
-                    result.errors += 1
-                    shown = result.error_examples.setdefault(str(reason), [])
-                    if len(shown) < 3:
-                        shown.append(str(row["id"]))
+                    _count_error(result, str(reason), row["id"])
                 else:
                     trials.append(trial)
             inserted = updated = 0
@@ -191,3 +197,10 @@ async def ingest(
                     await conn.execute(q("bump_trial_revision"), workspace_id)
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+def _count_error(result: IngestResult, reason: str, run_id: uuid.UUID) -> None:
+    result.errors += 1
+    shown = result.error_examples.setdefault(reason, [])
+    if len(shown) < 3:
+        shown.append(str(run_id))

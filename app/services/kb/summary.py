@@ -28,7 +28,10 @@ def to_number(value: Any) -> float | None:
     if isinstance(value, bool):
         raise _Invalid
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range (PostgreSQL prints 1e309 so)
+            raise _Invalid from None
     elif isinstance(value, str):
         text = value.strip()
         if not text:
@@ -51,7 +54,7 @@ def _num(value: Any) -> float | None:
         if value - value != 0.0:  # NaN or infinity
             raise _Invalid
         return float(value)
-    if kind is int:
+    if kind is int and -(2**63) <= value < 2**63:
         return float(value)
     return to_number(value)
 

@@ -37,7 +37,10 @@ def parse_timestamp(value: Any) -> datetime:
     elif isinstance(value, date):
         ts = datetime(value.year, value.month, value.day, tzinfo=UTC)
     elif isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            raise BadTimestamp("epoch out of range") from None
         if not math.isfinite(number):
             raise BadTimestamp(f"not a timestamp: {value!r}")
         seconds = number / 1000.0 if abs(number) >= _EPOCH_MS_THRESHOLD else number
