@@ -27,7 +27,6 @@ from app.services.kb.run_fields import ParsedRun, parse_run
 from app.services.kb.scan import keyset_start
 from app.services.kb.windows import BadTimestamp, parse_timestamp
 
-
 INVALID_PARAMS = "invalid_params"
 
 
