@@ -16,7 +16,7 @@ from app.services.kb.backfill.engine import BackfillResult
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
 from app.services.kb.backfill.undo import undo_backfill
 from app.services.kb.gate import CandidacyConfig
-from app.services.kb.ohlcv import load_ohlcv, timeframe_seconds
+from app.services.kb.ohlcv import check_timeframe, load_ohlcv, timeframe_seconds
 from app.services.kb.scan import Hooks
 
 
@@ -37,7 +37,11 @@ def register(sub: Any) -> None:
     scan_options(p, 500)
     opt(p, "--ohlcv-file", required=True, help="CSV, JSON or Parquet OHLCV file")
     opt(p, "--symbol", default=None, help="only runs of this symbol (and the file rows of it)")
-    opt(p, "--timeframe", default="1d", help="bar timeframe of the file, e.g. 1h, 1d (default 1d)")
+    opt(p, "--timeframe", default=None,
+        help="bar timeframe of the file, e.g. 1h, 1d (default: the file's own bar spacing; checked against it)")
+    opt(p, "--date-format", default=None, help="strftime format of the file's times, e.g. %%d.%%m.%%Y %%H:%%M")
+    opt(p, "--dayfirst", action="store_true", default=False,
+        help="read ambiguous dates like 03/04/2024 as day first (the values decide when they can)")
     p.set_defaults(handler=cmd_backfill_regime, prepare=check_regime_file)
 
     p = sub.add_parser("backfill-undo", help="revert what one candidacy backfill changed")
@@ -106,13 +110,16 @@ async def cmd_backfill_candidacy(db: Database, args: argparse.Namespace) -> int:
 
 def check_regime_file(args: argparse.Namespace) -> tuple[Any, int]:
     """Everything about the OHLCV file, checked before any database work."""
-    bar_seconds = timeframe_seconds(args.timeframe)
-    data = load_ohlcv(args.ohlcv_file, symbol=args.symbol)
+    if args.timeframe is not None:
+        timeframe_seconds(args.timeframe)  # a bad spelling is refused before the file is read
+    data = load_ohlcv(args.ohlcv_file, symbol=args.symbol, date_format=args.date_format,
+                      dayfirst=True if args.dayfirst else None)
     if not data.has_symbol_column and not args.symbol:
         raise BadInput(
             f"OHLCV file {data.path} has no symbol column: pass --symbol so its prices are only "
             "applied to that instrument's runs"
         )
+    args.timeframe, bar_seconds = check_timeframe(data, args.timeframe)
     return data, bar_seconds
 
 

@@ -196,3 +196,53 @@ async def test_symbol_matches_whatever_the_case_and_spaces(cli, db, make_workspa
                              "--timeframe", "1h", "--json")
     assert code == 0 and orjson.loads(out)["updated"] == 4
     assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE regime_oos IS NULL") == 1
+
+
+async def test_weekday_daily_file_covers_windows_that_start_or_end_on_a_weekend(cli, db, make_workspace,
+                                                                                insert_runs, tmp_path) -> None:
+    days = pd.bdate_range("2023-01-02", periods=400)
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(5).normal(0, 0.01, len(days))))
+    path = tmp_path / "daily.csv"
+    pd.DataFrame({"date": days.strftime("%Y-%m-%d"), "high": close * 1.01, "low": close * 0.99,
+                  "close": close}).to_csv(path, index=False)
+    ws = await make_workspace()
+    # Saturday 2023-06-03 to Sunday 2023-09-03: about 65 trading days inside
+    meta = {"symbol": "SPY", "timeframe": "1d", "oos_start": "2023-06-03", "oos_end": "2023-09-03"}
+    await insert_runs([run_row(ws, 0, dataset_meta=meta)])
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol", "SPY",
+                               "--timeframe", "1h")
+    assert code == 2 and "bars 1d apart but --timeframe is 1h" in err
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol", "SPY",
+                               "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["updated"] == 1 and report["reasons"] == {}
+    snap = orjson.loads(await db.fetchval("SELECT regime_oos FROM backtest_runs"))
+    assert snap["timeframe"] == "1d" and snap["n_bars"] >= 60
+
+
+async def test_undo_of_a_regime_backfill_clears_exactly_its_snapshots(cli, db, make_workspace, insert_runs,
+                                                                       ohlcv_file) -> None:
+    ws = await make_workspace()
+    meta = {"symbol": "AAPL", "timeframe": "1h", "oos_start": iso(300), "oos_end": iso(900)}
+    ids = await insert_runs([run_row(ws, i, dataset_meta=meta) for i in range(4)])
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file, "--symbol",
+                               "AAPL", "--timeframe", "1h", "--limit", "3", "--json")
+    assert code == 0, err
+    first = orjson.loads(out)["backfill_run_id"]
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file, "--symbol",
+                               "AAPL", "--timeframe", "1h", "--json")
+    assert code == 0 and orjson.loads(out)["updated"] == 1, err
+    code, out, err = await cli("backfill-undo", first)
+    assert code == 0, err
+    assert "3" in out
+    left = {r["id"] for r in await db.fetch("SELECT id FROM backtest_runs WHERE regime_oos IS NOT NULL")}
+    assert left == {ids[3]}
+    status = await db.fetchval("SELECT status FROM kb_backfill_runs WHERE id = $1", __import__("uuid").UUID(first))
+    assert status == "undone"
+    code, out, err = await cli("backfill-undo", first)  # twice changes nothing more
+    assert code == 0 and await db.fetchval("SELECT count(*) FROM backtest_runs WHERE regime_oos IS NOT NULL") == 1
+    # the cleared runs are picked up again by the next backfill
+    code, out, _ = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", ohlcv_file, "--symbol",
+                             "AAPL", "--timeframe", "1h", "--json")
+    assert code == 0 and orjson.loads(out)["updated"] == 3

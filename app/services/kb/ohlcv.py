@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -73,8 +72,9 @@ def _read(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         if suffix in (".json", ".jsonl", ".ndjson"):
             return _read_json(path)
-        return pd.read_csv(path, sep=None, engine="python") if path.stat().st_size < 1_000_000 \
-            else pd.read_csv(path)
+        # utf-8-sig: a byte-order mark (Excel's UTF-8 export) is not part of the first header
+        return pd.read_csv(path, sep=None, engine="python", encoding="utf-8-sig") \
+            if path.stat().st_size < 1_000_000 else pd.read_csv(path, encoding="utf-8-sig")
     except BadInput:
         raise
     except pd.errors.EmptyDataError:
@@ -104,8 +104,20 @@ def _read_json(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(data)
 
 
+def _join_date_and_time(df: pd.DataFrame) -> pd.DataFrame:
+    """MetaTrader-style exports split the bar time into `Date` and `Time` columns: one
+    timestamp from both (unless a full timestamp column is there too)."""
+    lowered = {str(c).strip().lower().lstrip("<").rstrip(">"): c for c in df.columns}
+    if "date" in lowered and "time" in lowered and not {"timestamp", "datetime"} & set(lowered):
+        date_col, time_col = lowered["date"], lowered["time"]
+        joined = df[date_col].astype(str).str.strip() + " " + df[time_col].astype(str).str.strip()
+        df = df.drop(columns=[date_col, time_col]).assign(timestamp=joined.where(df[date_col].notna()))
+    return df
+
+
 def _rename(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    lowered = {str(c).strip().lower(): c for c in df.columns}
+    df = _join_date_and_time(df)
+    lowered = {str(c).strip().lower().lstrip("<").rstrip(">"): c for c in df.columns}
     mapping = {}
     for canonical, aliases in _ALIASES.items():
         for alias in aliases:
@@ -120,26 +132,94 @@ def _rename(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df.rename(columns=mapping)[list(dict.fromkeys(mapping.values()))]
 
 
-def _parse_times(col: pd.Series, path: Path) -> pd.Series:
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))  # below the bound: that unit; above all: ns
+_LATEST = pd.Timestamp("2262-04-11", tz="UTC")  # the last day nanosecond times can hold
+_SLASHED = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4})\b"
+
+
+def _epoch(numeric: pd.Series, path: Path) -> pd.Series:
+    """Epoch numbers, each by its own magnitude (s, ms, us, ns): a file that mixes
+    seconds and milliseconds is read right row by row."""
+    values = numeric.astype("float64").to_numpy()
+    out = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)
+    magnitude = np.abs(values)
+    lower = 0.0
+    for bound, unit in (*_EPOCH_UNITS, (np.inf, "ns")):
+        rows = (magnitude >= lower) & (magnitude < bound)
+        scale = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}[unit]
+        if rows.any():
+            ns = values[rows] * scale
+            if np.abs(ns).max() >= 9.2e18:
+                raise BadInput(f"OHLCV file {path}: epoch times after 2262 cannot be held; check the time unit")
+            out[rows] = np.round(ns).astype(np.int64)
+        lower = bound
+    return pd.Series(pd.to_datetime(out, unit="ns", utc=True), index=numeric.index)
+
+
+def _numeric_dates(numeric: pd.Series, path: Path) -> pd.Series | None:
+    """`YYYYMMDD` integers and Excel serial day numbers, which would otherwise read as
+    epoch seconds in 1970."""
+    values = numeric.astype("float64")
+    whole = bool((values == np.floor(values)).all())
+    if whole and values.between(19000101, 22001231).all():
+        parsed = pd.to_datetime(values.astype("int64").astype(str), format="%Y%m%d", utc=True, errors="coerce")
+        if parsed.isna().any():
+            raise BadInput(f"OHLCV file {path}: times look like YYYYMMDD but some are not dates")
+        return parsed
+    if values.between(20_000, 80_000).all():  # Excel serial days: 1954..2119
+        return pd.to_datetime(values, unit="D", origin="1899-12-30", utc=True)
+    return None
+
+
+def _day_first(text: pd.Series, path: Path, dayfirst: bool | None) -> bool | None:
+    """For `dd/mm/yyyy` versus `mm/dd/yyyy` (also with `.` or `-`): the order the values
+    prove, or `dayfirst` when given. Values that fit both orders need `--dayfirst`
+    or `--date-format`; values that prove both orders are refused."""
+    parts = text.str.extract(_SLASHED)
+    found = parts.dropna()
+    if found.empty:
+        return None
+    first, second = found[0].astype(int), found[1].astype(int)
+    day_first, month_first = bool((first > 12).any()), bool((second > 12).any())
+    if dayfirst is not None:
+        if (dayfirst and month_first) or (not dayfirst and day_first):
+            raise BadInput(f"OHLCV file {path}: the dates contradict --dayfirst={'yes' if dayfirst else 'no'}")
+        return dayfirst
+    if day_first and month_first:
+        raise BadInput(f"OHLCV file {path}: the dates mix day-first and month-first orders; fix the file "
+                       "or give --date-format")
+    if not (day_first or month_first):
+        raise BadInput(f"OHLCV file {path}: dates like {found.iloc[0].tolist()[0]}/{found.iloc[0].tolist()[1]}/... "
+                       "could be day-first or month-first; pass --dayfirst or --date-format (e.g. %d/%m/%Y)")
+    return day_first
+
+
+def _parse_times(col: pd.Series, path: Path, *, date_format: str | None = None,
+                 dayfirst: bool | None = None) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col):  # Parquet and typed frames: already times
         return pd.to_datetime(col, utc=True)
+    if date_format:
+        parsed = pd.to_datetime(col.astype(str).str.strip(), format=date_format, utc=True, errors="coerce")
+        if parsed.isna().all():
+            raise BadInput(f"OHLCV file {path}: no time matches --date-format {date_format!r}")
+        return parsed
     numeric = pd.to_numeric(col, errors="coerce")
     if numeric.notna().all() and len(col):
-        # epoch seconds or milliseconds, decided by magnitude
-        unit: Literal["ms", "s"] = "ms" if float(numeric.abs().max()) >= 1e11 else "s"
-        try:
-            return pd.to_datetime(numeric, unit=unit, utc=True)
-        except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime) as exc:
-            raise BadInput(f"OHLCV file {path}: epoch times out of range ({exc})") from None
+        dates = _numeric_dates(numeric, path)
+        return dates if dates is not None else _epoch(numeric, path)
+    text = col.astype(str).str.strip()
+    order = _day_first(text, path, dayfirst)
     try:
-        return pd.to_datetime(col.astype(str), utc=True, format="mixed", errors="coerce")
-    except (ValueError, TypeError) as exc:
+        return pd.to_datetime(text, utc=True, format="mixed", errors="coerce", dayfirst=bool(order))
+    except (ValueError, TypeError, OverflowError) as exc:
         raise BadInput(f"OHLCV file {path}: cannot parse times ({exc})") from None
 
 
-def load_ohlcv(path: str | Path, *, symbol: str | None = None) -> OhlcvData:
+def load_ohlcv(path: str | Path, *, symbol: str | None = None, date_format: str | None = None,
+               dayfirst: bool | None = None) -> OhlcvData:
     """Read and clean an OHLCV file. With `symbol`, only that instrument's rows (when
-    the file has a symbol column)."""
+    the file has a symbol column). `date_format` (strftime codes) or `dayfirst` settle
+    dates the values cannot."""
     p = Path(path).expanduser()
     if not p.exists():
         raise BadInput(f"OHLCV file {p} does not exist")
@@ -149,7 +229,7 @@ def load_ohlcv(path: str | Path, *, symbol: str | None = None) -> OhlcvData:
         raise BadInput(f"OHLCV file {p} is empty")
     if p.stat().st_size > _MAX_BYTES:
         raise BadInput(f"OHLCV file {p} is larger than 4 GiB; split it by symbol")
-    return clean_ohlcv(_rename(_read(p), p), p, symbol=symbol)
+    return clean_ohlcv(_rename(_read(p), p), p, symbol=symbol, date_format=date_format, dayfirst=dayfirst)
 
 
 def frame_series(frame: pd.DataFrame, *, symbol: str | None = None, label: str = "OHLCV rows") -> Series:
@@ -162,7 +242,8 @@ def frame_series(frame: pd.DataFrame, *, symbol: str | None = None, label: str =
     return next(iter(data.series.values()))
 
 
-def clean_ohlcv(df: pd.DataFrame, p: Path, *, symbol: str | None = None) -> OhlcvData:
+def clean_ohlcv(df: pd.DataFrame, p: Path, *, symbol: str | None = None, date_format: str | None = None,
+                dayfirst: bool | None = None) -> OhlcvData:
     """Times parsed to UTC, prices checked, rows sorted and de-duplicated, split by symbol."""
     if df.empty:
         raise BadInput(f"OHLCV file {p} has a header but no rows")
@@ -174,7 +255,7 @@ def clean_ohlcv(df: pd.DataFrame, p: Path, *, symbol: str | None = None) -> Ohlc
             df = df[df["symbol"] == symbol.upper()]
             if df.empty:
                 raise BadInput(f"OHLCV file {p} has no rows for symbol {symbol}")
-    df["time"] = _parse_times(df["time"], p)
+    df["time"] = _parse_times(df["time"], p, date_format=date_format, dayfirst=dayfirst)
     bad_time = int(df["time"].isna().sum())
     if bad_time == len(df):
         raise BadInput(f"OHLCV file {p}: no parseable times in the time column")
@@ -223,3 +304,48 @@ def timeframe_seconds(timeframe: str) -> int:
     if not digits or unit not in _UNITS or int(digits) <= 0:
         raise BadInput(f"unknown timeframe {timeframe!r}; use forms like 15m, 1h, 4h, 1d")
     return int(digits) * _UNITS[unit]
+
+
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+def bar_seconds_of(data: OhlcvData) -> int | None:
+    """The file's bar size: the median gap between bars of its longest series (None
+    with fewer than 3 bars)."""
+    longest = max(data.series.values(), key=len)
+    if len(longest) < 3:
+        return None
+    return max(1, round(float(np.median(np.diff(longest.ts))) / 1e9))
+
+
+def timeframe_label(seconds: int) -> str:
+    """`86400` -> `1d`, `14400` -> `4h`, `900` -> `15m`."""
+    for size, unit in ((86_400, "d"), (3_600, "h"), (60, "m")):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def check_timeframe(data: OhlcvData, timeframe: str | None) -> tuple[str, int]:
+    """The timeframe to use and its seconds per bar: the file's own when none is given;
+    a given one that disagrees with the file's bar spacing is refused."""
+    detected = bar_seconds_of(data)
+    if timeframe is None:
+        if detected is None:
+            raise BadInput(f"OHLCV file {data.path}: too few bars to tell the bar size; pass --timeframe")
+        return timeframe_label(detected), detected
+    seconds = timeframe_seconds(timeframe)
+    if detected is not None and not detected / 1.5 <= seconds <= detected * 1.5:
+        raise BadInput(f"OHLCV file {data.path} has bars {timeframe_label(detected)} apart but --timeframe is "
+                       f"{timeframe}; pass --timeframe {timeframe_label(detected)} or leave it out")
+    return timeframe.strip(), seconds
+
+
+def calendar_slack_ns(series: Series, bar_ns: int) -> int:
+    """How far a window's first or last bar may lie from its start or end: one bar, or
+    the gaps the file itself has between sessions (weekends, nights, holidays: the 99th
+    percentile of its gaps), at most 5 days."""
+    if len(series) < 2:
+        return bar_ns
+    usual = float(np.quantile(np.diff(series.ts), 0.99))
+    return int(max(bar_ns, min(usual, 5 * _DAY_NS)))

@@ -53,7 +53,8 @@ UPDATE backtest_runs AS r
 SET regime_oos = u.regime_oos::jsonb,
     regime_is = COALESCE(u.regime_is::jsonb, r.regime_is),
     regime_pre = COALESCE(u.regime_pre::jsonb, r.regime_pre),
-    regime_schema_version = 'regime_v1'
+    regime_schema_version = 'regime_v1',
+    regime_backfill_run_id = $6
 FROM unnest($1::uuid[], $2::text[], $3::text[], $5::text[]) AS u(id, regime_oos, regime_is, regime_pre)
 WHERE r.id = u.id
   AND r.workspace_id = $4

@@ -54,3 +54,15 @@ WHERE m.backfill_run_id = $1
   AND EXISTS (SELECT 1 FROM kb_status_history u
               WHERE u.run_id = m.run_id AND u.id > m.id AND u.actor = 'backfill-undo'
                 AND u.reason = 'undo of backfill ' || $1::text AND u.backfill_run_id IS DISTINCT FROM $2)
+
+-- name: undo_regime_changes
+-- Clear the snapshots one regime backfill wrote; runs whose snapshots were written again
+-- since (by another backfill) no longer carry its id and are left alone.
+WITH cleared AS (
+    UPDATE backtest_runs
+    SET regime_oos = NULL, regime_is = NULL, regime_pre = NULL, regime_schema_version = NULL,
+        regime_backfill_run_id = NULL
+    WHERE workspace_id = $2 AND regime_backfill_run_id = $1
+    RETURNING 1
+)
+SELECT count(*) FROM cleared

@@ -18,7 +18,7 @@ from app.db import Database
 from app.db.connector import Conn
 from app.db.sql import q
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
-from app.services.kb.ohlcv import OhlcvData
+from app.services.kb.ohlcv import OhlcvData, calendar_slack_ns
 from app.services.kb.regime import MIN_EFFECTIVE_BARS, REGIME_WINDOW_BARS, compute_feature_batch, snapshot_dicts
 from app.services.kb.scan import Hooks, ScanOptions
 from app.services.kb.summary import json_object
@@ -54,6 +54,9 @@ class RegimeJob:
         self.opts = opts
         self.data = data
         self.bar_ns = bar_seconds * 1_000_000_000
+        # How far a window's ends may lie from the nearest bar: one bar, or the file's own
+        # non-trading gaps (weekends, nights, holidays).
+        self.slack = {key: calendar_slack_ns(series, self.bar_ns) for key, series in data.series.items()}
         self.digest = digest
         self.cache: OrderedDict[tuple[str | None, int, int], str] = OrderedDict()
         self.computed_windows = 0
@@ -98,7 +101,8 @@ class RegimeJob:
         e = int(np.searchsorted(ts, end_ns, "right")) - 1
         if e < s or e - s + 1 < MIN_EFFECTIVE_BARS:
             return None
-        if ts[s] - start_ns > self.bar_ns or end_ns - ts[e] > self.bar_ns:
+        slack = self.slack[key]
+        if ts[s] - start_ns > slack or end_ns - ts[e] > slack:
             return None
         return s, e
 
@@ -182,6 +186,7 @@ class RegimeJob:
             [o.payload[1] for o in passed],
             self.opts.workspace_id,
             [o.payload[2] for o in passed],
+            backfill_run_id,
         )
         return int(status.rsplit(" ", 1)[-1])
 
