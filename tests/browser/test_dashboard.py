@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pandas as pd
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
@@ -158,7 +159,9 @@ async def _check_views(page: Page, base: str, workspace: uuid.UUID, prefix: str)
                 assert name in text
 
 
-async def test_dashboard_views_render_offline_with_no_console_errors(server, browser, demo_workspace) -> None:
+async def test_dashboard_views_render_offline_with_no_console_errors(server, browser, demo_workspace,
+                                                                     tmp_path) -> None:
+    demo_dir = tmp_path / "demo"
     page = await browser.new_page(viewport={"width": 1400, "height": 1000})
     watch = Watch(page)
     await _check_views(page, server.url + "/", demo_workspace, "dashboard")
@@ -174,6 +177,14 @@ async def test_dashboard_views_render_offline_with_no_console_errors(server, bro
         Chart.getChart(c).data.datasets.some(d => d.label === 'recommended')).length""")
     assert stars >= 1
     await _shot(page, "dashboard-strategy-recommended")
+    # or for the regime of uploaded bars (one symbol of the demo's OHLCV file)
+    bars = pd.read_csv(demo_dir / "demo_ohlcv_1h.csv")
+    upload = demo_dir / "aapl_last.csv"
+    bars[bars["symbol"] == "AAPL"].drop(columns="symbol").tail(400).to_csv(upload, index=False)
+    await page.set_input_files("#ohlcv-file", str(upload))
+    await page.locator("#recommend-result").filter(has_text="reading aapl_last.csv").wait_for(timeout=20_000)
+    await page.wait_for_selector("body[data-ready=strategy]", state="attached", timeout=20_000)
+    assert (await page.inner_text("#recommend-result")).startswith("recommended")
     hosts = {urlsplit(u).hostname for u in watch.requests}
     assert hosts == {"127.0.0.1"}, watch.requests
     assert watch.errors == []

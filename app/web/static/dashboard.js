@@ -199,13 +199,16 @@
   }
 
   async function recommendFor(body) {
+    delete document.body.dataset.ready;
     const name = $("#strategy-select").value;
     const answer = await source.recommend(Object.assign({ workspace_id: workspace, strategy_name: name }, body));
     recommended = { strategy: name, params: answer.params || {}, expected_sharpe: answer.expected_sharpe };
-    $("#recommend-result").textContent = answer.status === "ok" || Object.keys(recommended.params).length
-      ? `recommended ${JSON.stringify(answer.params)} (expected Sharpe ${fmt(answer.expected_sharpe)}; regime ${((answer.query && answer.query.tags) || []).join(", ") || "–"})`
-      : `no recommendation (${(answer.reasons || []).join(", ")})`;
     await renderStrategy();
+    const tags = ((answer.query && answer.query.tags) || []).join(", ") || "–";
+    $("#recommend-result").textContent = Object.keys(recommended.params).length
+      ? `recommended ${JSON.stringify(answer.params)} (expected Sharpe ${fmt(answer.expected_sharpe)}; regime ${tags})`
+      : `no recommendation (${(answer.reasons || []).join(", ")})`;
+    setReady("strategy");
   }
 
   function parseOhlcv(text) {
@@ -370,6 +373,7 @@
     $("#evaluation-select").addEventListener("change", () => show());
     if (source.recommend) {
       $("#recommend-tags").addEventListener("click", () => {
+        $("#recommend-result").textContent = "";
         const tags = [...document.querySelectorAll("#tag-boxes input:checked")].map((i) => i.value);
         if (!tags.length) { $("#recommend-result").textContent = "tick at least one tag"; return; }
         recommendFor({ tags }).catch(fail);
@@ -377,10 +381,13 @@
       $("#ohlcv-file").addEventListener("change", async (event) => {
         const file = event.target.files[0];
         if (!file) return;
+        delete document.body.dataset.ready;
+        $("#recommend-result").textContent = `reading ${file.name}…`;
         try {
           await recommendFor({ ohlcv: parseOhlcv(await file.text()) });
         } catch (error) {
           $("#recommend-result").textContent = error.message;
+          setReady("strategy");
         }
       });
     } else {
