@@ -73,7 +73,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the HTTP API")
     opt(p, "--host", default="127.0.0.1", help="bind address (non-loopback needs KB_API_TOKEN)")
     opt(p, "--port", type=positive(65535), default=8000, help="port (default 8000)")
-    p.set_defaults(handler=cmd_serve, database="none")
+    p.set_defaults(handler=cmd_serve, prepare=_check_bind)
 
 
 def regime_from_ohlcv(path: str, symbol: str | None, timeframe: str | None) -> RegimeSnapshot:
@@ -153,7 +153,13 @@ async def cmd_seed(db: Database, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_serve(db: Database | None, args: argparse.Namespace) -> int:
-    from app.api.serve import serve  # noqa: PLC0415  (uvicorn only for this command)
+def _check_bind(args: argparse.Namespace) -> None:
+    from app.api.serve import check_bind  # noqa: PLC0415  (uvicorn only for this command)
 
-    return await serve(args.host, args.port)
+    check_bind(args.host, args.port)
+
+
+async def cmd_serve(db: Database, args: argparse.Namespace) -> int:
+    from app.api.serve import serve  # noqa: PLC0415
+
+    return await serve(args.host, args.port, db)

@@ -116,6 +116,10 @@ class Database:
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(describe_connect_error(self.dsn, exc)) from exc
+        except ValueError:  # the URL itself does not parse; its text may hold part of the password
+            raise DatabaseUnavailable(
+                f"DATABASE_URL {redact_dsn(self.dsn)} is not a valid connection URL; percent-encode special "
+                "characters in the user name and password (@ as %40, / as %2F, : as %3A)") from None
         return self
 
     async def close(self) -> None:

@@ -33,7 +33,11 @@ def embedded_dsn(pgdata: Path | None = None) -> str:
     data_dir = (pgdata or kb_home() / "pgdata").expanduser().resolve()
     server = _servers.get(data_dir)
     if server is None:
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot use {data_dir.parent} for the embedded PostgreSQL: "
+                                      f"{exc.strerror or exc}; set KB_HOME to a directory") from None
         # pgserver logs every step at INFO; keep our stderr for our own progress.
         logging.getLogger("pgserver").setLevel(logging.WARNING)
         with warnings.catch_warnings():

@@ -299,7 +299,7 @@ _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 def timeframe_seconds(timeframe: str) -> int:
     """Seconds per bar for '1m', '15m', '1h', '4h', '1d', '1w' and similar."""
     text = timeframe.strip().lower()
-    digits = "".join(ch for ch in text if ch.isdigit())
+    digits = "".join(ch for ch in text if ch in "0123456789")
     unit = text[len(digits):]
     if not digits or unit not in _UNITS or int(digits) <= 0:
         raise BadInput(f"unknown timeframe {timeframe!r}; use forms like 15m, 1h, 4h, 1d")
