@@ -6,6 +6,7 @@ With `KB_API_TOKEN` set every /kb route needs `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,8 @@ from app.services.kb.status import workspace_status
 MAX_OHLCV_ROWS = 20_000
 # 20,000 bars of JSON are about 2.5 MB; anything far beyond that is refused unread.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# A body that trickles in slower than this between chunks is cut off (408).
+BODY_CHUNK_TIMEOUT_S = 30.0
 
 
 class BodyLimit:
@@ -60,12 +63,19 @@ class BodyLimit:
             return
         seen = 0
         started = False
+        body_done = False
 
         async def counted_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body: waiting for a disconnect may take as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_CHUNK_TIMEOUT_S)
+            except TimeoutError:
+                raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.limit:
                     raise _TooLarge(self.limit)
             return message
@@ -77,15 +87,21 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
+        except (_TooLarge, _TooSlow) as exc:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, exc)
 
-    async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps({"detail": _TooLarge(self.limit).detail})
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send: Send, exc: HTTPException | None = None) -> None:
+        refusal = exc or _TooLarge(self.limit)
+        body = orjson.dumps({"detail": refusal.detail})
+        await send({"type": "http.response.start", "status": refusal.status_code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class _TooSlow(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(status_code=408, detail=f"request body stalled for {BODY_CHUNK_TIMEOUT_S:g} s")
 
 
 class _TooLarge(HTTPException):

@@ -126,9 +126,13 @@ async def test_bad_invocations_exit_2_before_any_write(cli, db, tmp_path, argv, 
 
 
 async def test_unreadable_or_missing_file_exits_2(cli, tmp_path) -> None:
-    (tmp_path / "x.csv").write_bytes(b"\xff\xfe\x00garbage\x00\xff")
+    (tmp_path / "x.csv").write_bytes(b"strategy_name,sharpe\n\xff\xfe garbage,1\n")
     code, _, err = await cli("import", tmp_path / "x.csv", "--workspace-id", uuid.uuid4())
     assert code == 2 and "UTF-8" in err
+    with (tmp_path / "sparse.csv").open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # a hole: all NUL bytes, no line
+    code, _, err = await cli("import", tmp_path / "sparse.csv", "--workspace-id", uuid.uuid4())
+    assert code == 2 and "binary data" in err and len(err) < 300
     code, _, err = await cli("import", tmp_path / "nope.csv", "--workspace-id", uuid.uuid4())
     assert code == 2 and "no such file" in err
     (tmp_path / "runs.xlsx").write_text("x")

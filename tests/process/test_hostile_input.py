@@ -5,6 +5,7 @@ here; keep the count there in step with `test_catalogue_size`."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -347,7 +348,38 @@ async def test_chunked_oversized_body_is_refused(api) -> None:
 
 
 def test_catalogue_size() -> None:
-    total = len(CLI_CASES) + 1 + len(SUMMARY_CASES) + len(META_CASES) + len(OHLCV_CASES) + 1 + len(API_CASES) + 1
+    # the +1s: the environment twin, the 10M-row file, the chunked body; +3: the trickled body,
+    # the sparse 2 GiB file and the 2 MiB header line
+    total = len(CLI_CASES) + 1 + len(SUMMARY_CASES) + len(META_CASES) + len(OHLCV_CASES) + 1 + len(API_CASES) + 1 + 3
     assert total >= 40
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"{total} bad inputs" in readme
+
+
+async def test_a_body_that_trickles_in_is_cut_off(api, monkeypatch) -> None:
+    import app.api.app as api_module
+
+    monkeypatch.setattr(api_module, "BODY_CHUNK_TIMEOUT_S", 0.3)
+
+    async def trickle():
+        yield b'{"workspace_id": '
+        await asyncio.sleep(1.0)
+        yield b'"x"}'
+
+    r = await api.post("/kb/trials/ingest", content=trickle(), headers={"content-type": "application/json"})
+    assert r.status_code == 408 and "stalled" in r.json()["detail"]
+
+
+async def test_a_sparse_two_gib_ohlcv_file_is_refused_unread(cli, make_workspace, tmp_path) -> None:
+    ws = await make_workspace()
+    path = tmp_path / "holes.csv"
+    with path.open("wb") as handle:
+        handle.truncate(2 * 1024**3)  # a sparse file: no disk, all NUL bytes
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol", "X")
+    assert code == 2 and out == ""
+    assert_one_line(err, "binary data")
+    assert len(err) < 300  # nothing of the file is echoed
+    long_header = tmp_path / "long.csv"
+    long_header.write_bytes(b"x" * (2 * 1024 * 1024) + b"\n1\n")
+    code, _, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", long_header, "--symbol", "X")
+    assert code == 2 and "longer than 1 MiB" in err and len(err) < 300

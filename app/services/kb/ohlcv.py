@@ -104,6 +104,20 @@ def _read_json(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(data)
 
 
+_HEAD_BYTES = 1024 * 1024
+
+
+def check_text_head(path: Path, what: str) -> None:
+    """Before a text file is parsed: its first MiB holds no NUL byte (binary or sparse
+    files) and at least one line end (a header line cannot be longer than that)."""
+    with path.open("rb") as handle:
+        head = handle.read(_HEAD_BYTES)
+    if b"\x00" in head:
+        raise BadInput(f"{what} {path} holds binary data (NUL bytes), not text")
+    if len(head) == _HEAD_BYTES and b"\n" not in head and b"\r" not in head:
+        raise BadInput(f"{what} {path}: the first line is longer than 1 MiB; not a table")
+
+
 def _join_date_and_time(df: pd.DataFrame) -> pd.DataFrame:
     """MetaTrader-style exports split the bar time into `Date` and `Time` columns: one
     timestamp from both (unless a full timestamp column is there too)."""
@@ -126,7 +140,7 @@ def _rename(df: pd.DataFrame, path: Path) -> pd.DataFrame:
                 break
     missing = [c for c in (*_REQUIRED, "time") if c not in mapping.values()]
     if missing:
-        have = ", ".join(str(c) for c in df.columns[:12])
+        have = ", ".join(str(c)[:40] for c in df.columns[:12])
         need = ", ".join("timestamp" if m == "time" else m for m in missing)
         raise BadInput(f"OHLCV file {path} lacks column(s) {need} (has: {have or 'none'})")
     return df.rename(columns=mapping)[list(dict.fromkeys(mapping.values()))]
@@ -229,6 +243,8 @@ def load_ohlcv(path: str | Path, *, symbol: str | None = None, date_format: str 
         raise BadInput(f"OHLCV file {p} is empty")
     if p.stat().st_size > _MAX_BYTES:
         raise BadInput(f"OHLCV file {p} is larger than 4 GiB; split it by symbol")
+    if p.suffix.lower() not in (".parquet", ".pq"):
+        check_text_head(p, "OHLCV file")
     return clean_ohlcv(_rename(_read(p), p), p, symbol=symbol, date_format=date_format, dayfirst=dayfirst)
 
 

@@ -9,6 +9,7 @@ import orjson
 import pandas as pd
 
 from app.errors import BadInput
+from app.services.kb.ohlcv import check_text_head
 
 FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -33,6 +34,8 @@ def read_table(path: Path, fmt: str, text_columns: Callable[[list[str]], list[st
         raise BadInput(f"{path}: no such file")
     if not path.is_file():
         raise BadInput(f"{path}: not a regular file")
+    if fmt != "parquet":
+        check_text_head(path, "import file")
     try:
         if fmt == "csv":
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
