@@ -192,3 +192,53 @@ class OutageProxy:
                 dst.write(data)
                 await dst.drain()
         dst.transport.abort()
+
+
+_COMMIT = b"Q\x00\x00\x00\x0cCOMMIT;\x00"  # a simple-protocol COMMIT, as asyncpg sends it
+
+
+class LostCommitProxy(OutageProxy):
+    """Like `OutageProxy`, and once `arm()`ed, forwards the next COMMIT to the server but
+    drops the connection before the server's answer reaches the client: the commit
+    happened, the client cannot know."""
+
+    def __init__(self, server_dsn: str) -> None:
+        super().__init__(server_dsn)
+        self.armed = False
+        self.dropped = 0
+
+    def arm(self) -> None:
+        self.armed = True
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._socket_dir.startswith("/"):
+            up_r, up_w = await asyncio.open_unix_connection(f"{self._socket_dir}/.s.PGSQL.{self._port}")
+        else:
+            up_r, up_w = await asyncio.open_connection(self._socket_dir, self._port)
+        self._links.append((writer, up_w))
+        held = asyncio.Event()
+        await asyncio.gather(self._upstream(reader, up_w, held), self._downstream(up_r, writer, up_w, held))
+
+    async def _upstream(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: asyncio.Event) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await src.read(65536):
+                if self.armed and _COMMIT in data:
+                    self.armed = False
+                    self.dropped += 1
+                    held.set()  # the answer to this COMMIT is never delivered
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
+
+    @staticmethod
+    async def _downstream(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: asyncio.StreamWriter,
+                          held: asyncio.Event) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await src.read(65536):
+                if held.is_set():
+                    await asyncio.sleep(0.2)  # let the server finish the commit, then cut both ways
+                    break
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
+        upstream.transport.abort()

@@ -12,6 +12,7 @@ import signal
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 import pytest
 
 from app.db import with_database
@@ -19,6 +20,7 @@ from app.db.connector import application_name
 from app.db.migrate import Migration, load_migrations, upgrade
 from tests.process.faultkit import (
     BATCH,
+    LostCommitProxy,
     OutageProxy,
     Workload,
     assert_same_as_uninterrupted,
@@ -270,4 +272,67 @@ async def test_schema_upgrade_during_a_backfill(db, db_url, workload) -> None:
     assert proc.returncode is None  # the schema changed under a running backfill
     _, err_bytes = await proc.communicate()
     assert proc.returncode == 0, err_bytes
+    await assert_same_as_uninterrupted(db, work, ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", ["candidacy"], indirect=True)
+async def test_takeover_leaves_the_new_owner_in_charge(db, db_url, workload) -> None:
+    """Process A waits on rows another session holds; its lock connection dies and a
+    `--resume` in process B takes the run over. When the rows are released, A may not
+    commit its batch or write the ledger again; B finishes, and the ledger counts equal
+    the history rows."""
+    ws, work = workload
+    ordered = [r["id"] for r in work.rows if r["id"] in work.expected]
+    held = ordered[5:15]
+    async with db.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SELECT 1 FROM backtest_runs WHERE id = ANY($1) FOR UPDATE", held)
+        first = await start_kb(db_url, *kb_argv(work, ws))
+        for _ in range(3000):
+            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                                 "AND wait_event_type = 'Lock'", application_name(first.pid)):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the first backfill never reached the held rows")
+        killed = await db.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(l.pid)) FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND a.application_name = $1",
+            application_name(first.pid))
+        assert killed == 1
+        second = await start_kb(db_url, *kb_argv(work, ws, "--resume"))
+        for _ in range(3000):  # B owns the run once it waits on the same rows
+            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                                 "AND wait_event_type = 'Lock'", application_name(second.pid)):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the second backfill never reached the held rows")
+        await tx.rollback()
+    _, err_second = await asyncio.wait_for(second.communicate(), 120)
+    _, err_first = await asyncio.wait_for(first.communicate(), 120)
+    assert second.returncode == 0, err_second.decode()
+    assert first.returncode == 1 and "taken over" in err_first.decode(), err_first.decode()
+    await assert_same_as_uninterrupted(db, work, ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", KINDS, indirect=True)
+async def test_lost_commit_acknowledgement_is_counted_from_the_database(db, db_url, server_dsn, workload) -> None:
+    """The server commits a batch but the answer never arrives (the connection drops right
+    after COMMIT): the retry finds the batch committed, and the report and ledger count
+    it, so ledger counts equal the history rows."""
+    ws, work = workload
+    async with LostCommitProxy(server_dsn) as proxy:
+        url = proxy.url(urlsplit(db_url).path.lstrip("/"))
+        proc = await start_kb(url, *kb_argv(work, ws, "--json"))
+        await wait_for_progress(db, work, ws, proc, 500)
+        proxy.arm()
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proxy.dropped == 1
+    assert proc.returncode == 0, err.decode()
+    report = orjson.loads(out)
+    assert report["updated"] == len(work.expected)
     await assert_same_as_uninterrupted(db, work, ws)
