@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from app import far_time
 from app.db.sql import q
 from app.errors import DatabaseUnavailable
 from app.urls import redact_url
@@ -65,6 +66,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # Keep json/jsonb as text: callers decode only the keys they need (orjson), and
     # writes pass JSON text that the server parses once.
     await conn.execute(q("session_utc"))
+    # Timestamps beyond Python's range become FarTime values, never a failed page.
+    await conn.set_type_codec("timestamptz", schema="pg_catalog", encoder=far_time.encode,
+                              decoder=far_time.decode, format="tuple")
 
 
 def describe_connect_error(dsn: str, exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from app.db import Database
 from app.db.connector import Conn
 from app.db.sql import q
 from app.db.workspaces import require_workspace
+from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.evidence import ELIGIBLE, delete_stale_evidence, evidence_row, upsert_evidence
 from app.services.kb.run_fields import ParsedRun, parse_run
 from app.services.kb.scan import keyset_start
@@ -149,6 +150,11 @@ async def ingest(
             cursor = (page[-1]["created_at"], page[-1]["id"])
             trials, evidence = [], []
             for row in page:
+                if isinstance(row["created_at"], FarTime):
+                    if row["kb_status"] in ELIGIBLE:
+                        result.scanned += 1
+                        _count_error(result, INVALID_CREATED_AT, row["id"])
+                    continue
                 try:
                     run = parse_run(row)
                 except (TypeError, ValueError):  # params JSON that cannot be keyed (an integer beyond 64 bits)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
-# `(created_at, id) > (START_OF_TIME, ZERO_ID)` selects every row; `(since, ZERO_ID)`
-# selects created_at >= since for every real id.
-START_OF_TIME = datetime(1, 1, 1, tzinfo=UTC)
+from app.far_time import minus_infinity
+
+# `(created_at, id) > (START_OF_TIME, ZERO_ID)` selects every row (START_OF_TIME is
+# -infinity, before BC dates too); `(since, ZERO_ID)` selects created_at >= since for every real id.
+START_OF_TIME: datetime = minus_infinity()
 ZERO_ID = uuid.UUID(int=0)
 
 

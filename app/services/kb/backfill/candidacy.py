@@ -14,6 +14,7 @@ from app.db import Database
 from app.db.connector import Conn
 from app.db.sql import q
 from app.errors import NotFound
+from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
 from app.services.kb.gate import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
 from app.services.kb.scan import Hooks, ScanOptions
@@ -59,8 +60,10 @@ class CandidacyJob:
         outcomes = []
         for row in rows:
             extracted = extract_metrics(row["summary"], row["trade_count"])
-            if extracted.metrics is None:
-                reason: str | None = extracted.reason
+            if isinstance(row["created_at"], FarTime):
+                reason: str | None = INVALID_CREATED_AT
+            elif extracted.metrics is None:
+                reason = extracted.reason
             else:
                 decision = is_candidate(
                     extracted.metrics,

@@ -17,6 +17,7 @@ import orjson
 from app.db import Database
 from app.db.connector import Conn
 from app.db.sql import q
+from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
 from app.services.kb.ohlcv import OhlcvData, calendar_slack_ns
 from app.services.kb.regime import MIN_EFFECTIVE_BARS, REGIME_WINDOW_BARS, compute_feature_batch, snapshot_dicts
@@ -113,7 +114,7 @@ class RegimeJob:
         for row in rows:
             meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
             windows = extract_windows(meta, params)
-            reason = windows.reason
+            reason = INVALID_CREATED_AT if isinstance(row["created_at"], FarTime) else windows.reason
             key: str | None = None
             oos = is_ = pre = None
             if reason is None:
