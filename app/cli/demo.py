@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +24,7 @@ from app.cli.render import (
 )
 from app.db import Database
 from app.db.embedded import kb_home
-from app.db.workspaces import reset_workspace
+from app.db.workspaces import reset_workspace, workspace_job
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
 from app.services.kb.demo_data import SYMBOLS, make_market, make_runs, write_market, write_runs_csv
@@ -63,6 +64,14 @@ async def load_demo(db: Database, workspace_id: uuid.UUID, runs_csv: Path) -> di
 
 
 async def cmd_demo(db: Database, args: argparse.Namespace) -> int:
+    workspace_id = demo_workspace_id(args.seed)
+    waiting = lambda: echo("another kb demo is building this workspace; waiting for it to finish",  # noqa: E731
+                           sys.stderr)
+    async with workspace_job(db, workspace_id, waiting):
+        return await _demo(db, args)
+
+
+async def _demo(db: Database, args: argparse.Namespace) -> int:
     started = time.monotonic()
     rng = np.random.default_rng(args.seed)
     workspace_id = demo_workspace_id(args.seed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from app.db.connector import Conn, Database
 from app.db.sql import q
@@ -29,3 +31,17 @@ async def reset_workspace(conn: Conn, workspace_id: uuid.UUID, name: str) -> Non
 
 async def count_runs(conn: Conn, workspace_id: uuid.UUID) -> int:
     return int(await conn.fetchval(q("count_workspace_runs"), workspace_id))
+
+
+@asynccontextmanager
+async def workspace_job(db: Database, workspace_id: uuid.UUID, on_wait: Callable[[], None]) -> AsyncIterator[None]:
+    """Run one whole-workspace job at a time (two `kb demo` at once): a second one waits
+    for the first to finish (`on_wait` is told), then runs."""
+    async with db.acquire() as conn:
+        if not await conn.fetchval(q("try_lock_workspace_session"), str(workspace_id)):
+            on_wait()
+            await conn.fetchval(q("lock_workspace_session"), str(workspace_id))
+        try:
+            yield
+        finally:
+            await conn.fetchval(q("unlock_workspace_session"), str(workspace_id))

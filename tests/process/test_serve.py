@@ -72,3 +72,17 @@ async def test_start_up_failures_are_one_line(tmp_path) -> None:
         err = raw.decode()
         assert proc.returncode == 1 and err.count("\n") == 1 and needle in err, err
         assert "ss:w/rd" not in err and "pa@" not in err and "pa%40" not in err
+
+
+async def test_two_demos_at_once_on_a_fresh_home(tmp_path) -> None:
+    """Both start the embedded server and migrate the same fresh database; the second
+    waits for the first to finish building the workspace, then builds it again: both exit 0."""
+    env = _env(KB_HOME=str(tmp_path / "home"))
+    procs = [await asyncio.create_subprocess_exec(*KB, "demo", "--runs", "300", env=env,
+                                                  stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+             for _ in range(2)]
+    results = [await asyncio.wait_for(p.communicate(), 180) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0, 0], [r[1].decode()[-500:] for r in results]
+    for _, err in results:
+        assert "Traceback" not in err.decode() and "kb: error" not in err.decode()

@@ -6,6 +6,7 @@ well in trends, mean reversion in ranges), so the KB has something real to learn
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -191,12 +192,20 @@ def write_runs_csv(runs: list[dict[str, Any]], folder: Path) -> Path:
     """The demo runs as a CSV export, for the demo's import step."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo_runs.csv"
-    pd.DataFrame([_flat(r) for r in runs]).to_csv(path, index=False)
+    _write_whole(pd.DataFrame([_flat(r) for r in runs]), path)
     return path
 
 
 def write_market(market: DemoMarket, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo_ohlcv_1h.csv"
-    market.frame.to_csv(path, index=False)
+    _write_whole(market.frame, path)
     return path
+
+
+def _write_whole(frame: pd.DataFrame, path: Path) -> None:
+    """Written beside the target and renamed: another demo reading the file (two at once
+    share KB_HOME) never sees it half written."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    frame.to_csv(partial, index=False)
+    os.replace(partial, path)
