@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from app.api.app import MAX_BODY_BYTES
+from app.services.kb.snapshot import FEATURE_NAMES
 from tests.conftest import API_TOKEN, BASE_TIME, ohlcv_frame, run_row
 
 GOOD_SUMMARY = {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0}
@@ -300,6 +301,10 @@ API_CASES: list[tuple[str, str, Any, int]] = [
     ("ohlcv bars dated 1500", "/kb/trials/recommend",
      {**REC, "tags": None, "ohlcv": [{"timestamp": f"1500-01-{1 + i % 28:02d}T{i % 24:02d}:00:00Z", "high": 2,
                                       "low": 1, "close": 1.5} for i in range(120)]}, 422),
+    ("regime in the original system's format", "/kb/trials/recommend",
+     {**REC, "tags": None, "regime": {**dict.fromkeys(FEATURE_NAMES, 0.5), "regime_tags": "uptrend, high_vol",
+                                      "tag_evidence": [{"tag": "uptrend", "metric": "trend_strength", "value": 0.8,
+                                                        "op": ">=", "threshold": 0.6, "margin": 0.2}]}}, 200),
     ("runs not a list", "/kb/runs", {"workspace_id": WS, "runs": {"strategy_name": "s"}}, 422),
     ("runs over the cap", "/kb/runs", {"workspace_id": WS, "runs": [{"strategy_name": "s"}] * 50_001}, 422),
     ("runs with a NUL source", "/kb/runs", {"workspace_id": WS, "runs": [], "source": "a\u0000b"}, 422),
