@@ -151,6 +151,9 @@ async def _check_views(page: Page, base: str, workspace: uuid.UUID, prefix: str)
             assert params, "no parameter charts"
             first = "param-" + params[0]
             assert await _points(page, first) > 50
+        if view == "evaluation":  # the demo's sweeps give the walk-forward replay decisions to show
+            assert await page.locator("#evaluation-cards .card").count() == 5
+            assert await _points(page, "chart-realised") == 5
         if view == "gate":
             assert await _points(page, "chart-funnel") == 5
             assert await page.locator("#reasons tbody tr").count() >= 1

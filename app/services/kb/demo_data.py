@@ -68,14 +68,14 @@ def make_market(rng: np.random.Generator) -> DemoMarket:
     return DemoMarket(pd.concat(parts, ignore_index=True), labels)
 
 
-def _params(strategy: str, rng: np.random.Generator) -> dict[str, Any]:
-    if strategy == "trend_follow":
-        return {"fast": int(rng.integers(5, 30)), "slow": int(rng.integers(40, 200)), "stop": "atr"}
-    if strategy == "mean_rev":
-        return {"lookback": int(rng.integers(10, 60)), "z_entry": round(float(rng.uniform(1.0, 3.0)), 2),
-                "exit": str(rng.choice(["mean", "half"]))}
-    return {"window": int(rng.integers(20, 100)), "atr_mult": round(float(rng.uniform(1.0, 4.0)), 2),
-            "stop": "atr"}
+# Each strategy is swept over a grid, as researchers do: a set recurs across windows.
+_GRIDS: dict[str, list[dict[str, Any]]] = {
+    "trend_follow": [{"fast": f, "slow": s, "stop": "atr"} for f in (5, 10, 15, 20, 25) for s in (50, 100, 150)],
+    "mean_rev": [{"lookback": lb, "z_entry": z, "exit": e} for lb in (10, 20, 40) for z in (1.0, 1.5, 2.0, 2.5, 3.0)
+                 for e in ("mean", "half")],
+    "breakout": [{"window": w, "atr_mult": a, "stop": "atr"} for w in (20, 40, 60, 80)
+                 for a in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5)],
+}
 
 
 def _sharpe(strategy: str, regime: int, params: dict[str, Any], rng: np.random.Generator) -> float:
@@ -115,16 +115,21 @@ def _window_meta(form: int, start: datetime, end: datetime, rng: np.random.Gener
 def make_runs(workspace_id: uuid.UUID, market: DemoMarket, count: int, rng: np.random.Generator) -> list[dict]:
     runs = []
     created0 = datetime(2025, 2, 1, tzinfo=UTC)
+    sweep: list[dict[str, Any]] = []
     for i in range(count):
-        sym = SYMBOLS[int(rng.integers(0, len(SYMBOLS)))]
-        strategy = STRATEGIES[int(rng.integers(0, len(STRATEGIES)))]
-        params = _params(strategy, rng)
-        length = int(rng.integers(250, 700))
-        first = int(rng.integers(length + 10, BARS - length - 10)) if rng.random() > 0.02 else BARS - 30
-        last = min(first + length, BARS - 1)
-        start = DEMO_START + timedelta(hours=first)
-        end = DEMO_START + timedelta(hours=last)
-        regime = int(np.bincount(market.regime_at[sym][first : last + 1], minlength=4).argmax())
+        if not sweep:  # a new sweep: several grid sets of one strategy on one window
+            sym = SYMBOLS[int(rng.integers(0, len(SYMBOLS)))]
+            strategy = STRATEGIES[int(rng.integers(0, len(STRATEGIES)))]
+            grid = _GRIDS[strategy]
+            sweep = [grid[j] for j in rng.choice(len(grid), size=int(rng.integers(4, 9)), replace=False)]
+            length = int(rng.integers(250, 700))
+            first = int(rng.integers(length + 10, BARS - length - 10)) if rng.random() > 0.02 else BARS - 30
+            last = min(first + length, BARS - 1)
+            start = DEMO_START + timedelta(hours=first)
+            end = DEMO_START + timedelta(hours=last)
+            regime = int(np.bincount(market.regime_at[sym][first : last + 1], minlength=4).argmax())
+            form = int(rng.choice(6, p=[0.35, 0.2, 0.15, 0.15, 0.1, 0.05]))
+        params = dict(sweep.pop())
         sharpe = _sharpe(strategy, regime, params, rng)
         trades = int(rng.poisson(max(3.0, 25 + 10 * sharpe)))
         dd = float(np.clip(rng.gamma(2.0, 6.0) - 3 * sharpe, 2, 70))
@@ -143,7 +148,6 @@ def make_runs(workspace_id: uuid.UUID, market: DemoMarket, count: int, rng: np.r
             summary["trades"] = str(trades)  # numeric strings count as numbers
         elif mess < 0.065:
             summary["max_drawdown_pct"] = "n/a"
-        form = int(rng.choice(6, p=[0.35, 0.2, 0.15, 0.15, 0.1, 0.05]))
         meta, extra = _window_meta(form, start, end, rng)
         kind_roll, status_roll, exp_roll = rng.random(), rng.random(), rng.random()
         runs.append({
