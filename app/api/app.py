@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import LoopbackHostOnly, require_token
 from app.api.dashboard import register as register_dashboard
+from app.api.deps import DB, NO_NUL, Cache, StrategyName, send_json_error
 from app.db import Database, ledger, open_database
 from app.db.lifecycle import translate
 from app.db.sql import q
@@ -93,10 +94,7 @@ class BodyLimit:
 
     async def _refuse(self, send: Send, exc: HTTPException | None = None) -> None:
         refusal = exc or _TooLarge(self.limit)
-        body = orjson.dumps({"detail": refusal.detail})
-        await send({"type": "http.response.start", "status": refusal.status_code,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, refusal.status_code, str(refusal.detail))
 
 
 class _TooSlow(HTTPException):
@@ -150,7 +148,7 @@ class Bar(BaseModel):
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     workspace_id: uuid.UUID
-    strategy_name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+    strategy_name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
     regime: dict[str, Any] | None = None
     ohlcv: list[Bar] | None = Field(default=None, max_length=MAX_OHLCV_ROWS)
     tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=32)
@@ -170,21 +168,8 @@ class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     workspace_id: uuid.UUID
     runs: list[dict[str, Any]] = Field(max_length=MAX_IMPORT_RUNS)
-    source: str = Field(default="api", min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+    source: str = Field(default="api", min_length=1, max_length=200, pattern=NO_NUL)
     dry_run: bool = False
-
-
-def get_db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
-def get_cache(request: Request) -> TrialCache:
-    cache: TrialCache = request.app.state.cache
-    return cache
-
-
-DB = Annotated[Database, Depends(get_db)]
 
 
 def _regime_from_request(body: RecommendRequest) -> RegimeSnapshot | None:
@@ -269,8 +254,7 @@ def create_app(db: Database | None = None) -> FastAPI:
         return result.to_dict()
 
     @app.post("/kb/trials/recommend", dependencies=auth)
-    async def recommend_route(body: RecommendRequest, db: DB,
-                              cache: Annotated[TrialCache, Depends(get_cache)]) -> Response:
+    async def recommend_route(body: RecommendRequest, db: DB, cache: Cache) -> Response:
         if sum(x is not None for x in (body.regime, body.ohlcv, body.tags)) != 1:
             raise HTTPException(status_code=422, detail="give exactly one of regime, ohlcv or tags")
         regime = _regime_from_request(body)
@@ -295,8 +279,7 @@ def create_app(db: Database | None = None) -> FastAPI:
 
     @app.get("/kb/evaluate", dependencies=auth)
     async def evaluate_route(workspace_id: uuid.UUID,
-                             strategy_name: Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$")],
-                             db: DB, cache: Annotated[TrialCache, Depends(get_cache)]) -> dict[str, Any]:
+                             strategy_name: StrategyName, db: DB, cache: Cache) -> dict[str, Any]:
         """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`)."""
         return await evaluate(db, workspace_id, strategy_name, cache.evidence)
 

@@ -14,9 +14,10 @@ import hmac
 import ipaddress
 import os
 
-import orjson
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.deps import send_json_error
 
 SESSION_COOKIE = "kb_session"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "testserver"})
@@ -86,7 +87,4 @@ class LoopbackHostOnly:
         if is_loopback_host(host):
             await self.app(scope, receive, send)
             return
-        body = orjson.dumps({"detail": "this server answers only to localhost without KB_API_TOKEN"})
-        await send({"type": "http.response.start", "status": 421,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 421, "this server answers only to localhost without KB_API_TOKEN")

@@ -4,15 +4,15 @@ and Swagger UI served from the vendored files."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import SESSION_COOKIE, api_token, require_token, session_value, token_matches
-from app.db import Database
+from app.api.deps import DB, StrategyName
 from app.services.kb import dashboard
 from app.web import CONTENT_TYPES, asset, dashboard_page
 
@@ -22,15 +22,6 @@ NO_STORE = {"cache-control": "no-store"}
 class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: str = Field(min_length=1, max_length=4096)
-
-
-def _db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
-DB = Annotated[Database, Depends(_db)]
-Strategy = Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 
 
 def register(app: FastAPI) -> None:
@@ -92,7 +83,7 @@ def register(app: FastAPI) -> None:
         return await dashboard.coverage(db, workspace_id)
 
     @data.get("/kb/dashboard/strategy")
-    async def strategy_route(workspace_id: uuid.UUID, strategy_name: Strategy, db: DB) -> dict[str, Any]:
+    async def strategy_route(workspace_id: uuid.UUID, strategy_name: StrategyName, db: DB) -> dict[str, Any]:
         """OOS Sharpe and parameters of a strategy's trials (a sample beyond 4,000), with each window's trend."""
         return await dashboard.strategy_points(db, workspace_id, strategy_name)
 

@@ -4,8 +4,6 @@ refusing open binds without a token and a port that is taken, each with one line
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import os
 import signal
 import socket
 import threading
@@ -14,22 +12,14 @@ from collections.abc import Iterator
 import uvicorn
 
 from app.api.app import create_app
+from app.api.auth import api_token, is_loopback_host
 from app.db import Database
 from app.errors import BadInput, KBError
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, port: int) -> None:
     """Before the database is opened: the address may be used and is free."""
-    if not _is_loopback(host) and not os.environ.get("KB_API_TOKEN"):
+    if not is_loopback_host(host) and api_token() is None:
         raise BadInput(f"refusing to listen on {host} without KB_API_TOKEN: set a token or bind to 127.0.0.1")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
