@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from app.cli.console import echo
 from app.cli.options import opt, uuid_arg
 from app.db import Database
 from app.errors import BadInput
+from app.files import write_whole
 from app.services.kb.dashboard import report_data
 from app.web import report_page
 
@@ -33,23 +32,11 @@ def _check_out(args: argparse.Namespace) -> Path:
     return out
 
 
-def _write_whole(out: Path, text: str) -> None:
-    """Written next to the target and renamed, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=".kb-report-", suffix=".html", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 async def cmd_report(db: Database, args: argparse.Namespace) -> int:
     started = time.monotonic()
     out: Path = args.prepared
     html = report_page(await report_data(db, args.workspace_id))
-    _write_whole(out, html)
+    write_whole(out, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     echo(f"wrote {out} ({len(html.encode()) / 1e6:.1f} MB) in {time.monotonic() - started:.1f}s; "
          f"open it in a browser, no server needed")
     return 0

@@ -15,6 +15,7 @@ PURE = {
     "app.services.kb.backfill.counters", "app.services.kb.candidacy", "app.services.kb.types",
     "app.services.kb.synthetic_world", "app.services.kb.importing.fields", "app.services.kb.importing.rows",
     "app.services.kb.importing.sources", "app.services.kb.importing.optuna_source", "app.web", "app.urls",
+    "app.files", "app.far_time",
 }
 # The plan names `python -m app.services.kb.cli`: a two-line entry point into the CLI.
 PLAN_ENTRY = "app.services.kb.cli"

@@ -6,7 +6,6 @@ well in trends, mean reversion in ranges), so the KB has something real to learn
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from app.files import write_whole
 from app.services.kb.windows import extract_windows
 
 SYMBOLS = ("AAPL", "MSFT", "BTC")
@@ -196,20 +196,13 @@ def write_runs_csv(runs: list[dict[str, Any]], folder: Path) -> Path:
     """The demo runs as a CSV export, for the demo's import step."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo_runs.csv"
-    _write_whole(pd.DataFrame([_flat(r) for r in runs]), path)
+    frame = pd.DataFrame([_flat(r) for r in runs])
+    write_whole(path, lambda tmp: frame.to_csv(tmp, index=False))
     return path
 
 
 def write_market(market: DemoMarket, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo_ohlcv_1h.csv"
-    _write_whole(market.frame, path)
+    write_whole(path, lambda tmp: market.frame.to_csv(tmp, index=False))
     return path
-
-
-def _write_whole(frame: pd.DataFrame, path: Path) -> None:
-    """Written beside the target and renamed: another demo reading the file (two at once
-    share KB_HOME) never sees it half written."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    frame.to_csv(partial, index=False)
-    os.replace(partial, path)

@@ -16,6 +16,7 @@ import orjson
 import pandas as pd
 
 from app.services.kb.importing.fields import Mapping, split_strategy_repr
+from app.services.kb.summary import decode_summary
 
 STAGING_COLUMNS = ("source_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type", "params",
                    "dataset_meta", "summary", "trade_count")
@@ -154,18 +155,6 @@ def _timestamps(series: pd.Series, name: str, check: _Checker) -> pd.Series:
     return out.where(inside)
 
 
-def _params_object(value: Any) -> dict[str, Any] | None:
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str | bytes):
-        try:
-            loaded = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return None
-        return loaded if isinstance(loaded, dict) else None
-    return None
-
-
 def _param_values(series: pd.Series) -> list[Any]:
     """A param column as plain values; floats that are all whole numbers (ints read with
     blanks) become ints again."""
@@ -193,7 +182,7 @@ def _params(frame: pd.DataFrame, mapping: Mapping, check: _Checker) -> list[dict
         for i, value in enumerate(raw):
             if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
                 continue
-            obj = _params_object(value)
+            obj = decode_summary(value)  # a dict, or JSON text of one
             if obj is None:
                 bad[i] = True
             else:

@@ -70,14 +70,15 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def text_columns(headers: list[str], maps: dict[str, str], sets: dict[str, str]) -> list[str]:
-    """The CSV columns to keep as text: everything mapped to a non-numeric field."""
-    mapping = resolve_mapping(headers, maps, sets)
-    return [c for f, c in mapping.columns.items() if FIELDS[f] not in ("int", "float")]
-
-
 def load_file(path: Path, fmt: str | None, maps: dict[str, str], sets: dict[str, str]) -> tuple[pd.DataFrame, Mapping]:
-    """Read the file and decide the mapping; every problem here is bad input, before any write."""
-    kind = detect_format(path, fmt)
-    frame = read_table(path, kind, lambda headers: text_columns(headers, maps, sets))
-    return frame, resolve_mapping(list(frame.columns), maps, sets)
+    """Read the file and decide the mapping (once, from its headers); every problem here
+    is bad input, before any write. CSV columns mapped to non-numeric fields are read as
+    text, so ids keep their leading zeros."""
+    decided: list[Mapping] = []
+
+    def text_columns(headers: list[str]) -> list[str]:
+        decided.append(resolve_mapping(headers, maps, sets))
+        return [c for f, c in decided[0].columns.items() if FIELDS[f] not in ("int", "float")]
+
+    frame = read_table(path, detect_format(path, fmt), text_columns)
+    return frame, decided[0] if decided else resolve_mapping(list(frame.columns), maps, sets)
