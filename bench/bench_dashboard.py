@@ -14,14 +14,12 @@ import socket
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import orjson
 import uvicorn
 from _common import env_int, fresh_database, run
-from bench_kb import fake_regime
+from bench_kb import load_candidates
 from playwright.async_api import async_playwright
 
 from app.api.app import create_app
@@ -38,20 +36,7 @@ async def workspace(db: Database, trials: int, seed: int) -> uuid.UUID:
     rng = np.random.default_rng(seed)
     ws = uuid.uuid4()
     await db.execute("INSERT INTO workspaces (id, name) VALUES ($1, $2)", ws, f"bench {trials:,}")
-    base = datetime(2025, 1, 1, tzinfo=UTC)
-    records = [
-        (uuid.uuid4(), ws, base + timedelta(seconds=i), "test_variant", "completed", STRATEGIES[i % 4], "candidate",
-         orjson.dumps({"fast": int(rng.integers(5, 30)), "slow": int(rng.integers(40, 200)),
-                       "mode": str(rng.choice(["a", "b"]))}).decode(),
-         orjson.dumps({"trades": int(rng.integers(5, 200)), "sharpe": float(rng.uniform(0.1, 3)),
-                       "max_drawdown_pct": -float(rng.uniform(1, 25)), "return_pct": float(rng.normal(5, 5))}).decode(),
-         orjson.dumps(fake_regime(rng)).decode())
-        for i in range(trials)
-    ]
-    async with db.acquire() as conn:
-        await conn.copy_records_to_table("backtest_runs", records=records, columns=(
-            "id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "kb_status", "params",
-            "summary", "regime_oos"))
+    await load_candidates(db, ws, trials, rng, STRATEGIES)
     await ingest(db, ws)
     return ws
 

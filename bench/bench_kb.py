@@ -17,6 +17,7 @@ import uvicorn
 from _common import env_int, fresh_database, peak_rss_mb, run
 
 from app.api.app import create_app
+from app.db import Database
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from app.services.kb.snapshot import FEATURE_NAMES, RegimeSnapshot
@@ -32,6 +33,26 @@ def fake_regime(rng: np.random.Generator) -> dict:
     return {**f, "regime_tags": tags, "schema_version": "regime_v1"}
 
 
+async def load_candidates(db: Database, ws: uuid.UUID, n: int, rng: np.random.Generator,
+                          strategies: tuple[str, ...]) -> None:
+    """COPY `n` candidate runs with random params, metrics and regimes (strategies in turn)."""
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    records = [
+        (uuid.uuid4(), ws, base + timedelta(seconds=i), "test_variant", "completed", strategies[i % len(strategies)],
+         "candidate",
+         orjson.dumps({"fast": int(rng.integers(5, 30)), "slow": int(rng.integers(40, 200)),
+                       "mode": str(rng.choice(["a", "b"]))}).decode(),
+         orjson.dumps({"trades": int(rng.integers(5, 200)), "sharpe": float(rng.uniform(0.1, 3)),
+                       "max_drawdown_pct": -float(rng.uniform(1, 25)), "return_pct": float(rng.normal(5, 5))}).decode(),
+         orjson.dumps(fake_regime(rng)).decode())
+        for i in range(n)
+    ]
+    async with db.acquire() as conn:
+        await conn.copy_records_to_table("backtest_runs", records=records, columns=(
+            "id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "kb_status", "params",
+            "summary", "regime_oos"))
+
+
 def percentiles(samples: list[float]) -> str:
     p50, p95, p99 = np.percentile(np.array(samples) * 1000, [50, 95, 99])
     return f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms"
@@ -43,20 +64,8 @@ async def main() -> None:
     db = await fresh_database("kb_bench_kb")
     ws = uuid.uuid4()
     await db.execute("INSERT INTO workspaces (id, name) VALUES ($1, 'bench')", ws)
-    base = datetime(2025, 1, 1, tzinfo=UTC)
-    records = [
-        (uuid.uuid4(), ws, base + timedelta(seconds=i), "test_variant", "completed", "strat", "candidate",
-         orjson.dumps({"fast": int(rng.integers(5, 30)), "slow": int(rng.integers(40, 200)),
-                       "mode": str(rng.choice(["a", "b"]))}).decode(),
-         orjson.dumps({"trades": int(rng.integers(5, 200)), "sharpe": float(rng.uniform(0.1, 3)),
-                       "max_drawdown_pct": -float(rng.uniform(1, 25)), "return_pct": float(rng.normal(5, 5))}).decode(),
-         orjson.dumps(fake_regime(rng)).decode())
-        for i in range(trials)
-    ]
+    await load_candidates(db, ws, trials, rng, ("strat",))
     async with db.acquire() as conn:
-        await conn.copy_records_to_table("backtest_runs", records=records, columns=(
-            "id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "kb_status", "params",
-            "summary", "regime_oos"))
         await conn.execute("VACUUM ANALYZE backtest_runs")
     result = await ingest(db, ws)
     print(f"ingest: {result.inserted:,} trials in {result.elapsed_s:.1f}s = "

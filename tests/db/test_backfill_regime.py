@@ -253,47 +253,41 @@ def _daily_bars(times: list[str], n: int) -> str:
     return "".join(f"{t},{c:.4f},{c * 1.01:.4f},{c * 0.99:.4f},{c:.4f}\n" for t, c in zip(times, close, strict=True))
 
 
+def _metatrader_hours() -> str:
+    hours = pd.date_range("2024-01-01", periods=2000, freq="h")
+    close = 1.1 + np.cumsum(np.random.default_rng(2).normal(0, 0.001, len(hours)))
+    return "<DATE>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>\n" + "".join(
+        f"{t:%Y.%m.%d},{t:%H:%M},{c:.5f},{c + 0.001:.5f},{c - 0.001:.5f},{c:.5f}\n"
+        for t, c in zip(hours, close, strict=True))
+
+
 _DAYS = pd.date_range("2023-01-02", periods=300, freq="D")
 _S = [int(d.timestamp()) for d in _DAYS]
-TIME_FORMATS = {
-    "byte-order mark": ("\ufefftimestamp,open,high,low,close\n", [f"{d:%Y-%m-%d}" for d in _DAYS]),
-    "day-first dd.mm.yyyy": ("timestamp,open,high,low,close\n", [f"{d:%d.%m.%Y}" for d in _DAYS]),
-    "YYYYMMDD numbers": ("timestamp,open,high,low,close\n", [f"{d:%Y%m%d}" for d in _DAYS]),
-    "Excel serial days": ("timestamp,open,high,low,close\n", [str((d - pd.Timestamp("1899-12-30")).days)
-                                                              for d in _DAYS]),
-    "epoch microseconds": ("timestamp,open,high,low,close\n", [str(s * 1_000_000) for s in _S]),
-    "epoch s and ms mixed": ("timestamp,open,high,low,close\n",
-                             [str(s if i % 2 else s * 1000) for i, s in enumerate(_S)]),
+_HEADER = "timestamp,open,high,low,close\n"
+_DAILY = {"symbol": "SPY", "timeframe": "1d", "oos_start": "2023-03-01", "oos_end": "2023-06-30"}
+_HOURLY = {"symbol": "EURUSD", "timeframe": "1h", "oos_start": "2024-01-20", "oos_end": "2024-02-20"}
+TIME_FORMATS = {  # file text, the run's dataset_meta
+    "byte-order mark": ("\ufeff" + _HEADER + _daily_bars([f"{d:%Y-%m-%d}" for d in _DAYS], 300), _DAILY),
+    "day-first dd.mm.yyyy": (_HEADER + _daily_bars([f"{d:%d.%m.%Y}" for d in _DAYS], 300), _DAILY),
+    "YYYYMMDD numbers": (_HEADER + _daily_bars([f"{d:%Y%m%d}" for d in _DAYS], 300), _DAILY),
+    "Excel serial days": (_HEADER + _daily_bars([str((d - pd.Timestamp("1899-12-30")).days) for d in _DAYS], 300),
+                          _DAILY),
+    "epoch microseconds": (_HEADER + _daily_bars([str(s * 1_000_000) for s in _S], 300), _DAILY),
+    "epoch s and ms mixed": (_HEADER + _daily_bars([str(s if i % 2 else s * 1000) for i, s in enumerate(_S)], 300),
+                             _DAILY),
+    "MetaTrader <DATE> and <TIME> columns": (_metatrader_hours(), _HOURLY),
 }
 
 
 @pytest.mark.parametrize("name", list(TIME_FORMATS))
 async def test_time_formats_through_the_command(cli, make_workspace, insert_runs, tmp_path, name) -> None:
-    header, times = TIME_FORMATS[name]
-    path = tmp_path / "daily.csv"
-    path.write_text(header + _daily_bars(times, len(times)), encoding="utf-8")
+    text, meta = TIME_FORMATS[name]
+    path = tmp_path / "bars.csv"
+    path.write_text(text, encoding="utf-8")
     ws = await make_workspace()
-    meta = {"symbol": "SPY", "timeframe": "1d", "oos_start": "2023-03-01", "oos_end": "2023-06-30"}
     await insert_runs([run_row(ws, 0, dataset_meta=meta)])
-    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol", "SPY",
-                               "--dry-run", "--json")
+    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol",
+                               meta["symbol"], "--dry-run", "--json")
     assert code == 0, err
     report = orjson.loads(out)
     assert report["passed"] == 1 and report["reasons"] == {}, report
-
-
-async def test_metatrader_date_and_time_columns_through_the_command(cli, make_workspace, insert_runs,
-                                                                    tmp_path) -> None:
-    hours = pd.date_range("2024-01-01", periods=2000, freq="h")
-    close = 1.1 + np.cumsum(np.random.default_rng(2).normal(0, 0.001, len(hours)))
-    path = tmp_path / "mt.csv"
-    path.write_text("<DATE>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>\n" + "".join(
-        f"{t:%Y.%m.%d},{t:%H:%M},{c:.5f},{c + 0.001:.5f},{c - 0.001:.5f},{c:.5f}\n"
-        for t, c in zip(hours, close, strict=True)))
-    ws = await make_workspace()
-    meta = {"symbol": "EURUSD", "timeframe": "1h", "oos_start": "2024-01-20", "oos_end": "2024-02-20"}
-    await insert_runs([run_row(ws, 0, dataset_meta=meta)])
-    code, out, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol", "EURUSD",
-                               "--dry-run", "--json")
-    assert code == 0, err
-    assert orjson.loads(out)["passed"] == 1

@@ -109,6 +109,16 @@ async def wait_for_progress(db: Database, work: Workload, ws: uuid.UUID, proc: a
     raise AssertionError(f"no progress to {at_least} rows within {limit_s} s")
 
 
+async def wait_on_row_lock(db: Database, proc: asyncio.subprocess.Process, what: str) -> None:
+    """Until the `kb` process waits on a row lock another session holds."""
+    for _ in range(3000):
+        if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                             "AND wait_event_type = 'Lock'", application_name(proc.pid)):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} never reached the locked rows")
+
+
 async def terminate_backends(db: Database, pid: int) -> int:
     """pg_terminate_backend every server connection of the `kb` process `pid`."""
     return int(await db.fetchval(

@@ -32,6 +32,7 @@ from tests.process.faultkit import (
     start_kb,
     terminate_backends,
     wait_for_progress,
+    wait_on_row_lock,
 )
 
 
@@ -190,13 +191,7 @@ async def test_concurrent_edits_are_kept_and_counted(db, db_url, workload) -> No
         await tx.start()
         await conn.execute("SELECT 1 FROM backtest_runs WHERE id = ANY($1) FOR UPDATE", targets)
         proc = await start_kb(db_url, *kb_argv(work, ws))
-        for _ in range(3000):
-            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-                                 "AND wait_event_type = 'Lock'", application_name(proc.pid)):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the backfill never reached the locked rows")
+        await wait_on_row_lock(db, proc, "the backfill")
         if work.kind == "candidacy":
             await conn.execute("UPDATE backtest_runs SET kb_status = CASE WHEN id = ANY($2) THEN 'promoted' "
                                "ELSE 'rejected' END, kb_status_changed_by = 'analyst' WHERE id = ANY($1)",
@@ -290,26 +285,14 @@ async def test_takeover_leaves_the_new_owner_in_charge(db, db_url, workload) -> 
         await tx.start()
         await conn.execute("SELECT 1 FROM backtest_runs WHERE id = ANY($1) FOR UPDATE", held)
         first = await start_kb(db_url, *kb_argv(work, ws))
-        for _ in range(3000):
-            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-                                 "AND wait_event_type = 'Lock'", application_name(first.pid)):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the first backfill never reached the held rows")
+        await wait_on_row_lock(db, first, "the first backfill")
         killed = await db.fetchval(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(l.pid)) FROM pg_locks l "
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND a.application_name = $1",
             application_name(first.pid))
         assert killed == 1
         second = await start_kb(db_url, *kb_argv(work, ws, "--resume"))
-        for _ in range(3000):  # B owns the run once it waits on the same rows
-            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-                                 "AND wait_event_type = 'Lock'", application_name(second.pid)):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the second backfill never reached the held rows")
+        await wait_on_row_lock(db, second, "the second backfill")
         await tx.rollback()
     _, err_second = await asyncio.wait_for(second.communicate(), 120)
     _, err_first = await asyncio.wait_for(first.communicate(), 120)
