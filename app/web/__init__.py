@@ -27,25 +27,27 @@ CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; cha
 
 
 @cache
-def asset(name: str) -> bytes:
-    """A file under `static/` (KeyError for anything else, path tricks included)."""
-    if not re.fullmatch(r"(vendor/)?[A-Za-z0-9_.-]+\.(js|css)", name) or ".." in name:
-        raise KeyError(name)
-    folder = resources.files("app.web") / "static"
-    target = folder.joinpath(*name.split("/"))
+def _static(name: str) -> bytes:
+    target = (resources.files("app.web") / "static").joinpath(*name.split("/"))
     if not target.is_file():
         raise KeyError(name)
     return target.read_bytes()
 
 
-def dashboard_page() -> str:
-    return asset_text("dashboard.html").replace(_MARK, LIVE_ASSETS)
+def asset(name: str) -> bytes:
+    """A script or style under `static/`, as served at `/static/`: KeyError for anything
+    else (the page itself and path tricks included)."""
+    if not re.fullmatch(r"(vendor/)?[A-Za-z0-9_.-]+\.(js|css)", name) or ".." in name:
+        raise KeyError(name)
+    return _static(name)
 
 
 def asset_text(name: str) -> str:
-    if name == "dashboard.html":
-        return (resources.files("app.web") / "static" / "dashboard.html").read_text(encoding="utf-8")
-    return asset(name).decode("utf-8")
+    return _static(name).decode("utf-8")
+
+
+def dashboard_page() -> str:
+    return asset_text("dashboard.html").replace(_MARK, LIVE_ASSETS)
 
 
 def _script_json(value: Any) -> str:
