@@ -12,7 +12,7 @@ import uuid
 from _common import env_int, fresh_database, peak_rss_mb, run
 
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
-from app.services.kb.seed import seed_runs
+from app.services.kb.synthetic.seed import seed_runs
 
 
 async def main() -> None:

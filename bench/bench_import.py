@@ -20,7 +20,7 @@ from _common import env_int, fresh_database, peak_rss_mb, run
 
 from app.services.kb.importing.optuna_source import study_frame
 from app.services.kb.importing.service import import_frame, load_file
-from app.services.kb.seed import seed_runs
+from app.services.kb.synthetic.seed import seed_runs
 
 
 def sweep(rows: int) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from app.api.app import create_app
 from app.db import Database
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
-from app.services.kb.snapshot import FEATURE_NAMES, RegimeSnapshot
+from app.services.kb.regime.snapshot import FEATURE_NAMES, RegimeSnapshot
 
 
 def fake_regime(rng: np.random.Generator) -> dict:

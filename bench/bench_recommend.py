@@ -28,12 +28,12 @@ from app.db.runs import copy_runs
 from app.db.workspaces import ensure_workspace
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.evaluate import evaluate_matrix
-from app.services.kb.evidence import EvidenceCache
 from app.services.kb.ingest import ingest
-from app.services.kb.ohlcv import load_ohlcv
-from app.services.kb.synthetic_world import GRIDS, REGIMES, make_world, sweep_runs, true_regime
-from app.services.kb.walkforward import sums_of
+from app.services.kb.recommend.cache import EvidenceCache
+from app.services.kb.recommend.evaluate import evaluate_matrix
+from app.services.kb.recommend.walkforward import sums_of
+from app.services.kb.regime.ohlcv import load_ohlcv
+from app.services.kb.synthetic.world import GRIDS, REGIMES, make_world, sweep_runs, true_regime
 
 COLUMNS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type",
            "params", "dataset_meta", "summary", "trade_count")
@@ -87,7 +87,8 @@ async def one_seed(seed: int, bars: int) -> None:
     for strategy in GRIDS:
         t = time.monotonic()
         m = await cache.get(db, ws, strategy)
-        report, wf = evaluate_matrix(m)
+        check = evaluate_matrix(m)
+        report, wf = check.summary, check.walk_forward
         eval_s = time.monotonic() - t
         trb, labels = true_regime_best(world, m, wf)
         rs = report["realised_sharpe"]

@@ -16,8 +16,8 @@ import pandas as pd
 from _common import env_int, fresh_database, peak_rss_mb, run
 
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.ohlcv import load_ohlcv
-from app.services.kb.regime import compute_feature_batch, snapshot_dicts
+from app.services.kb.regime.features import compute_feature_batch, snapshot_dicts
+from app.services.kb.regime.ohlcv import load_ohlcv
 
 BARS = 87_600
 START = datetime(2015, 1, 1, tzinfo=UTC)

@@ -27,7 +27,7 @@ from _common import env_int, fresh_database, run
 
 from app.db import with_database
 from app.db.embedded import database_url
-from app.services.kb.seed import SEED_EPOCH, seed_runs
+from app.services.kb.synthetic.seed import SEED_EPOCH, seed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 KB = [sys.executable, "-m", "app.services.kb.cli"]

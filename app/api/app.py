@@ -29,15 +29,16 @@ from app.db import Database, ledger, open_database
 from app.db.lifecycle import translate
 from app.db.sql import q
 from app.errors import BadInput, DriverError, KBError, NotFound
-from app.services.kb.evaluate import evaluate
 from app.services.kb.importing.fields import resolve_mapping
 from app.services.kb.importing.service import import_frame
 from app.services.kb.ingest import ingest
-from app.services.kb.ohlcv import frame_series
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
-from app.services.kb.regime import MIN_EFFECTIVE_BARS, current_regime
-from app.services.kb.snapshot import RegimeSnapshot, parse_regime_snapshot
+from app.services.kb.recommend.evaluate import evaluate
+from app.services.kb.regime.features import MIN_EFFECTIVE_BARS, current_regime
+from app.services.kb.regime.ohlcv import frame_series
+from app.services.kb.regime.snapshot import RegimeSnapshot, parse_regime_snapshot
 from app.services.kb.status import workspace_status
+from app.timestamps import EARLIEST, LATEST, in_range
 
 MAX_OHLCV_ROWS = 20_000
 # 20,000 bars of JSON are about 2.5 MB; anything far beyond that is refused unread.
@@ -110,17 +111,13 @@ class _TooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body over {limit:,} bytes")
 
 
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-
-
 def _in_range(value: datetime | None) -> datetime | None:
-    """Timestamps outside 1900..2200 are refused (422), not left to fail deeper down."""
+    """Timestamps outside the accepted range are refused (422), not left to fail deeper down."""
     if value is None:
         return None
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not EARLIEST <= aware <= LATEST:
-        raise ValueError("must be between 1900-01-01 and 2200-01-01")
+    if not in_range(aware):
+        raise ValueError(f"must be between {EARLIEST.date()} and {LATEST.date()}")
     return aware
 
 
@@ -263,7 +260,8 @@ def create_app(db: Database | None = None) -> FastAPI:
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown,
             method=body.method), cache)
-        return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        return Response(orjson.dumps(result.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
 
     @app.post("/kb/runs", dependencies=auth)
     async def import_route(body: ImportRequest, db: DB) -> dict[str, Any]:
@@ -275,13 +273,13 @@ def create_app(db: Database | None = None) -> FastAPI:
 
     @app.get("/kb/status", dependencies=auth)
     async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:
-        return await workspace_status(db, workspace_id)
+        return (await workspace_status(db, workspace_id)).to_dict()
 
     @app.get("/kb/evaluate", dependencies=auth)
     async def evaluate_route(workspace_id: uuid.UUID,
                              strategy_name: StrategyName, db: DB, cache: Cache) -> dict[str, Any]:
         """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`)."""
-        return await evaluate(db, workspace_id, strategy_name, cache.evidence)
+        return (await evaluate(db, workspace_id, strategy_name, cache)).to_dict()
 
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,

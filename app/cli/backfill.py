@@ -15,9 +15,9 @@ from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candid
 from app.services.kb.backfill.engine import BackfillResult
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
 from app.services.kb.backfill.undo import undo_backfill
-from app.services.kb.gate import CandidacyConfig
-from app.services.kb.ohlcv import check_timeframe, load_ohlcv, timeframe_seconds
-from app.services.kb.scan import Hooks
+from app.services.kb.regime.ohlcv import check_timeframe, load_ohlcv, timeframe_seconds
+from app.services.kb.runs.gate import CandidacyConfig
+from app.services.kb.runs.scan import Hooks
 
 
 def register(sub: Any) -> None:

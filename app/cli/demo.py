@@ -27,13 +27,13 @@ from app.db.embedded import kb_home
 from app.db.workspaces import reset_workspace, workspace_job
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.demo_data import SYMBOLS, make_market, make_runs, write_market, write_runs_csv
 from app.services.kb.importing.service import import_frame, load_file
 from app.services.kb.ingest import ingest
-from app.services.kb.ohlcv import load_ohlcv
 from app.services.kb.recommend import RecommendQuery, recommend
-from app.services.kb.scan import Hooks
+from app.services.kb.regime.ohlcv import load_ohlcv
+from app.services.kb.runs.scan import Hooks
 from app.services.kb.status import workspace_status
+from app.services.kb.synthetic.demo import SYMBOLS, make_market, make_runs, write_market, write_runs_csv
 
 DEMO_NAMESPACE = uuid.UUID("6f1c2a52-7d0e-4f7b-9a59-2b8d3f0c1e11")
 
@@ -98,11 +98,11 @@ async def _demo(db: Database, args: argparse.Namespace) -> int:
             db, CandidacyOptions(workspace_id=workspace_id, limit=limit, dry_run=dry),
             Hooks(progress=Progress("backfill-candidacy")))
         echo(candidacy_report(cand, workspace=workspace_id, since=None, limit=limit))
-    echo(status_report(await workspace_status(db, workspace_id)))
-    before = await recommend(db, query)
+    echo(status_report((await workspace_status(db, workspace_id)).to_dict()))
+    before = (await recommend(db, query)).to_dict()
     echo(ingest_report(await ingest(db, workspace_id)))
-    echo(status_report(await workspace_status(db, workspace_id)))
-    after = await recommend(db, query)
+    echo(status_report((await workspace_status(db, workspace_id)).to_dict()))
+    after = (await recommend(db, query)).to_dict()
     echo(f"recommend() supporting trials before ingest: {len(before['supporting_trials'])}, "
          f"after: {len(after['supporting_trials'])}")
     echo(recommend_report(after))

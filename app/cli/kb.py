@@ -11,16 +11,16 @@ from app.cli.console import Progress, echo
 from app.cli.options import finite, opt, positive, since_arg, uuid_arg
 from app.db import Database
 from app.errors import BadInput
-from app.services.kb.evaluate import evaluate
-from app.services.kb.expected import RUNNER_UPS
 from app.services.kb.importing.optuna_source import enqueue
 from app.services.kb.ingest import ingest
-from app.services.kb.ohlcv import load_ohlcv
 from app.services.kb.recommend import RecommendQuery, recommend
-from app.services.kb.regime import current_regime
-from app.services.kb.seed import seed_runs
-from app.services.kb.snapshot import RegimeSnapshot
+from app.services.kb.recommend.evaluate import evaluate
+from app.services.kb.recommend.expected import RUNNER_UPS
+from app.services.kb.regime.features import current_regime
+from app.services.kb.regime.ohlcv import load_ohlcv
+from app.services.kb.regime.snapshot import RegimeSnapshot
 from app.services.kb.status import workspace_status
+from app.services.kb.synthetic.seed import seed_runs
 
 
 def register(sub: Any) -> None:
@@ -105,15 +105,16 @@ async def cmd_ingest(db: Database, args: argparse.Namespace) -> int:
 
 async def cmd_status(db: Database, args: argparse.Namespace) -> int:
     status = await workspace_status(db, args.workspace_id)
-    render.show(args.json, status, render.status_report)
+    render.show(args.json, status.to_dict(), render.status_report)
     return 0
 
 
 async def cmd_recommend(db: Database, args: argparse.Namespace) -> int:
     tags = tuple(t.strip() for t in (args.tags or "").split(",") if t.strip())
-    result = await recommend(db, RecommendQuery(
+    answer = await recommend(db, RecommendQuery(
         workspace_id=args.workspace_id, strategy_name=args.strategy, regime=args.prepared, tags=tags,
         symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method))
+    result = answer.to_dict()
     if args.enqueue_optuna:
         result["optuna_enqueued"] = _enqueue(args, result)
     render.show(args.json, result, render.recommend_report)
@@ -133,7 +134,7 @@ def _enqueue(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]
 
 async def cmd_evaluate(db: Database, args: argparse.Namespace) -> int:
     report = await evaluate(db, args.workspace_id, args.strategy)
-    render.show(args.json, report, render.evaluate_report)
+    render.show(args.json, report.to_dict(), render.evaluate_report)
     return 0
 
 

@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from app.errors import BadInput
-from app.services.kb.gate import KNOWN_EXPERIMENT_TYPES
-from app.services.kb.windows import BadTimestamp, parse_since
+from app.services.kb.runs.gate import KNOWN_EXPERIMENT_TYPES
+from app.services.kb.runs.windows import BadTimestamp, parse_since
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.ohlcv import load_ohlcv
-from app.services.kb.scan import Hooks, ScanOptions
+from app.services.kb.regime.ohlcv import load_ohlcv
+from app.services.kb.runs.scan import Hooks, ScanOptions
 from tests.conftest import run_row
 
 START = datetime(2024, 1, 1, tzinfo=UTC)

@@ -49,14 +49,14 @@ async def test_end_to_end_backfills_grow_trials_and_support(cli, db, make_worksp
     query = RecommendQuery(ws, "trend", regime=compute_regime_snapshot(up_then_down().iloc[300:700]), top_k=50)
     cache = TrialCache()
     await ingest(db, ws)
-    a = (await kb_status(db, ws))["active_trials"]
-    before = await recommend(db, query, cache)
+    a = (await kb_status(db, ws)).to_dict()["active_trials"]
+    before = (await recommend(db, query, cache)).to_dict()
     code, _, err = await cli("backfill-regime", "--workspace-id", ws, "--ohlcv-file", path, "--symbol", "AAPL",
                              "--timeframe", "1h")
     assert code == 0, err
     code, out, _ = await cli("backfill-candidacy", "--workspace-id", ws, "--require-regime", "--json")
     assert orjson.loads(out)["updated"] == 30
-    status = await kb_status(db, ws)
+    status = (await kb_status(db, ws)).to_dict()
     assert status["eligible"] == 35 and status["active_trials"] == a == 5  # the plan's "KB trial count" rose
     code, out, _ = await cli("ingest", "--workspace-id", ws, "--json")
     assert code == 0 and orjson.loads(out)["inserted"] == 30
@@ -64,7 +64,7 @@ async def test_end_to_end_backfills_grow_trials_and_support(cli, db, make_worksp
     b = orjson.loads(out)["active_trials"]
     assert b == 35 > a
     assert set(orjson.loads(out)) >= {"runs_by_kb_status", "eligible", "active_trials"}
-    after = await recommend(db, query, cache)
+    after = (await recommend(db, query, cache)).to_dict()
     assert len(after["supporting_trials"]) > len(before["supporting_trials"])
     assert after["status"] == "ok" and before["status"] in ("none", "degraded")
 
@@ -91,7 +91,7 @@ async def test_ingest_is_idempotent_and_archives_rejected(db, make_workspace, in
     assert (await ingest(db, ws, dry_run=True)).archived == 1
     third = await ingest(db, ws)
     assert (third.updated, third.archived, third.skipped) == (1, 1, 10)
-    assert (await kb_status(db, ws))["active_trials"] == 11
+    assert (await kb_status(db, ws)).to_dict()["active_trials"] == 11
 
 
 async def test_recommend_prefers_the_nearest_regime(db, make_workspace, insert_runs):
@@ -103,14 +103,14 @@ async def test_recommend_prefers_the_nearest_regime(db, make_workspace, insert_r
     await insert_runs(ups + downs)
     await ingest(db, ws)
     query = RecommendQuery(ws, "s", regime=compute_regime_snapshot(pd.DataFrame(trend_snapshot_frame(1))), top_k=10)
-    result = await recommend(db, query)
+    result = (await recommend(db, query)).to_dict()
     up_ids = {str(r["id"]) for r in ups}
     assert result["status"] == "ok" and result["considered"] == 24
     assert {t["run_id"] for t in result["supporting_trials"]} <= up_ids
     assert result["params"] == {"fast": 10, "mode": "long"}
     assert isinstance(result["params"]["fast"], int)
     assert 0 < result["confidence"] <= 1
-    by_tags = await recommend(db, RecommendQuery(ws, "s", tags=("downtrend",), top_k=5))
+    by_tags = (await recommend(db, RecommendQuery(ws, "s", tags=("downtrend",), top_k=5))).to_dict()
     assert by_tags["params"]["mode"] == "short"
 
 
@@ -132,7 +132,7 @@ async def test_concurrent_cold_requests_share_one_trial_load(db, make_workspace,
     results = await asyncio.gather(*(recommend(db, RecommendQuery(ws, "s", tags=("uptrend",), top_k=5), cache)
                                      for _ in range(50)))
     assert loads == 1
-    assert {r["considered"] for r in results} == {30}
+    assert {r.considered for r in results} == {30}
 
 
 def trend_snapshot_frame(direction: int) -> dict:
@@ -148,14 +148,14 @@ async def test_statuses_relaxation_and_abstention(db, make_workspace, insert_run
     await insert_runs(rows)
     await ingest(db, ws)
     up = compute_regime_snapshot(pd.DataFrame(trend_snapshot_frame(1)))
-    few = await recommend(db, RecommendQuery(ws, "s", regime=up))
+    few = (await recommend(db, RecommendQuery(ws, "s", regime=up))).to_dict()
     assert few["status"] == "degraded" and "few_supporting_trials" in few["reasons"]
-    relaxed = await recommend(db, RecommendQuery(ws, "s", regime=up, symbol="MSFT"))
+    relaxed = (await recommend(db, RecommendQuery(ws, "s", regime=up, symbol="MSFT"))).to_dict()
     assert relaxed["status"] == "degraded" and "filters_relaxed" in relaxed["reasons"]
-    none = await recommend(db, RecommendQuery(ws, "unknown", regime=up))
+    none = (await recommend(db, RecommendQuery(ws, "unknown", regime=up))).to_dict()
     assert none["status"] == "none" and "no_trials" in none["reasons"] and none["suggested_actions"]
     wild = compute_regime_snapshot(pd.DataFrame(crash_frame()))
-    far = await recommend(db, RecommendQuery(ws, "s", regime=wild))
+    far = (await recommend(db, RecommendQuery(ws, "s", regime=wild))).to_dict()
     assert far["status"] == "none" and "out_of_distribution" in far["reasons"] and far["params"] == {}
 
 

@@ -9,7 +9,7 @@ import orjson
 
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
-from app.services.kb.snapshot import RegimeSnapshot
+from app.services.kb.regime.snapshot import RegimeSnapshot
 from tests.conftest import run_row
 from tests.db.test_kb import trend_snapshot
 
@@ -37,7 +37,7 @@ def _windows(ws, n_windows: int, sharpe_of) -> list[dict]:
 
 async def _answer(db, ws, snap: dict) -> dict:
     query = RecommendQuery(ws, "s", regime=RegimeSnapshot.from_dict(snap), top_k=5)
-    return await recommend(db, query, TrialCache())
+    return (await recommend(db, query, TrialCache())).to_dict()
 
 
 async def test_picks_the_regime_appropriate_tested_set(db, make_workspace, insert_runs) -> None:
@@ -113,9 +113,9 @@ async def test_a_long_lived_cache_never_answers_from_deleted_runs(db, make_works
     await ingest(db, ws)
     cache = TrialCache()  # one cache for the whole test, as in a running `kb serve`
     query = RecommendQuery(ws, "s", regime=RegimeSnapshot.from_dict(UP), top_k=5)
-    assert (await recommend(db, query, cache))["params"]["set"] == "A"
+    assert (await recommend(db, query, cache)).to_dict()["params"]["set"] == "A"
     await db.execute("DELETE FROM backtest_runs WHERE workspace_id = $1 AND params->>'set' = 'A'", ws)
-    after = await recommend(db, query, cache)
+    after = (await recommend(db, query, cache)).to_dict()
     assert after["params"]["set"] == "B"
     assert all(t["params"]["set"] == "B" for t in after["supporting_trials"])
     # deleting the workspace and making it again never brings an old revision back
@@ -123,4 +123,4 @@ async def test_a_long_lived_cache_never_answers_from_deleted_runs(db, make_works
     await make_workspace(workspace_id=ws)
     await insert_runs(_windows(ws, 20, lambda name, up, w: 1.0 if name == "A" else 0.2))
     await ingest(db, ws)
-    assert (await recommend(db, query, cache))["params"]["set"] == "A"
+    assert (await recommend(db, query, cache)).to_dict()["params"]["set"] == "A"

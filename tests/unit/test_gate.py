@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.services.kb.candidacy import CandidacyConfig, VariantMetricsForCandidacy, is_candidate
-from app.services.kb.summary import extract_metrics
+from app.services.kb.runs.summary import extract_metrics
 
 
 def m(trades: int = 20, dd: float | None = 0.1, sharpe: float | None = 1.0, gap: float | None = None):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from app.cli.main import amain
-from app.services.kb.ohlcv import Series
-from app.services.kb.regime import MIN_EFFECTIVE_BARS, compute_regime_snapshot, current_regime
-from app.services.kb.snapshot import parse_regime_snapshot
+from app.services.kb.regime.features import MIN_EFFECTIVE_BARS, compute_regime_snapshot, current_regime
+from app.services.kb.regime.ohlcv import Series
+from app.services.kb.regime.snapshot import parse_regime_snapshot
 
 WS = "00000000-0000-0000-0000-0000000000aa"
 

@@ -8,15 +8,27 @@ from pathlib import Path
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
-# Modules of the domain that compute and parse; they never touch the database.
+# Packages and modules of the domain that compute and parse; they never touch the database.
+PURE_PACKAGES = ("app.services.kb.runs", "app.services.kb.regime")
 PURE = {
-    "app.services.kb.gate", "app.services.kb.regime", "app.services.kb.snapshot", "app.services.kb.windows",
-    "app.services.kb.summary", "app.services.kb.ohlcv", "app.services.kb.scan", "app.services.kb.demo_data",
-    "app.services.kb.backfill.counters", "app.services.kb.candidacy", "app.services.kb.types",
-    "app.services.kb.synthetic_world", "app.services.kb.importing.fields", "app.services.kb.importing.rows",
+    "app.services.kb.synthetic", "app.services.kb.synthetic.demo", "app.services.kb.synthetic.world",
+    "app.services.kb.recommend.query", "app.services.kb.recommend.scaling", "app.services.kb.recommend.evidence",
+    "app.services.kb.recommend.walkforward", "app.services.kb.recommend.expected", "app.services.kb.recommend.answer",
+    "app.services.kb.recommend.nearest", "app.services.kb.backfill.counters", "app.services.kb.candidacy",
+    "app.services.kb.types", "app.services.kb.importing.fields", "app.services.kb.importing.rows",
     "app.services.kb.importing.sources", "app.services.kb.importing.optuna_source", "app.web", "app.urls",
-    "app.files", "app.far_time",
+    "app.files", "app.far_time", "app.timestamps", "app.numbers",
 }
+# The domain's sub-packages, each with a docstring that says what it owns.
+DOMAIN_PACKAGES = ("runs", "regime", "recommend", "synthetic", "backfill", "importing")
+# Only the database package speaks to the driver or names SQL.
+DRIVER_MODULES = ("asyncpg", "app.db.sql")
+
+
+def _is_pure(module: str) -> bool:
+    return module in PURE or any(module == p or module.startswith(p + ".") for p in PURE_PACKAGES)
+
+
 # The plan names `python -m app.services.kb.cli`: a two-line entry point into the CLI.
 PLAN_ENTRY = "app.services.kb.cli"
 SQL_START = re.compile(r"^\s*(SELECT\s|INSERT INTO\s|UPDATE \w+ SET\s|DELETE FROM\s|CREATE (TABLE|INDEX)\s|"
@@ -90,7 +102,7 @@ def test_layers_import_downward_only() -> None:
                 problems.append(f"{module} (database layer) imports the domain module {dep}")
             if module.startswith("app.api") and dep.startswith("app.cli"):
                 problems.append(f"{module} (API) reaches into the CLI ({dep})")
-            if module in PURE and dep.startswith("app.db"):
+            if _is_pure(module) and dep.startswith("app.db"):
                 problems.append(f"pure module {module} imports the database layer ({dep})")
     assert not problems, "\n".join(sorted(problems))
 
@@ -113,5 +125,40 @@ def test_no_sql_outside_the_sql_package() -> None:
 
 def test_no_module_grows_past_about_500_lines() -> None:
     long = [f"{p.relative_to(APP.parent)}: {n}" for p in APP.rglob("*.py")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 550]
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400]
     assert not long, long
+
+
+def test_no_function_grows_past_60_lines() -> None:
+    long = []
+    for path in APP.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{path.relative_to(APP.parent)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)
+
+
+def test_domain_packages_say_what_they_own() -> None:
+    for name in DOMAIN_PACKAGES:
+        init = APP / "services" / "kb" / name / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+        assert doc and len(doc.splitlines()) <= 2, f"{init}: a short docstring saying what the package owns"
+
+
+def test_only_the_database_package_calls_the_driver() -> None:
+    offenders = []
+    for path in APP.rglob("*.py"):
+        module = _module_name(path)
+        if module.startswith("app.db"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{module} imports {n}" for n in names
+                          if any(n == d or n.startswith(d + ".") for d in DRIVER_MODULES)]
+    assert not offenders, "\n".join(sorted(offenders))

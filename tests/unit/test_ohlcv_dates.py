@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from app.errors import BadInput
-from app.services.kb.ohlcv import bar_seconds_of, check_timeframe, load_ohlcv
+from app.services.kb.regime.ohlcv import bar_seconds_of, check_timeframe, load_ohlcv
 
 PRICES = "100,101,99,100.5,1000"
 

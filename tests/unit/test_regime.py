@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.services.kb.regime import compute_feature_batch, compute_regime_snapshot, tag_regime_batch
+from app.services.kb.regime.features import compute_feature_batch, compute_regime_snapshot
+from app.services.kb.regime.tags import tag_regime_batch
 from app.services.kb.types import RegimeSnapshot, parse_regime_snapshot
 
 

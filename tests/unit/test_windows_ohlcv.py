@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.errors import BadInput
-from app.services.kb.ohlcv import load_ohlcv, timeframe_seconds
-from app.services.kb.windows import extract_windows, parse_since, parse_timestamp
+from app.services.kb.regime.ohlcv import load_ohlcv, timeframe_seconds
+from app.services.kb.runs.windows import extract_windows, parse_since, parse_timestamp
 
 D = lambda *a: datetime(*a, tzinfo=UTC)  # noqa: E731
 

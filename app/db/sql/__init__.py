@@ -44,3 +44,15 @@ def q(name: str) -> str:
         return _all_queries()[name]
     except KeyError:
         raise KeyError(f"no SQL query named {name!r} in app/db/sql/queries") from None
+
+
+_UNNEST_ALIAS = re.compile(r"\bAS\s+u\s*\(([^)]*)\)", re.IGNORECASE)
+
+
+def unnest_columns(name: str) -> tuple[str, ...]:
+    """The column names of a named query's `unnest(...) AS u(...)` alias, in order: the
+    one field order that the Python side builds its row tuples in."""
+    match = _UNNEST_ALIAS.search(q(name))
+    if match is None:
+        raise KeyError(f"query {name!r} has no `AS u(...)` unnest alias")
+    return tuple(c.strip() for c in match.group(1).split(","))

@@ -1,6 +1,6 @@
-"""The plan's import path for the candidacy gate (it lives in `gate`)."""
+"""The plan's import path for the candidacy gate (it lives in `runs.gate`)."""
 
-from app.services.kb.gate import (
+from app.services.kb.runs.gate import (
     KNOWN_EXPERIMENT_TYPES,
     CandidacyConfig,
     CandidacyDecision,

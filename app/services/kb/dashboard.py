@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 
 from app.db import Database, ledger
-from app.db.sql import q
+from app.db import dashboard as reads
 from app.db.workspaces import require_workspace
-from app.services.kb.evaluate import evaluate
-from app.services.kb.regime import REGIME_TAGS
+from app.services.kb.recommend.evaluate import evaluate
+from app.services.kb.regime.tags import REGIME_TAGS
 from app.services.kb.status import workspace_status
 
 THIN_TRIALS = 5  # fewer trials than this in a cell is a thin spot; none is a blind spot
@@ -21,13 +21,13 @@ BUCKETS = ("uptrend", "downtrend", "trending", "flat")  # the trend of a window,
 
 
 async def workspaces(db: Database, limit: int = 200) -> list[dict[str, Any]]:
-    rows = await db.fetch(q("dashboard_workspaces"), limit)
+    rows = await reads.workspaces(db, limit)
     return [{"id": str(r["id"]), "name": r["name"], "runs": r["runs"], "trials": r["trials"]} for r in rows]
 
 
 async def overview(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
     """`kb status` plus the ledger's latest rows (a running backfill's progress included)."""
-    status = await workspace_status(db, workspace_id, recent_backfills=0)
+    status = (await workspace_status(db, workspace_id, recent_backfills=0)).to_dict()
     async with db.acquire() as conn:
         status["backfills"] = await ledger.list_runs(conn, workspace_id, 20)
     status.pop("recent_backfills", None)
@@ -38,8 +38,8 @@ async def coverage(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
     """One cell per (regime tag, strategy): trials and their median OOS Sharpe; `blind`
     when there are none, `thin` when there are fewer than THIN_TRIALS."""
     await require_workspace(db, workspace_id)
-    found = {(r["tag"], r["strategy"]): r for r in await db.fetch(q("dashboard_coverage"), workspace_id)}
-    strategies = [r["strategy"] for r in await db.fetch(q("dashboard_strategies"), workspace_id)]
+    found = {(r["tag"], r["strategy"]): r for r in await reads.coverage(db, workspace_id)}
+    strategies = list(await reads.trials_per_strategy(db, workspace_id))
     extra = sorted({tag for tag, _ in found} - set(REGIME_TAGS) - {"untagged"})
     tags = [*REGIME_TAGS, *extra, "untagged"]
     cells = []
@@ -64,8 +64,8 @@ async def strategy_points(db: Database, workspace_id: uuid.UUID, strategy: str,
     """OOS Sharpe against each parameter, coloured by the window's trend (a sample
     when the strategy has more trials than `limit`)."""
     await require_workspace(db, workspace_id)
-    counts = {r["strategy"]: int(r["trials"]) for r in await db.fetch(q("dashboard_strategies"), workspace_id)}
-    rows = await db.fetch(q("dashboard_strategy_points"), workspace_id, strategy, limit)
+    counts = await reads.trials_per_strategy(db, workspace_id)
+    rows = await reads.strategy_points(db, workspace_id, strategy, limit)
     points: list[dict[str, Any]] = []
     kinds: dict[str, bool] = {}
     for r in rows:
@@ -87,11 +87,9 @@ async def gate(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
     """The funnel from all runs to KB trials, and the latest candidacy backfill's
     rejection reasons with example run ids (a real run preferred over a dry run)."""
     await require_workspace(db, workspace_id)
-    funnel = await db.fetchrow(q("dashboard_run_funnel"), workspace_id)
-    assert funnel is not None  # an aggregate always returns its row
-    row = await db.fetchrow(q("dashboard_latest_candidacy"), workspace_id)
-    latest = ledger.row_json(row) if row else None
-    trials = sum(int(r["trials"]) for r in await db.fetch(q("dashboard_strategies"), workspace_id))
+    funnel = await reads.run_funnel(db, workspace_id)
+    latest = await reads.latest_candidacy(db, workspace_id)
+    trials = sum((await reads.trials_per_strategy(db, workspace_id)).values())
     return {"workspace_id": str(workspace_id),
             "funnel": [{"stage": "runs", "n": funnel["runs"]},
                        {"stage": "test variants", "n": funnel["test_variants"]},
@@ -111,5 +109,5 @@ async def report_data(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
         "coverage": cover,
         "strategies": {s: await strategy_points(db, workspace_id, s) for s in strategies},
         "gate": await gate(db, workspace_id),
-        "evaluations": {s: await evaluate(db, workspace_id, s) for s in strategies},
+        "evaluations": {s: (await evaluate(db, workspace_id, s)).to_dict() for s in strategies},
     }

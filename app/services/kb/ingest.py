@@ -15,20 +15,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import orjson
 
-from app.db import Database
+from app.db import Database, trials
 from app.db.connector import Conn
-from app.db.sql import q
+from app.db.trials import EVIDENCE_COLUMNS, TRIAL_COLUMNS, Record
 from app.db.workspaces import require_workspace
 from app.far_time import INVALID_CREATED_AT, FarTime
-from app.services.kb.evidence import ELIGIBLE, delete_stale_evidence, evidence_row, upsert_evidence
-from app.services.kb.run_fields import ParsedRun, parse_run
-from app.services.kb.scan import keyset_start
-from app.services.kb.windows import BadTimestamp, parse_timestamp
+from app.services.kb.runs.fields import ParsedRun, parse_run
+from app.services.kb.runs.scan import keyset_start
+from app.services.kb.runs.windows import BadTimestamp, extract_windows, parse_timestamp
 
 INVALID_PARAMS = "invalid_params"
+ELIGIBLE = ("candidate", "promoted")
 
 
 @dataclass
@@ -51,6 +50,8 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class TrialRow:
+    """One KB trial as written; `row()` orders it as the database's unnest columns."""
+
     run_id: uuid.UUID
     strategy: str
     symbol: str | None
@@ -71,6 +72,49 @@ class TrialRow:
     kb_status: str
     content_hash: str
 
+    def row(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in TRIAL_COLUMNS)
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One completed test variant with a regime as performance evidence."""
+
+    run_id: uuid.UUID
+    strategy: str
+    symbol: str | None
+    timeframe: str | None
+    params: str
+    sharpe: float
+    n_trades: int
+    oos_start: datetime | None
+    oos_end: datetime | None
+    pre_features: str | None
+    oos_features: str
+    pre_tags: str
+    oos_tags: str
+    eligible: bool
+    content_hash: str = ""
+
+    def row(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in EVIDENCE_COLUMNS)
+
+
+def evidence_row(row: Record, run: ParsedRun) -> EvidenceRow | None:
+    """One completed test variant as an evidence row, or None when it says nothing usable
+    (no regime, no finite Sharpe, no strategy, no OOS features)."""
+    m = run.extracted.metrics
+    if (row["run_kind"] != "test_variant" or m is None or m.sharpe_oos is None or not row["strategy_name"]
+            or run.features is None):
+        return None
+    window = extract_windows(run.meta, run.params).oos
+    symbol = run.symbol.strip().upper() if run.symbol is not None else None
+    values = (row["strategy_name"], symbol, run.timeframe, run.params_key, float(m.sharpe_oos), m.n_trades_oos,
+              window.start if window else None, window.end if window else None, run.pre_features,
+              run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
+    digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
+    return EvidenceRow(row["id"], *values, content_hash=digest)
+
 
 def _fraction(value: float | None) -> float | None:
     # win rates arrive as 0.55 or 55; store fractions
@@ -79,7 +123,7 @@ def _fraction(value: float | None) -> float | None:
     return value / 100.0 if value > 1.0 else value
 
 
-def trial_from_row(row: asyncpg.Record, run: ParsedRun) -> tuple[TrialRow | None, str | None]:
+def trial_from_row(row: Record, run: ParsedRun) -> tuple[TrialRow | None, str | None]:
     extracted = run.extracted
     if extracted.metrics is None:
         return None, str(extracted.reason)
@@ -110,21 +154,16 @@ def trial_from_row(row: asyncpg.Record, run: ParsedRun) -> tuple[TrialRow | None
     ), None
 
 
-async def _write(conn: Conn, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
-    cols = list(zip(*[(t.run_id, t.strategy, t.symbol, t.timeframe, t.experiment_type, t.params, t.sharpe,
-                       t.return_frac, t.max_dd_frac, t.win_rate, t.profit_factor, t.n_trades, t.features,
-                       t.tags, t.ts_end, t.kb_status, t.content_hash, t.pre_features, t.pre_tags)
-                      for t in trials], strict=True))
-    rows = await conn.fetch(q("upsert_trials"), workspace_id, *[list(c) for c in cols])
+async def _write(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]) -> tuple[int, int]:
+    rows = await trials.upsert_trials(conn, workspace_id, [t.row() for t in found])
     inserted = sum(1 for r in rows if r["inserted"])
     return inserted, len(rows) - inserted
 
 
-async def _preview(conn: Conn, workspace_id: uuid.UUID, trials: list[TrialRow]) -> tuple[int, int]:
-    existing = {r["source_run_id"]: r for r in await conn.fetch(
-        q("existing_trial_hashes"), workspace_id, [t.run_id for t in trials])}
-    inserted = sum(1 for t in trials if t.run_id not in existing)
-    updated = sum(1 for t in trials if t.run_id in existing and (
+async def _preview(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]) -> tuple[int, int]:
+    existing = await trials.existing_trial_hashes(conn, workspace_id, [t.run_id for t in found])
+    inserted = sum(1 for t in found if t.run_id not in existing)
+    updated = sum(1 for t in found if t.run_id in existing and (
         existing[t.run_id]["content_hash"] != t.content_hash or existing[t.run_id]["archived"]))
     return inserted, updated
 
@@ -144,11 +183,12 @@ async def ingest(
     cursor = keyset_start(since)
     async with db.acquire() as conn:
         while True:
-            page = await conn.fetch(q("select_ingest_page"), workspace_id, cursor[0], cursor[1], batch_size)
+            page = await trials.ingest_page(conn, workspace_id, cursor, batch_size)
             if not page:
                 break
             cursor = (page[-1]["created_at"], page[-1]["id"])
-            trials, evidence = [], []
+            found: list[TrialRow] = []
+            evidence: list[EvidenceRow] = []
             for row in page:
                 if isinstance(row["created_at"], FarTime):
                     if row["kb_status"] in ELIGIBLE:
@@ -162,9 +202,9 @@ async def ingest(
                         result.scanned += 1
                         _count_error(result, INVALID_PARAMS, row["id"])
                     continue
-                found = evidence_row(row, run)
-                if found is not None:
-                    evidence.append(found)
+                ev = evidence_row(row, run)
+                if ev is not None:
+                    evidence.append(ev)
                 if row["kb_status"] not in ELIGIBLE:
                     continue  # evidence only
                 result.scanned += 1
@@ -172,34 +212,33 @@ async def ingest(
                 if trial is None:
                     _count_error(result, str(reason), row["id"])
                 else:
-                    trials.append(trial)
+                    found.append(trial)
             inserted = updated = 0
             if dry_run:
-                if trials:
-                    inserted, updated = await _preview(conn, workspace_id, trials)
-            elif trials or evidence:
+                if found:
+                    inserted, updated = await _preview(conn, workspace_id, found)
+            elif found or evidence:
                 async with conn.transaction():
-                    if trials:
-                        inserted, updated = await _write(conn, workspace_id, trials)
-                    changed = await upsert_evidence(conn, workspace_id, evidence)
+                    if found:
+                        inserted, updated = await _write(conn, workspace_id, found)
+                    changed = await trials.upsert_evidence(conn, workspace_id, [e.row() for e in evidence])
                     result.evidence += changed
                     if inserted or updated or changed:
-                        await conn.execute(q("bump_trial_revision"), workspace_id)
+                        await trials.bump_revision(conn, workspace_id)
             result.inserted += inserted
             result.updated += updated
-            result.skipped += len(trials) - inserted - updated
+            result.skipped += len(found) - inserted - updated
             if progress is not None:
                 progress(result.scanned, result.scanned)
         if dry_run:
-            result.archived = int(await conn.fetchval(q("count_stale_trials"), workspace_id))
+            result.archived = await trials.count_stale_trials(conn, workspace_id)
         else:
             async with conn.transaction():
-                status = await conn.execute(q("archive_stale_trials"), workspace_id)
-                result.archived = int(status.rsplit(" ", 1)[-1])
-                stale = await delete_stale_evidence(conn, workspace_id)
+                result.archived = await trials.archive_stale_trials(conn, workspace_id)
+                stale = await trials.delete_stale_evidence(conn, workspace_id)
                 result.evidence += stale
                 if result.archived or stale:
-                    await conn.execute(q("bump_trial_revision"), workspace_id)
+                    await trials.bump_revision(conn, workspace_id)
     result.elapsed_s = time.monotonic() - started
     return result
 

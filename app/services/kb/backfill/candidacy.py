@@ -16,9 +16,9 @@ from app.db.sql import q
 from app.errors import NotFound
 from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
-from app.services.kb.gate import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
-from app.services.kb.scan import Hooks, ScanOptions
-from app.services.kb.summary import extract_metrics
+from app.services.kb.runs.gate import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
+from app.services.kb.runs.scan import Hooks, ScanOptions
+from app.services.kb.runs.summary import extract_metrics
 
 # Any non-None value tells the gate a regime snapshot is present; it never looks inside.
 _REGIME_PRESENT = True

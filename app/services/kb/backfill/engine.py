@@ -30,7 +30,7 @@ from app.db.connector import TRANSIENT_ERRORS, Conn, is_gone
 from app.db.workspaces import require_workspace
 from app.errors import DatabaseError, NothingToResume
 from app.services.kb.backfill.counters import Counters
-from app.services.kb.scan import Hooks, ScanOptions, keyset_start
+from app.services.kb.runs.scan import Hooks, ScanOptions, keyset_start
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,16 @@ from app.db.connector import Conn
 from app.db.sql import q
 from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
-from app.services.kb.ohlcv import OhlcvData, calendar_slack_ns
-from app.services.kb.regime import MIN_EFFECTIVE_BARS, REGIME_WINDOW_BARS, compute_feature_batch, snapshot_dicts
-from app.services.kb.scan import Hooks, ScanOptions
-from app.services.kb.summary import json_object
-from app.services.kb.windows import Window, extract_windows
+from app.services.kb.regime.features import (
+    MIN_EFFECTIVE_BARS,
+    REGIME_WINDOW_BARS,
+    compute_feature_batch,
+    snapshot_dicts,
+)
+from app.services.kb.regime.ohlcv import OhlcvData, calendar_slack_ns
+from app.services.kb.runs.scan import Hooks, ScanOptions
+from app.services.kb.runs.summary import json_object
+from app.services.kb.runs.windows import Window, extract_windows
 
 INSUFFICIENT_COVERAGE = "insufficient_ohlcv_coverage"
 SYMBOL_MISMATCH = "symbol_mismatch"

@@ -16,7 +16,8 @@ import orjson
 import pandas as pd
 
 from app.services.kb.importing.fields import Mapping, split_strategy_repr
-from app.services.kb.summary import decode_summary
+from app.services.kb.runs.summary import decode_summary
+from app.timestamps import EARLIEST, LATEST, RANGE_TEXT, epoch_to_ns
 
 STAGING_COLUMNS = ("source_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type", "params",
                    "dataset_meta", "summary", "trade_count")
@@ -31,9 +32,8 @@ STATUSES = frozenset({"pending", "running", "completed", "failed", "skipped", "s
 DEFAULTS = {"run_kind": "test_variant", "status": "completed", "experiment_type": "sweep"}
 MAX_TEXT = 500
 MAX_TRADES = 2**31 - 1  # the trade_count column is a 32-bit integer
-_MIN_TS = pd.Timestamp("1900-01-01", tz="UTC")
-_MAX_TS = pd.Timestamp("2200-01-01", tz="UTC")
-_EPOCH_MS = 1e11  # epoch numbers above this are milliseconds
+_MIN_TS = pd.Timestamp(EARLIEST)
+_MAX_TS = pd.Timestamp(LATEST)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def _enum(series: pd.Series, name: str, check: _Checker, allowed: frozenset[str]
 
 
 def _timestamps(series: pd.Series, name: str, check: _Checker) -> pd.Series:
-    """ISO 8601 (naive means UTC), native timestamps, or epoch seconds / milliseconds."""
+    """ISO 8601 (naive means UTC), native timestamps, or epoch numbers (`app.timestamps`)."""
     values = _blank_to_na(series)
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
@@ -139,7 +139,7 @@ def _timestamps(series: pd.Series, name: str, check: _Checker) -> pd.Series:
         numeric = numbers.notna()
         if numeric.any():
             raw = numbers[numeric].astype("float64").to_numpy()
-            seconds = np.where(np.abs(raw) >= _EPOCH_MS, raw / 1000.0, raw)
+            seconds = epoch_to_ns(raw) / 1e9
             ok = np.isfinite(seconds) & (np.abs(seconds) < 7.2e9)  # within 1742..2198
             micros = np.where(ok, np.round(seconds * 1e6), 0).astype("int64")
             stamped = pd.Series(pd.to_datetime(micros, unit="us", utc=True), index=numbers.index[numeric])
@@ -151,7 +151,7 @@ def _timestamps(series: pd.Series, name: str, check: _Checker) -> pd.Series:
     present = values.notna()
     check.flag(present & out.isna(), f"{name} is not a timestamp", values)
     inside = (out >= _MIN_TS) & (out <= _MAX_TS)
-    check.flag(out.notna() & ~inside, f"{name} is outside 1900..2200")
+    check.flag(out.notna() & ~inside, f"{name} is outside {RANGE_TEXT}")
     return out.where(inside)
 
 

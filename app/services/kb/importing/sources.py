@@ -9,7 +9,7 @@ import orjson
 import pandas as pd
 
 from app.errors import BadInput
-from app.services.kb.ohlcv import check_text_head
+from app.services.kb.regime.ohlcv import check_text_head
 
 FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from app.services.kb.snapshot import RegimeSnapshot
+from app.services.kb.regime.snapshot import RegimeSnapshot
 
 
 @dataclass(frozen=True)

@@ -1,61 +1,20 @@
-"""Performance evidence for recommend() and evaluate: every completed test variant with a
-regime, whatever its kb_status (a set's failures count as much as its successes), with
-its OOS window, its ex-ante and OOS regime, and whether it reached the KB.
-
-Ingest writes it (`evidence_row`, `upsert_evidence`) in the same pass as the trials;
-recommend and evaluate read it as an `EvidenceMatrix` of OOS Sharpe per window and
-parameter set, cached per KB revision.
-"""
+"""The evidence matrix recommend and evaluate read: OOS Sharpe per window and parameter
+set, from every completed test variant with a regime whatever its kb_status (a set's
+failures count as much as its successes), with each window's ex-ante and OOS regime and
+whether a set reached the KB. Ingest writes the rows; this builds the matrix from them."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import numpy as np
-import orjson
 
-from app.db.connector import Conn
-from app.db.sql import q
-from app.services.kb.revision_cache import RevisionCache
-from app.services.kb.run_fields import ParsedRun
-from app.services.kb.snapshot import FEATURE_NAMES
-from app.services.kb.windows import extract_windows
-
-ELIGIBLE = ("candidate", "promoted")
-
-
-def evidence_row(row: asyncpg.Record, run: ParsedRun) -> tuple[Any, ...] | None:
-    """One completed test variant as an evidence row, or None when it says nothing usable
-    (no regime, no finite Sharpe, no strategy, no OOS features)."""
-    m = run.extracted.metrics
-    if (row["run_kind"] != "test_variant" or m is None or m.sharpe_oos is None or not row["strategy_name"]
-            or run.features is None):
-        return None
-    window = extract_windows(run.meta, run.params).oos
-    symbol = run.symbol.strip().upper() if run.symbol is not None else None
-    values = (row["strategy_name"], symbol, run.timeframe, run.params_key, float(m.sharpe_oos), m.n_trades_oos,
-              window.start if window else None, window.end if window else None, run.pre_features,
-              run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
-    digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
-    return (row["id"], *values, digest)
-
-
-async def upsert_evidence(conn: Conn, workspace_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> int:
-    """Insert or update evidence rows (unchanged ones are skipped); returns how many changed."""
-    if not rows:
-        return 0
-    return len(await conn.fetch(q("upsert_evidence"), workspace_id, *[list(c) for c in zip(*rows, strict=True)]))
-
-
-async def delete_stale_evidence(conn: Conn, workspace_id: uuid.UUID) -> int:
-    """Evidence whose run no longer qualifies (not completed, or its regime removed)."""
-    status = await conn.execute(q("delete_stale_evidence"), workspace_id)
-    return int(status.rsplit(" ", 1)[-1])
+from app.services.kb.recommend.scaling import RobustScale
+from app.services.kb.regime.snapshot import FEATURE_NAMES
+from app.timestamps import to_ns
 
 
 @dataclass
@@ -78,8 +37,7 @@ class EvidenceMatrix:
     oos_tags: list[tuple[str, ...]]
     start_ns: np.ndarray  # per window OOS start (ns), -1 unknown
     end_ns: np.ndarray
-    center: np.ndarray
-    scale: np.ndarray
+    scaling: RobustScale
     scaled_features: np.ndarray  # (features - center) / scale, computed once per load
     squared_norms: np.ndarray  # per window, of scaled_features (fast distances)
     # Query-independent results derived from this matrix (all-history stats), built on first use.
@@ -92,9 +50,6 @@ class EvidenceMatrix:
     @property
     def n_sets(self) -> int:
         return len(self.set_keys)
-
-    def scaled(self, vector: np.ndarray) -> np.ndarray:
-        return (vector - self.center) / self.scale
 
     def tested(self) -> np.ndarray:
         """Sets tested per window."""
@@ -118,15 +73,6 @@ class EvidenceMatrix:
         lo, hi = int(self.ptr[w]), int(self.ptr[w + 1])
         hits = np.flatnonzero(self.cell_set[lo:hi] == s)
         return self.cell_run[lo + int(hits[0])] if len(hits) else None
-
-
-# The smallest spread per feature that counts as a real difference between regimes
-# (FEATURE_NAMES order), so a tight cluster of windows does not make every other look far.
-MIN_SCALE = np.array([0.001, 5.0, 0.005, 0.001, 0.01, 0.5, 0.1, 0.5, 0.1, 0.02])
-
-
-def _ns(value: Any) -> int:
-    return -1 if value is None else int(value.timestamp() * 1e6) * 1000
 
 
 def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
@@ -155,8 +101,8 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
             ex_ante.append(use_pre)
             tags.append(tuple(r["pre_tags"] if use_pre else r["oos_tags"]))
             oos_tags.append(tuple(r["oos_tags"]))
-            starts.append(_ns(r["oos_start"]))
-            ends.append(_ns(r["oos_end"]))
+            starts.append(to_ns(r["oos_start"]))
+            ends.append(to_ns(r["oos_end"]))
         s = sets.get(r["params"])
         if s is None:
             s = sets[r["params"]] = len(sets)
@@ -173,23 +119,11 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
     ptr = np.searchsorted(cell_window, np.arange(len(windows) + 1)).astype(np.int64)
     n_w = len(windows)
     features = np.array(feats, dtype=float).reshape(n_w, len(FEATURE_NAMES))
-    if n_w:
-        center = np.median(features, axis=0)
-        q75, q25 = np.percentile(features, [75, 25], axis=0)
-        scale = np.maximum((q75 - q25) / 1.349, MIN_SCALE)
-    else:
-        center, scale = np.zeros(len(FEATURE_NAMES)), MIN_SCALE.copy()
-    scaled = (features - center) / scale
+    scaling = RobustScale.fit(features)
+    scaled = scaling.apply(features)
     return EvidenceMatrix(
         revision, list(sets), np.array(eligible, dtype=bool), ptr,
         np.array([s for _, s in order], dtype=np.int64),
         np.array([cells[c][0] / cells[c][1] for c in order], dtype=float), [cells[c][2] for c in order],
         features, np.array(ex_ante, dtype=bool), tags, oos_tags, np.array(starts, dtype=np.int64),
-        np.array(ends, dtype=np.int64), center, scale, scaled, (scaled * scaled).sum(axis=1))
-
-
-class EvidenceCache(RevisionCache[EvidenceMatrix]):
-    """Evidence matrices per (workspace, strategy) for one KB revision."""
-
-    def __init__(self) -> None:
-        super().__init__("load_evidence", build_matrix)
+        np.array(ends, dtype=np.int64), scaling, scaled, (scaled * scaled).sum(axis=1))

@@ -17,7 +17,7 @@ import orjson
 import pandas as pd
 
 from app.files import write_whole
-from app.services.kb.windows import extract_windows
+from app.services.kb.runs.windows import extract_windows
 
 SYMBOLS = ("AAPL", "MSFT", "BTC")
 DEMO_START = datetime(2024, 1, 1, tzinfo=UTC)

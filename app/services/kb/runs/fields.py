@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from app.services.kb.snapshot import FEATURE_NAMES
-from app.services.kb.summary import ExtractedMetrics, extract_metrics, json_object
+from app.services.kb.regime.snapshot import FEATURE_NAMES
+from app.services.kb.runs.summary import ExtractedMetrics, extract_metrics, json_object
 
 # Keys that describe the data a run saw, not the strategy's parameters.
 DATASET_KEYS = frozenset({"oos_start", "oos_end", "date_min", "date_max", "start", "end", "oos_split",

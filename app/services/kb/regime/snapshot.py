@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
 SCHEMA_VERSION = "regime_v1"
@@ -25,14 +24,6 @@ FEATURE_NAMES = (
     "return_pct",
 )
 EXTRA_FEATURES = ("drift_bps_per_bar",)
-
-
-def rms_distances(scaled: np.ndarray, squared_norms: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """RMS distance of each row of `scaled` to `query`, from precomputed squared row norms:
-    |x - q|^2 = |x|^2 - 2 x.q + |q|^2, one matrix-vector product instead of a full
-    difference matrix."""
-    squared = squared_norms - 2.0 * (scaled @ query) + float(query @ query)
-    return np.sqrt(np.maximum(squared, 0.0) / scaled.shape[1])
 
 
 def _clean(value: Any) -> Any:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from app.db import Database
-from app.db.sql import q
+from app.db.trials import kb_revision, load_evidence, load_trials
+from app.services.kb.recommend.evidence import EvidenceMatrix, build_matrix
+from app.services.kb.recommend.nearest import TrialMatrix, build_trial_matrix
+
+__all__ = ["EvidenceCache", "RevisionCache", "TrialCache", "kb_revision"]
 
 
 class Revisioned(Protocol):
@@ -22,16 +26,12 @@ class Revisioned(Protocol):
 
 M = TypeVar("M", bound=Revisioned)
 Key = tuple[uuid.UUID, str]
-
-
-async def kb_revision(db: Database, workspace_id: uuid.UUID) -> int:
-    """The workspace's KB revision: bumped by every ingest that changes trials or evidence."""
-    return int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
+Loader = Callable[[Database, uuid.UUID, str], Awaitable[list[Any]]]
 
 
 class RevisionCache(Generic[M]):
-    def __init__(self, query: str, build: Callable[[list[Any], int], M], entries: int = 32) -> None:
-        self._query = query
+    def __init__(self, load: Loader, build: Callable[[list[Any], int], M], entries: int = 32) -> None:
+        self._load_rows = load
         self._build = build
         self._size = entries
         self._entries: OrderedDict[Key, M] = OrderedDict()
@@ -61,9 +61,28 @@ class RevisionCache(Generic[M]):
             task.exception()  # retrieved here, so an unawaited failure is not logged twice
 
     async def _load(self, db: Database, key: Key, revision: int) -> M:
-        rows = await db.fetch(q(self._query), *key)
+        rows = await self._load_rows(db, *key)
         matrix = await asyncio.to_thread(self._build, rows, revision)
         self._entries[key] = matrix
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return matrix
+
+
+class EvidenceCache(RevisionCache[EvidenceMatrix]):
+    """Evidence matrices per (workspace, strategy) for one KB revision."""
+
+    def __init__(self) -> None:
+        super().__init__(load_evidence, build_matrix)
+
+
+class TrialCache(RevisionCache[TrialMatrix]):
+    """Trial matrices per (workspace, strategy) for one KB revision, and beside them the
+    evidence matrices (with their walk-forward check) that recommend and evaluate read."""
+
+    def __init__(self) -> None:
+        super().__init__(load_trials, build_trial_matrix)
+        self.evidence = EvidenceCache()
+
+
+DEFAULT_CACHE = TrialCache()

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from app.services.kb.evidence import EvidenceMatrix
-from app.services.kb.snapshot import rms_distances
+from app.numbers import rounded
+from app.services.kb.recommend.evidence import EvidenceMatrix
+from app.services.kb.recommend.scaling import rms_distances
 
 TUNING_GRID = tuple((k, s) for k in (5, 10, 20, 40) for s in (1.0, 4.0, 16.0))
 MIN_PRIOR_WINDOWS = 20
@@ -227,14 +228,10 @@ def tune(m: EvidenceMatrix) -> tuple[WalkForward, list[dict[str, Any]]]:
     global best; every tried setting's figures are returned too."""
     outs = walk_forward(m, [Tuning(k=k, shrink=s) for k, s in TUNING_GRID])
     tried = [{"k": wf.tuning.k, "shrink": wf.tuning.shrink, "decisions": len(wf.decisions),
-              "uplift": _round(wf.uplift())} for wf in outs]
+              "uplift": rounded(wf.uplift())} for wf in outs]
     with_decisions = [wf for wf in outs if wf.decisions]
     best = max(with_decisions, key=lambda wf: wf.uplift()) if with_decisions else outs[0]
     return best, tried
-
-
-def _round(x: float, digits: int = 4) -> float | None:
-    return round(x, digits) if math.isfinite(x) else None
 
 
 def summarize(m: EvidenceMatrix, wf: WalkForward, blocks: int = 10) -> dict[str, Any]:
@@ -250,7 +247,7 @@ def summarize(m: EvidenceMatrix, wf: WalkForward, blocks: int = 10) -> dict[str,
 
     def mean(attr: str, subset: list[Decision] | None = None) -> float | None:
         values = [getattr(d, attr) for d in (ds if subset is None else subset)]
-        return _round(float(np.mean(values))) if values else None
+        return rounded(float(np.mean(values))) if values else None
 
     per_tag: dict[str, list[Decision]] = {}
     for d in ds:
@@ -267,10 +264,10 @@ def summarize(m: EvidenceMatrix, wf: WalkForward, blocks: int = 10) -> dict[str,
         "realised_sharpe": {"recommend": mean("realised"), "global_best": mean("realised_global"),
                             "median_set": mean("realised_median"), "random_set": mean("realised_random"),
                             "oracle": mean("realised_oracle")},
-        "uplift": _round(float(diff.mean())),
-        "uplift_se": _round(se),
+        "uplift": rounded(float(diff.mean())),
+        "uplift_se": rounded(se),
         "blocks": len(block_means),
-        "hit_rate": _round(float((diff >= 0).mean())),
+        "hit_rate": rounded(float((diff >= 0).mean())),
         "per_regime": {tag: {"decisions": len(sub), "recommend": mean("realised", sub),
                              "global_best": mean("realised_global", sub)}
                        for tag, sub in sorted(per_tag.items())},

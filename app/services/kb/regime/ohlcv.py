@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from app.errors import BadInput
+from app.timestamps import MAX_EPOCH_NS, epoch_to_ns
 
 _ALIASES = {
     "open": ("open", "o"),
@@ -146,27 +147,17 @@ def _rename(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df.rename(columns=mapping)[list(dict.fromkeys(mapping.values()))]
 
 
-_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))  # below the bound: that unit; above all: ns
 _LATEST = pd.Timestamp("2262-04-11", tz="UTC")  # the last day nanosecond times can hold
 _SLASHED = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4})\b"
 
 
 def _epoch(numeric: pd.Series, path: Path) -> pd.Series:
-    """Epoch numbers, each by its own magnitude (s, ms, us, ns): a file that mixes
-    seconds and milliseconds is read right row by row."""
-    values = numeric.astype("float64").to_numpy()
-    out = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)
-    magnitude = np.abs(values)
-    lower = 0.0
-    for bound, unit in (*_EPOCH_UNITS, (np.inf, "ns")):
-        rows = (magnitude >= lower) & (magnitude < bound)
-        scale = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}[unit]
-        if rows.any():
-            ns = values[rows] * scale
-            if np.abs(ns).max() >= 9.2e18:
-                raise BadInput(f"OHLCV file {path}: epoch times after 2262 cannot be held; check the time unit")
-            out[rows] = np.round(ns).astype(np.int64)
-        lower = bound
+    """Epoch numbers, each by its own magnitude (`app.timestamps.EPOCH_UNITS`): a file
+    that mixes seconds and milliseconds is read right row by row."""
+    ns = epoch_to_ns(numeric.astype("float64").to_numpy())
+    if (np.abs(ns[np.isfinite(ns)]) >= MAX_EPOCH_NS).any():
+        raise BadInput(f"OHLCV file {path}: epoch times after 2262 cannot be held; check the time unit")
+    out = np.where(np.isfinite(ns), np.round(ns), np.iinfo(np.int64).min).astype(np.int64)
     return pd.Series(pd.to_datetime(out, unit="ns", utc=True), index=numeric.index)
 
 

@@ -5,68 +5,23 @@ First match wins:
 2. `date_min`/`date_max` (or `start`/`end`) with `oos_split` (first OOS bar) or
    `oos_ratio` (the last r of the range);
 3. `date_min`/`date_max` (or `start`/`end`) alone: the whole range is OOS.
-Timestamps are ISO 8601 (naive means UTC) or epoch seconds / milliseconds.
+Timestamps follow `app.timestamps` (ISO 8601, naive means UTC, or epoch numbers).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+from app.timestamps import BadTimestamp, parse_timestamp
 
 MISSING_DATE_RANGE = "missing_date_range"
 INVALID_DATE_RANGE = "invalid_date_range"
 
-# Epoch numbers above this are milliseconds (1e11 s is the year 5138).
-_EPOCH_MS_THRESHOLD = 1e11
-_MIN_TS = datetime(1900, 1, 1, tzinfo=UTC)
-_MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-class BadTimestamp(ValueError):
-    pass
-
-
-def parse_timestamp(value: Any) -> datetime:
-    """A UTC-aware datetime from ISO text, a date, a datetime or epoch s/ms."""
-    if isinstance(value, bool) or value is None:
-        raise BadTimestamp(f"not a timestamp: {value!r}")
-    if isinstance(value, datetime):
-        ts = value if value.tzinfo else value.replace(tzinfo=UTC)
-    elif isinstance(value, date):
-        ts = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    elif isinstance(value, int | float):
-        try:
-            number = float(value)
-        except OverflowError:  # an integer with hundreds of digits
-            raise BadTimestamp("epoch out of range") from None
-        if not math.isfinite(number):
-            raise BadTimestamp(f"not a timestamp: {value!r}")
-        seconds = number / 1000.0 if abs(number) >= _EPOCH_MS_THRESHOLD else number
-        try:
-            ts = datetime.fromtimestamp(seconds, tz=UTC)
-        except (OverflowError, OSError, ValueError) as exc:
-            raise BadTimestamp(f"epoch out of range: {value!r}") from exc
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > 64:
-            raise BadTimestamp(f"not a timestamp: {value[:40]!r}")
-        try:
-            return parse_timestamp(float(text))
-        except (ValueError, BadTimestamp):
-            pass
-        try:
-            ts = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError as exc:
-            raise BadTimestamp(f"not an ISO 8601 timestamp: {text!r}") from exc
-        ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    else:
-        raise BadTimestamp(f"not a timestamp: {type(value).__name__}")
-    ts = ts.astimezone(UTC)
-    if not _MIN_TS <= ts <= _MAX_TS:
-        raise BadTimestamp(f"timestamp out of range: {value!r}")
-    return ts
+__all__ = ["INVALID_DATE_RANGE", "MISSING_DATE_RANGE", "BadTimestamp", "RunWindows", "Window", "extract_windows",
+           "parse_since", "parse_timestamp"]
 
 
 def parse_since(text: str) -> datetime:

@@ -1,10 +1,9 @@
-"""recommend(): parameters for a strategy in a given market regime, from the KB's trials.
+"""The KB's trials nearest a query regime: the supporting trials every answer lists, and
+the `median` method's answer.
 
 Trials are ranked by the distance between robustly standardized regime feature vectors
-(median / IQR per feature over the workspace's trials of that strategy), blended with
-tag overlap and OOS quality. Parameters are aggregated over the top trials: weighted
-median for numbers, weighted mode otherwise. The trial matrix is cached per workspace
-and strategy and reloaded when an ingest bumps the workspace's revision.
+(`scaling`), blended with tag overlap and OOS quality. The median method aggregates the
+top trials' parameters: weighted median for numbers, weighted mode otherwise.
 """
 
 from __future__ import annotations
@@ -17,24 +16,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.db import Database
-from app.services.kb.evidence import EvidenceCache
-from app.services.kb.expected import choose_by_expectation
-from app.services.kb.query import RecommendQuery
-from app.services.kb.revision_cache import RevisionCache, kb_revision
-from app.services.kb.snapshot import FEATURE_NAMES, rms_distances
-
-__all__ = ["RecommendQuery", "TrialCache", "aggregate_params", "recommend"]
+from app.services.kb.recommend.answer import Recommendation
+from app.services.kb.recommend.query import RecommendQuery
+from app.services.kb.recommend.scaling import RobustScale, rms_distances
+from app.services.kb.regime.snapshot import FEATURE_NAMES
 
 W_FEATURES, W_TAGS, W_QUALITY = 0.6, 0.25, 0.15
 OOD_DISTANCE = 3.0  # robust units (IQR-scaled, RMS over features) to the nearest trial
 OK_SUPPORT = 10
 MIN_SUPPORT = 3
-_CACHE_ENTRIES = 32
-# The smallest spread per feature that counts as a real difference between regimes
-# (FEATURE_NAMES order). Without it a small, tight cluster of trials has a near-zero
-# IQR and every other regime looks infinitely far away.
-MIN_SCALE = np.array([0.001, 5.0, 0.005, 0.001, 0.01, 0.5, 0.1, 0.5, 0.1, 0.02])
 
 
 @dataclass
@@ -53,8 +43,7 @@ class TrialMatrix:
     symbol: np.ndarray
     timeframe: np.ndarray
     params: list[str]
-    center: np.ndarray
-    scale: np.ndarray
+    scaling: RobustScale
     quality: np.ndarray
     scaled: np.ndarray  # (features - center) / scale, computed once per load
     squared_norms: np.ndarray  # per trial, of `scaled` (fast distances)
@@ -63,35 +52,13 @@ class TrialMatrix:
     tag_count: np.ndarray
 
 
-def _robust_scale(features: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    d = features.shape[1]
-    if not has.any():
-        return np.zeros(d), MIN_SCALE.copy()
-    x = features[has]
-    center = np.median(x, axis=0)
-    q75, q25 = np.percentile(x, [75, 25], axis=0)
-    scale = (q75 - q25) / 1.349
-    fallback = x.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, fallback)
-    return center, np.maximum(scale, MIN_SCALE)
-
-
 def _quality(sharpe: np.ndarray, max_dd: np.ndarray) -> np.ndarray:
     s = np.clip(np.nan_to_num(sharpe, nan=0.0) / 3.0, 0.0, 1.0)
     dd = 1.0 - np.clip(np.nan_to_num(max_dd, nan=0.25) / 0.5, 0.0, 1.0)
     return 0.7 * s + 0.3 * dd
 
 
-class TrialCache(RevisionCache[TrialMatrix]):
-    """Trial matrices per (workspace, strategy) for one KB revision, and beside them the
-    evidence matrices that recommend's default method reads."""
-
-    def __init__(self) -> None:
-        super().__init__("load_trials", _build_matrix, _CACHE_ENTRIES)
-        self.evidence = EvidenceCache()
-
-
-def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
+def build_trial_matrix(rows: list[Any], revision: int) -> TrialMatrix:
     n, d = len(rows), len(FEATURE_NAMES)
     feats = np.full((n, d), np.nan)
     for i, r in enumerate(rows):
@@ -100,8 +67,8 @@ def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
     has = ~np.isnan(feats).any(axis=1)
     col = lambda name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)  # noqa: E731
     sharpe, max_dd = col("sharpe"), col("max_dd_frac")
-    center, scale = _robust_scale(feats, has)
-    scaled = (feats - center) / scale
+    scaling = RobustScale.fit(feats[has])
+    scaled = scaling.apply(feats)
     tag_sets = [frozenset(r["regime_tags"] or ()) for r in rows]
     vocab = {t: i for i, t in enumerate(sorted(set().union(*tag_sets)))} if tag_sets else {}
     if len(vocab) > 63:  # bitmasks hold 63 tags; rarer ones beyond that do not count for overlap
@@ -118,13 +85,10 @@ def _build_matrix(rows: list[Any], revision: int) -> TrialMatrix:
         symbol=np.array([r["symbol"] or "" for r in rows], dtype=object),
         timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
         params=[r["params"] for r in rows],
-        center=center, scale=scale, quality=_quality(sharpe, max_dd),
+        scaling=scaling, quality=_quality(sharpe, max_dd),
         scaled=scaled, squared_norms=(scaled * scaled).sum(axis=1), tag_vocab=vocab, tag_bits=bits,
         tag_count=np.bitwise_count(bits).astype(np.float64),
     )
-
-
-DEFAULT_CACHE = TrialCache()
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -170,22 +134,8 @@ def aggregate_params(params: list[dict[str, Any]], weights: np.ndarray) -> tuple
     return chosen, spread
 
 
-async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | None = None) -> dict[str, Any]:
-    """Parameters for a strategy in a regime. The default method answers with a tested
-    set chosen by expected OOS performance (see `walkforward`); `median` aggregates the
-    nearest trials' parameters. Both report the nearest trials as `supporting_trials`."""
-    cache = cache or DEFAULT_CACHE
-    revision = await kb_revision(db, query.workspace_id)
-    matrix = await cache.get(db, query.workspace_id, query.strategy_name, revision)
-    result = _nearest_trials(matrix, query)
-    if query.method == "median" or "out_of_distribution" in result["reasons"]:
-        result["method"] = "median"
-        return result
-    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision)
-    return await choose_by_expectation(evidence, query, result)
-
-
-def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any]:
+def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation:
+    """The median method's answer: per-parameter weighted median (or mode) of the nearest trials."""
     reasons: list[str] = []
     actions: list[str] = []
     query_tags = query.tag_set
@@ -206,27 +156,26 @@ def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any
     if mask.sum() < MIN_SUPPORT and (query.symbol or query.timeframe) and base.sum() > mask.sum():
         mask, relaxed = base, True
         reasons.append("filters_relaxed")
-    qvec = None
-    if query.regime is not None:
-        vec = query.regime.feature_vector()
-        if all(v is not None for v in vec):
-            qvec = (np.array(vec, dtype=float) - matrix.center) / matrix.scale
+    qvec = matrix.scaling.query(query.regime)
     if qvec is not None:
         mask &= matrix.has_features
     idx = np.flatnonzero(mask)
     considered = len(idx)
-    result: dict[str, Any] = {
-        "status": "none", "confidence": 0.0, "params": {}, "param_spread": {}, "considered": considered,
-        "supporting_trials": [], "reasons": reasons, "suggested_actions": actions,
-        "query": {"strategy_name": query.strategy_name, "tags": sorted(query_tags),
+    query_echo = {"strategy_name": query.strategy_name, "tags": sorted(query_tags),
                   "features": None if query.regime is None else dict(zip(FEATURE_NAMES, query.regime.feature_vector(),
-                                                                         strict=True))},
-    }
+                                                                         strict=True))}
+
+    def answer(status: str = "none", **kw: Any) -> Recommendation:
+        return Recommendation(status=status, confidence=kw.pop("confidence", 0.0), params=kw.pop("params", {}),
+                              considered=considered, supporting_trials=kw.pop("supporting_trials", []),
+                              reasons=tuple(reasons), suggested_actions=tuple(actions), query=query_echo,
+                              method="median", **kw)
+
     if considered == 0:
         reasons.append("no_trials")
         actions += ["run backfill-regime and backfill-candidacy, then kb ingest",
                     f"check the strategy name {query.strategy_name!r}"]
-        return result
+        return answer()
     qbits = sum(1 << matrix.tag_vocab[t] for t in query_tags if t in matrix.tag_vocab)
     unknown = sum(1 for t in query_tags if t not in matrix.tag_vocab)
     trial_bits = matrix.tag_bits[idx]
@@ -243,8 +192,7 @@ def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any
             reasons.append("out_of_distribution")
             actions.append("the KB has no trials from a regime like this one: backfill older data or wait for "
                            "runs in this regime")
-            result["nearest_distance"] = nearest
-            return result
+            return answer(nearest_distance=nearest)
     else:
         dist = None
         feat_sim = tag_sim
@@ -274,8 +222,8 @@ def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any
     confidence = min(1.0, support / OK_SUPPORT) * (0.5 + 0.5 * agreement) * closeness
     if relaxed:
         confidence *= 0.8
-    result.update(
-        status=status,
+    return answer(
+        status,
         confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4) if status != "none" else 0.0,
         params=params if status != "none" else {},
         param_spread=spread,
@@ -298,7 +246,6 @@ def _nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> dict[str, Any
             for j, p in zip(top, chosen_params, strict=True)
         ],
     )
-    return result
 
 
 def _num(value: float) -> float | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from app.services.kb.gate import INVALID_METRICS, INVALID_SUMMARY, VariantMetricsForCandidacy
+from app.services.kb.runs.gate import INVALID_METRICS, INVALID_SUMMARY, VariantMetricsForCandidacy
 
 
 class _Invalid(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +23,9 @@ import orjson
 import pandas as pd
 
 from app.errors import BadInput
-from app.services.kb.ohlcv import Series
-from app.services.kb.snapshot import SCHEMA_VERSION, RegimeSnapshot
+from app.services.kb.regime.ohlcv import Series
+from app.services.kb.regime.snapshot import SCHEMA_VERSION, RegimeSnapshot
+from app.services.kb.regime.tags import tag_regime_batch
 
 REGIME_WINDOW_BARS = 200
 MIN_EFFECTIVE_BARS = 50
@@ -176,58 +177,6 @@ def compute_feature_batch(
     for arr in values.values():
         np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return FeatureBatch(values, bad, lengths)
-
-
-def tag_regime_batch(values: Mapping[str, np.ndarray]) -> list[dict[str, list[dict[str, Any]]]]:
-    """Per row, the regime tags and the rule evidence that produced each (the dict's keys
-    are the tags, in sorted order). Rules are tested on whole columns; Python only builds
-    the evidence of the rules that fired, visiting the rules in tag order so no per-row
-    sort is needed."""
-    ts, d, atr, z, bb, er, rsi = (values[k] for k in (
-        "trend_strength", "trend_dir", "atr_pct", "zscore", "bb_width_pct", "efficiency_ratio", "rsi"))
-    tsl, dl, atrl, zl, bbl, erl, rsil = (a.tolist() for a in (ts, d, atr, z, bb, er, rsi))
-    out: list[dict[str, list[dict[str, Any]]]] = [{} for _ in range(len(tsl))]
-    weak, strong = ts < 0.3, ts >= 0.6
-
-    def weak_ev(i: int) -> dict[str, Any]:
-        return {"metric": "trend_strength", "value": tsl[i], "op": "<", "threshold": 0.3, "margin": 0.3 - tsl[i]}
-
-    def trend_ev(i: int) -> list[dict[str, Any]]:
-        return [{"metric": "trend_strength", "value": tsl[i], "op": ">=", "threshold": 0.6, "margin": tsl[i] - 0.6},
-                {"metric": "trend_dir", "value": dl[i], "op": "==", "threshold": dl[i], "margin": 0.0}]
-
-    def ev(metric: str, v: float, op: str, threshold: float) -> dict[str, Any]:
-        return {"metric": metric, "value": v, "op": op, "threshold": threshold,
-                "margin": v - threshold if op == ">" else threshold - v}
-
-    def extreme(i: int, z_op: str, z_limit: float, rsi_op: str, rsi_limit: float) -> list[dict[str, Any]]:
-        found = [ev("zscore", zl[i], z_op, z_limit), ev("rsi", rsil[i], rsi_op, rsi_limit)]
-        return [e for e in found if e["margin"] > 0]
-
-    rules: list[tuple[str, np.ndarray, Callable[[int], list[dict[str, Any]]]]] = [
-        ("choppy", weak & (bb < 0.02), lambda i: [weak_ev(i), ev("bb_width_pct", bbl[i], "<", 0.02)]),
-        ("downtrend", strong & (d < 0), trend_ev),
-        ("efficient", er > 0.7, lambda i: [ev("efficiency_ratio", erl[i], ">", 0.7)]),
-        ("flat", weak, lambda i: [weak_ev(i)]),
-        ("high_vol", ~(atr < 0.005) & (atr > 0.015), lambda i: [ev("atr_pct", atrl[i], ">", 0.015)]),
-        ("low_vol", atr < 0.005, lambda i: [ev("atr_pct", atrl[i], "<", 0.005)]),
-        ("mean_reverting", weak & (np.abs(z) > 1.0),
-         lambda i: [weak_ev(i), ev("abs_zscore", abs(zl[i]), ">", 1.0)]),
-        ("noisy", er < 0.3, lambda i: [ev("efficiency_ratio", erl[i], "<", 0.3)]),
-        ("overbought", (z > 1.5) | (rsi > 70.0), lambda i: extreme(i, ">", 1.5, ">", 70.0)),
-        ("oversold", (z < -1.5) | (rsi < 30.0), lambda i: extreme(i, "<", -1.5, "<", 30.0)),
-        ("trending", strong & ~(d > 0) & ~(d < 0), trend_ev),
-        ("uptrend", strong & (d > 0), trend_ev),
-    ]
-    for tag, mask, build in rules:
-        for i in np.flatnonzero(mask).tolist():
-            out[i][tag] = build(i)
-    return out
-
-
-# Every tag a snapshot can carry (the rules above), in display order.
-REGIME_TAGS = ("uptrend", "downtrend", "trending", "flat", "choppy", "mean_reverting", "efficient", "noisy",
-               "high_vol", "low_vol", "overbought", "oversold")
 
 
 def _iso_many(ns: np.ndarray) -> list[str]:

@@ -1,0 +1,26 @@
+"""recommend(): which tested parameters to use for a strategy in a given market regime."""
+
+from __future__ import annotations
+
+from app.db import Database
+from app.db.trials import kb_revision
+from app.services.kb.recommend.answer import Recommendation
+from app.services.kb.recommend.cache import DEFAULT_CACHE, TrialCache
+from app.services.kb.recommend.evaluate import walk_forward_check
+from app.services.kb.recommend.expected import choose_by_expectation
+from app.services.kb.recommend.nearest import nearest_trials
+from app.services.kb.recommend.query import RecommendQuery
+
+
+async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | None = None) -> Recommendation:
+    """Parameters for a strategy in a regime. The default method answers with a tested
+    set chosen by expected OOS performance (`expected`); `median` aggregates the nearest
+    trials' parameters (`nearest`). Both list the nearest trials as `supporting_trials`."""
+    cache = cache or DEFAULT_CACHE
+    revision = await kb_revision(db, query.workspace_id)
+    trials = await cache.get(db, query.workspace_id, query.strategy_name, revision)
+    nearest = nearest_trials(trials, query)
+    if query.method == "median" or "out_of_distribution" in nearest.reasons:
+        return nearest
+    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision)
+    return choose_by_expectation(evidence, query, nearest, await walk_forward_check(evidence))
