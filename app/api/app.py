@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import asyncpg
 import orjson
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -26,8 +25,7 @@ from app.api.auth import LoopbackHostOnly, require_token
 from app.api.dashboard import register as register_dashboard
 from app.api.deps import DB, NO_NUL, Cache, StrategyName, send_json_error
 from app.db import Database, ledger, open_database
-from app.db.lifecycle import translate
-from app.db.sql import q
+from app.db.lifecycle import DRIVER_ERROR, ping, translate
 from app.errors import BadInput, DriverError, KBError, NotFound
 from app.services.kb.importing.fields import resolve_mapping
 from app.services.kb.importing.service import import_frame
@@ -227,14 +225,14 @@ def create_app(db: Database | None = None) -> FastAPI:
         detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    @app.exception_handler(asyncpg.PostgresError)
-    async def driver_error(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
-        error = translate(exc)
+    @app.exception_handler(DRIVER_ERROR)
+    async def driver_error(_: Request, exc: Exception) -> JSONResponse:
+        error = translate(exc)  # type: ignore[arg-type]  # registered for the driver's errors only
         return JSONResponse(status_code=http_status(error), content={"detail": str(error)})
 
     @app.get("/healthz")
     async def healthz(db: DB) -> dict[str, Any]:
-        await db.fetchval(q("ping"))
+        await ping(db)
         return {"status": "ok"}
 
     auth = [Depends(require_token)]
@@ -245,6 +243,12 @@ def create_app(db: Database | None = None) -> FastAPI:
 
     register_dashboard(app)
 
+    _kb_routes(app, auth)
+    return app
+
+
+def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
+    """The KB's JSON routes: ingest, recommend, import, status, evaluate, the ledger."""
     @app.post("/kb/trials/ingest", dependencies=auth)
     async def ingest_route(body: IngestRequest, db: DB) -> dict[str, Any]:
         result = await ingest(db, body.workspace_id, since=body.since, dry_run=body.dry_run)
@@ -287,4 +291,3 @@ def create_app(db: Database | None = None) -> FastAPI:
         async with db.acquire() as conn:
             return await ledger.list_runs(conn, workspace_id, limit)
 
-    return app

@@ -65,6 +65,11 @@ def register(app: FastAPI) -> None:
         return response
 
     app.include_router(pages)
+    app.include_router(_data_routes())
+
+
+def _data_routes() -> APIRouter:
+    """The dashboard's JSON views (token or session cookie required)."""
     data = APIRouter(dependencies=[Depends(require_token)], tags=["dashboard"])
 
     @data.get("/kb/workspaces")
@@ -92,7 +97,7 @@ def register(app: FastAPI) -> None:
         """The funnel from runs to KB trials and the latest candidacy backfill's rejection reasons."""
         return await dashboard.gate(db, workspace_id)
 
-    app.include_router(data)
+    return data
 
 
 # The page loads only its own scripts and styles and talks only to its own origin.

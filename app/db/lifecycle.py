@@ -10,6 +10,7 @@ import asyncpg
 from app.db.connector import Database
 from app.db.embedded import database_url
 from app.db.migrate import pending_count, upgrade
+from app.db.sql import q
 from app.errors import DriverError, KBError
 
 
@@ -53,3 +54,12 @@ async def open_database(*, migrate: bool = False, check: bool = True, max_size: 
             yield db
     finally:
         await db.close()
+
+
+# The driver's own error type, for a web framework's exception handler (translate it with `translate`).
+DRIVER_ERROR = asyncpg.PostgresError
+
+
+async def ping(db: Database) -> None:
+    """One round trip: the database answers."""
+    await db.fetchval(q("ping"))

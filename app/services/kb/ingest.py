@@ -187,32 +187,7 @@ async def ingest(
             if not page:
                 break
             cursor = (page[-1]["created_at"], page[-1]["id"])
-            found: list[TrialRow] = []
-            evidence: list[EvidenceRow] = []
-            for row in page:
-                if isinstance(row["created_at"], FarTime):
-                    if row["kb_status"] in ELIGIBLE:
-                        result.scanned += 1
-                        _count_error(result, INVALID_CREATED_AT, row["id"])
-                    continue
-                try:
-                    run = parse_run(row)
-                except (TypeError, ValueError):  # params JSON that cannot be keyed (an integer beyond 64 bits)
-                    if row["kb_status"] in ELIGIBLE:
-                        result.scanned += 1
-                        _count_error(result, INVALID_PARAMS, row["id"])
-                    continue
-                ev = evidence_row(row, run)
-                if ev is not None:
-                    evidence.append(ev)
-                if row["kb_status"] not in ELIGIBLE:
-                    continue  # evidence only
-                result.scanned += 1
-                trial, reason = trial_from_row(row, run)
-                if trial is None:
-                    _count_error(result, str(reason), row["id"])
-                else:
-                    found.append(trial)
+            found, evidence = _classify(page, result)
             inserted = updated = 0
             if dry_run:
                 if found:
@@ -241,6 +216,38 @@ async def ingest(
                     await trials.bump_revision(conn, workspace_id)
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow], list[EvidenceRow]]:
+    """A page of runs as trials (candidate and promoted runs) and evidence (every completed
+    test variant with a regime); runs that cannot be read are counted with their reason."""
+    found: list[TrialRow] = []
+    evidence: list[EvidenceRow] = []
+    for row in page:
+        if isinstance(row["created_at"], FarTime):
+            if row["kb_status"] in ELIGIBLE:
+                result.scanned += 1
+                _count_error(result, INVALID_CREATED_AT, row["id"])
+            continue
+        try:
+            run = parse_run(row)
+        except (TypeError, ValueError):  # params JSON that cannot be keyed (an integer beyond 64 bits)
+            if row["kb_status"] in ELIGIBLE:
+                result.scanned += 1
+                _count_error(result, INVALID_PARAMS, row["id"])
+            continue
+        ev = evidence_row(row, run)
+        if ev is not None:
+            evidence.append(ev)
+        if row["kb_status"] not in ELIGIBLE:
+            continue  # evidence only
+        result.scanned += 1
+        trial, reason = trial_from_row(row, run)
+        if trial is None:
+            _count_error(result, str(reason), row["id"])
+        else:
+            found.append(trial)
+    return found, evidence
 
 
 def _count_error(result: IngestResult, reason: str, run_id: uuid.UUID) -> None:

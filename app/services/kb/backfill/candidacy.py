@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from app.db import Database
+from app.db import backfill as runs
 from app.db.connector import Conn
-from app.db.sql import q
+from app.db.trials import Record
 from app.errors import NotFound
 from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
@@ -51,10 +50,10 @@ class CandidacyJob:
 
     async def fetch_page(
         self, conn: Conn, after: tuple[datetime, uuid.UUID], size: int
-    ) -> Sequence[asyncpg.Record]:
-        return await conn.fetch(q("select_candidacy_page"), self.opts.workspace_id, after[0], after[1], size)
+    ) -> Sequence[Record]:
+        return await runs.candidacy_page(conn, self.opts.workspace_id, after, size)
 
-    def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
+    def evaluate(self, rows: Sequence[Record]) -> list[Outcome]:
         default_type = self.opts.experiment_type
         gate = self.opts.gate
         outcomes = []
@@ -76,10 +75,7 @@ class CandidacyJob:
         return outcomes
 
     async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
-        status = await conn.execute(
-            q("update_candidacy_batch"), [o.run_id for o in passed], self.opts.workspace_id, backfill_run_id
-        )
-        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 n": one history row per updated run
+        return await runs.promote_candidates(conn, [o.run_id for o in passed], self.opts.workspace_id, backfill_run_id)
 
 
 async def backfill_candidacy(db: Database, opts: CandidacyOptions, hooks: Hooks | None = None) -> BackfillResult:
@@ -101,7 +97,7 @@ class Explanation:
 async def explain_run(db: Database, run_id: uuid.UUID, opts: CandidacyOptions) -> Explanation:
     """Every gate for one run: value, threshold, pass or fail, and why the scan would
     (not) pick the run up at all."""
-    row = await db.fetchrow(q("select_candidacy_run"), run_id)
+    row = await runs.candidacy_run(db, run_id)
     if row is None or row["workspace_id"] != opts.workspace_id:
         raise NotFound(f"run {run_id} is not in workspace {opts.workspace_id}")
     not_selected = []

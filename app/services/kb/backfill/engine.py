@@ -21,20 +21,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-import asyncpg
 import orjson
-from asyncpg.pool import PoolConnectionProxy
 
 from app.db import Database, ledger
-from app.db.connector import TRANSIENT_ERRORS, Conn, is_gone
+from app.db.connector import Conn, is_gone
+from app.db.retry import hold_connection, release_quietly, retrying
+from app.db.trials import Record
 from app.db.workspaces import require_workspace
-from app.errors import DatabaseError, NothingToResume
+from app.errors import NothingToResume
 from app.services.kb.backfill.counters import Counters
 from app.services.kb.runs.scan import Hooks, ScanOptions, keyset_start
 
 log = logging.getLogger(__name__)
 
-WRITE_RETRIES = 3
 T = TypeVar("T")
 
 
@@ -57,9 +56,9 @@ class BackfillJob(Protocol):
 
     async def fetch_page(
         self, conn: Conn, after: tuple[datetime, uuid.UUID], size: int
-    ) -> Sequence[asyncpg.Record]: ...
+    ) -> Sequence[Record]: ...
 
-    def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]: ...
+    def evaluate(self, rows: Sequence[Record]) -> list[Outcome]: ...
 
     async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
         """Write the passing rows with guards; return how many rows were changed."""
@@ -103,7 +102,7 @@ class _Run:
     """State of one invocation; keeps the loop in `run_backfill` readable."""
 
     def __init__(self, db: Database, job: BackfillJob, opts: EngineOptions, run_id: uuid.UUID,
-                 base: Counters, lock_conn: PoolConnectionProxy, owner: uuid.UUID) -> None:
+                 base: Counters, lock_conn: Conn, owner: uuid.UUID) -> None:
         self.db = db
         self.owner = owner
         self.job = job
@@ -115,14 +114,14 @@ class _Run:
         self.pending: list[Outcome] = []
         self.batches = 0
         self.last_heartbeat = time.monotonic()
-        self.writer: PoolConnectionProxy | None = None
+        self.writer: Conn | None = None
         # Set once the lock is known lost to another process: this run never writes the ledger again.
         self.lost = False
         self.inflight: asyncio.Task[None] | None = None
 
-    async def _writer(self) -> PoolConnectionProxy:
+    async def _writer(self) -> Conn:
         if self.writer is None or is_gone(self.writer):
-            self.writer = await self.db.pool.acquire()
+            self.writer = await hold_connection(self.db)
         return self.writer
 
     async def release(self) -> None:
@@ -135,7 +134,7 @@ class _Run:
 
     async def drop_writer(self) -> None:
         if self.writer is not None:
-            await _release_quietly(self.db, self.writer)
+            await release_quietly(self.db, self.writer)
             self.writer = None
 
     async def flush(self, cursor: tuple[datetime, uuid.UUID]) -> None:
@@ -212,57 +211,30 @@ class _Run:
         it (or took over this run) meanwhile: then stop rather than race it."""
         if not is_gone(self.lock_conn):
             return
-        conn: PoolConnectionProxy = await self.db.pool.acquire()
+        conn: Conn = await hold_connection(self.db)
         try:
             got = await ledger.try_lock(conn, self.job.kind, self.opts.scan.workspace_id)
             mine = await ledger.owns_running(conn, self.run_id, self.owner)
             if got and not mine:
                 await ledger.release_lock(conn, self.job.kind, self.opts.scan.workspace_id)
         except BaseException:
-            await _release_quietly(self.db, conn)
+            await release_quietly(self.db, conn)
             raise
         if not got or not mine:
-            await _release_quietly(self.db, conn)
+            await release_quietly(self.db, conn)
             self.lost = True
             raise ledger.TakenOver(
                 f"the connection holding the backfill lock was closed and another process took over "
                 f"backfill-{self.job.kind} on workspace {self.opts.scan.workspace_id}; committed batches are kept"
             )
         old, self.lock_conn = self.lock_conn, conn
-        await _release_quietly(self.db, old)
+        await release_quietly(self.db, old)
         log.info("re-took the backfill lock on a new connection")
 
 
-async def _release_quietly(db: Database, conn: PoolConnectionProxy) -> None:
-    try:
-        await db.pool.release(conn)
-    except Exception:  # a dead connection; the pool replaces it
-        log.debug("connection was already closed", exc_info=True)
-
-
-async def retrying(what: str, op: Callable[[int], Awaitable[T]],
-                   on_error: Callable[[], Awaitable[None]] | None = None) -> T:
-    """`op(attempt)`, retried on a lost connection with backoff (0.2, 0.4, 0.8 s); after
-    the last attempt a DatabaseError that says committed work is kept."""
-    for attempt in range(WRITE_RETRIES + 1):
-        try:
-            return await op(attempt)
-        except TRANSIENT_ERRORS as exc:
-            if on_error is not None:
-                await on_error()
-            log.warning("%s failed (%s); attempt %d of %d", what, exc, attempt + 1, WRITE_RETRIES + 1)
-            if attempt == WRITE_RETRIES:
-                raise DatabaseError(
-                    f"lost the database connection {WRITE_RETRIES + 1} times while {what} ({exc}); "
-                    "everything before it is committed: rerun with --resume"
-                ) from exc
-            await asyncio.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")
-
-
 async def _fetch_with_retry(db: Database, job: BackfillJob, after: tuple[datetime, uuid.UUID],
-                            size: int) -> Sequence[asyncpg.Record]:
-    async def attempt(_: int) -> Sequence[asyncpg.Record]:
+                            size: int) -> Sequence[Record]:
+    async def attempt(_: int) -> Sequence[Record]:
         async with db.acquire() as conn:
             return await job.fetch_page(conn, after, size)
 
@@ -276,7 +248,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     key = config_key(job.kind, identity)
     await require_workspace(db, opts.scan.workspace_id)
     owner = uuid.uuid4()
-    lock_conn: PoolConnectionProxy = await db.pool.acquire()
+    lock_conn: Conn = await hold_connection(db)
     run: _Run | None = None
     try:
         await ledger.acquire_lock(lock_conn, job.kind, opts.scan.workspace_id)
@@ -316,7 +288,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     finally:
         if run is not None:
             await run.release()
-        await _release_quietly(db, lock_conn)
+        await release_quietly(db, lock_conn)
     return BackfillResult(
         run_id=run.run_id,
         kind=job.kind,
@@ -354,7 +326,7 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
     session = run.session
     fetched = 0
     requested = min(opts.page_size, opts.scan.limit)
-    next_page: asyncio.Task[Sequence[asyncpg.Record]] | None = None
+    next_page: asyncio.Task[Sequence[Record]] | None = None
     if requested > 0:
         next_page = asyncio.create_task(_fetch_with_retry(run.db, job, cursor, requested))
     try:

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import numpy as np
 import orjson
 
 from app.db import Database
+from app.db import backfill as runs
 from app.db.connector import Conn
-from app.db.sql import q
+from app.db.trials import Record
 from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
 from app.services.kb.regime.features import (
@@ -81,9 +81,8 @@ class RegimeJob:
 
     async def fetch_page(
         self, conn: Conn, after: tuple[datetime, uuid.UUID], size: int
-    ) -> Sequence[asyncpg.Record]:
-        return await conn.fetch(q("select_regime_page"), self.opts.workspace_id, after[0], after[1], size,
-                                self.opts.symbol)
+    ) -> Sequence[Record]:
+        return await runs.regime_page(conn, self.opts.workspace_id, after, size, self.opts.symbol)
 
     def _series_key(self, run_symbol: Any) -> tuple[str | None, str | None]:
         """(series key, skip reason)."""
@@ -112,7 +111,7 @@ class RegimeJob:
             return None
         return s, e
 
-    def evaluate(self, rows: Sequence[asyncpg.Record]) -> list[Outcome]:
+    def evaluate(self, rows: Sequence[Record]) -> list[Outcome]:
         wanted_tf = self.opts.timeframe.strip().lower()
         plans: list[tuple[Any, Any, str | None, tuple[int, int] | None, tuple[int, int] | None,
                           tuple[int, int] | None]] = []
@@ -185,16 +184,9 @@ class RegimeJob:
             self.cache.popitem(last=False)
 
     async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
-        status = await conn.execute(
-            q("update_regime_batch"),
-            [o.run_id for o in passed],
-            [o.payload[0] for o in passed],
-            [o.payload[1] for o in passed],
-            self.opts.workspace_id,
-            [o.payload[2] for o in passed],
-            backfill_run_id,
-        )
-        return int(status.rsplit(" ", 1)[-1])
+        return await runs.write_regimes(conn, self.opts.workspace_id, [o.run_id for o in passed],
+                                        [o.payload[0] for o in passed], [o.payload[1] for o in passed],
+                                        [o.payload[2] for o in passed], backfill_run_id)
 
 
 async def backfill_regime(db: Database, opts: RegimeOptions, data: OhlcvData, bar_seconds: int,

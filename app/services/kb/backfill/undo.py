@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 
 from app.db import Database, ledger
+from app.db import backfill as runs
 from app.db.connector import Conn
-from app.db.sql import q
 from app.errors import BadInput, NotFound
 
 
@@ -69,10 +69,7 @@ async def undo_backfill(db: Database, backfill_run_id: uuid.UUID) -> UndoResult:
 
 async def _revert_candidacy(conn: Conn, backfill_run_id: uuid.UUID, undo_id: uuid.UUID, row: Any) -> _Reverted:
     """Back to each run's previous kb_status, from the history rows the backfill wrote."""
-    result = await conn.fetchrow(q("undo_backfill_changes"), backfill_run_id, undo_id)
-    assert result is not None  # an aggregate query always returns its one row
-    examples = await conn.fetch(q("undo_skipped_examples"), backfill_run_id, undo_id)
-    already = int(await conn.fetchval(q("undo_already_undone"), backfill_run_id, undo_id))
+    result, examples, already = await runs.undo_candidacy(conn, backfill_run_id, undo_id)
     return _Reverted(int(result["changed_by_backfill"]), int(result["reverted"]), already,
                      [(str(r["run_id"]), r["kb_status"]) for r in examples])
 
@@ -81,7 +78,7 @@ async def _revert_regime(conn: Conn, backfill_run_id: uuid.UUID, undo_id: uuid.U
     """Clear the snapshots the regime backfill wrote (trials built on them leave the KB at
     the next `kb ingest`)."""
     written = int(orjson.loads(row["counts"]).get("updated", 0))
-    reverted = int(await conn.fetchval(q("undo_regime_changes"), backfill_run_id, row["workspace_id"]))
+    reverted = await runs.undo_regime(conn, backfill_run_id, row["workspace_id"])
     already = written - reverted if row["status"] == "undone" else 0
     return _Reverted(written, reverted, already, [])
 

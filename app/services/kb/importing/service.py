@@ -12,10 +12,10 @@ from typing import Any
 import pandas as pd
 
 from app.db import Database
+from app.db.imports import writer
 from app.services.kb.importing.fields import FIELDS, Mapping, resolve_mapping
-from app.services.kb.importing.rows import Prepared, prepare
+from app.services.kb.importing.rows import STAGING_COLUMNS, Prepared, prepare
 from app.services.kb.importing.sources import detect_format, read_table
-from app.services.kb.importing.store import writer
 
 ERRORS_LISTED = 1000
 CHUNK_ROWS = 10_000
@@ -35,13 +35,13 @@ async def import_frame(db: Database, workspace_id: uuid.UUID, frame: pd.DataFram
     errors: list[tuple[int, str]] = []
     notes: Counter[str] = Counter()
     valid = 0
-    async with writer(db, workspace_id, source, dry_run=dry_run) as out:
+    async with writer(db, workspace_id, source, STAGING_COLUMNS, dry_run=dry_run) as out:
         pending = asyncio.create_task(asyncio.to_thread(check, starts[0]))
         for i, start in enumerate(starts):
             prepared = await pending
             if i + 1 < len(starts):
                 pending = asyncio.create_task(asyncio.to_thread(check, starts[i + 1]))
-            await out.write(prepared)
+            await out.write(prepared.records)
             valid += len(prepared.records)
             errors += prepared.errors
             notes.update(prepared.notes)

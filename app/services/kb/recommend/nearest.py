@@ -134,13 +134,10 @@ def aggregate_params(params: list[dict[str, Any]], weights: np.ndarray) -> tuple
     return chosen, spread
 
 
-def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation:
-    """The median method's answer: per-parameter weighted median (or mode) of the nearest trials."""
-    reasons: list[str] = []
-    actions: list[str] = []
-    query_tags = query.tag_set
-    n = len(matrix.trial_ids)
-    base = np.ones(n, dtype=bool)
+def _candidates(matrix: TrialMatrix, query: RecommendQuery) -> tuple[np.ndarray, bool]:
+    """Trials passing the query's quality filters and, where there are enough of them, its
+    symbol and timeframe; the flag says the symbol/timeframe filter had to be relaxed."""
+    base = np.ones(len(matrix.trial_ids), dtype=bool)
     if query.min_sharpe is not None:
         base &= np.nan_to_num(matrix.sharpe, nan=-np.inf) >= query.min_sharpe
     if query.min_trades is not None:
@@ -152,100 +149,102 @@ def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation
         mask &= matrix.symbol == query.symbol.upper()
     if query.timeframe:
         mask &= matrix.timeframe == query.timeframe
-    relaxed = False
     if mask.sum() < MIN_SUPPORT and (query.symbol or query.timeframe) and base.sum() > mask.sum():
-        mask, relaxed = base, True
-        reasons.append("filters_relaxed")
-    qvec = matrix.scaling.query(query.regime)
-    if qvec is not None:
-        mask &= matrix.has_features
-    idx = np.flatnonzero(mask)
-    considered = len(idx)
-    query_echo = {"strategy_name": query.strategy_name, "tags": sorted(query_tags),
-                  "features": None if query.regime is None else dict(zip(FEATURE_NAMES, query.regime.feature_vector(),
-                                                                         strict=True))}
+        return base, True
+    return mask, False
 
-    def answer(status: str = "none", **kw: Any) -> Recommendation:
-        return Recommendation(status=status, confidence=kw.pop("confidence", 0.0), params=kw.pop("params", {}),
-                              considered=considered, supporting_trials=kw.pop("supporting_trials", []),
-                              reasons=tuple(reasons), suggested_actions=tuple(actions), query=query_echo,
-                              method="median", **kw)
 
-    if considered == 0:
-        reasons.append("no_trials")
-        actions += ["run backfill-regime and backfill-candidacy, then kb ingest",
-                    f"check the strategy name {query.strategy_name!r}"]
-        return answer()
+def _tag_similarity(matrix: TrialMatrix, idx: np.ndarray, query_tags: frozenset[str]) -> np.ndarray:
+    """Jaccard overlap of each trial's tags with the query's (tags the KB never saw count in the union)."""
     qbits = sum(1 << matrix.tag_vocab[t] for t in query_tags if t in matrix.tag_vocab)
     unknown = sum(1 for t in query_tags if t not in matrix.tag_vocab)
     trial_bits = matrix.tag_bits[idx]
     inter = np.bitwise_count(trial_bits & qbits).astype(np.float64)
     union = np.bitwise_count(trial_bits | qbits).astype(np.float64) + unknown
-    tag_sim = inter / np.maximum(union, 1.0)
-    quality = matrix.quality[idx]
+    return inter / np.maximum(union, 1.0)
+
+
+def _supporting(matrix: TrialMatrix, i: int, params: Any, feat_sim: float, tag_sim: float, dist: float | None,
+                score: float) -> dict[str, Any]:
+    return {
+        "trial_id": str(matrix.trial_ids[i]), "run_id": str(matrix.run_ids[i]),
+        "similarity": round(feat_sim, 4), "tag_overlap": round(tag_sim, 4),
+        "distance": None if dist is None else round(dist, 4), "score": round(score, 4), "params": params,
+        "sharpe": _num(matrix.sharpe[i]), "return_frac": _num(matrix.return_frac[i]),
+        "max_dd_frac": _num(matrix.max_dd[i]),
+        "n_trades": None if math.isnan(matrix.n_trades[i]) else int(matrix.n_trades[i]),
+        "kb_status": "promoted" if matrix.promoted[i] else "candidate", "regime_tags": sorted(matrix.tags[i]),
+    }
+
+
+def _support_status(support: int, relaxed: bool, reasons: list[str], actions: list[str]) -> str:
+    if support >= OK_SUPPORT and not relaxed:
+        return "ok"
+    if support >= MIN_SUPPORT:
+        if support < OK_SUPPORT:
+            reasons.append("few_supporting_trials")
+            actions.append("backfill more runs of this strategy to reach 10 supporting trials")
+        return "degraded"
+    reasons.append("insufficient_support")
+    actions.append("backfill more runs of this strategy")
+    return "none"
+
+
+def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation:
+    """The median method's answer: per-parameter weighted median (or mode) of the nearest trials."""
+    reasons: list[str] = []
+    actions: list[str] = []
+    mask, relaxed = _candidates(matrix, query)
+    if relaxed:
+        reasons.append("filters_relaxed")
+    qvec = matrix.scaling.query(query.regime)
     if qvec is not None:
-        dist = rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx]
-        feat_sim = 1.0 / (1.0 + dist)
-        score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * quality
-        nearest = float(dist.min())
-        if nearest > OOD_DISTANCE:
-            reasons.append("out_of_distribution")
-            actions.append("the KB has no trials from a regime like this one: backfill older data or wait for "
-                           "runs in this regime")
-            return answer(nearest_distance=nearest)
+        mask &= matrix.has_features
+    idx = np.flatnonzero(mask)
+    echo = {"strategy_name": query.strategy_name, "tags": sorted(query.tag_set),
+            "features": None if query.regime is None else dict(zip(FEATURE_NAMES, query.regime.feature_vector(),
+                                                                   strict=True))}
+
+    def answer(status: str = "none", **kw: Any) -> Recommendation:
+        return Recommendation(status=status, confidence=kw.pop("confidence", 0.0), params=kw.pop("params", {}),
+                              considered=len(idx), supporting_trials=kw.pop("supporting_trials", []),
+                              reasons=tuple(reasons), suggested_actions=tuple(actions), query=echo,
+                              method="median", **kw)
+
+    if len(idx) == 0:
+        reasons.append("no_trials")
+        actions.extend(["run backfill-regime and backfill-candidacy, then kb ingest",
+                        f"check the strategy name {query.strategy_name!r}"])
+        return answer()
+    tag_sim = _tag_similarity(matrix, idx, query.tag_set)
+    dist = None if qvec is None else rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx]
+    if dist is not None and float(dist.min()) > OOD_DISTANCE:
+        reasons.append("out_of_distribution")
+        actions.append("the KB has no trials from a regime like this one: backfill older data or wait for "
+                       "runs in this regime")
+        return answer(nearest_distance=float(dist.min()))
+    feat_sim = tag_sim if dist is None else 1.0 / (1.0 + dist)
+    if dist is None:
+        score = (W_TAGS + W_FEATURES) * tag_sim + W_QUALITY * matrix.quality[idx]
     else:
-        dist = None
-        feat_sim = tag_sim
-        score = (W_TAGS + W_FEATURES) * tag_sim + W_QUALITY * quality
+        score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * matrix.quality[idx]
     score = score + 1e-9 * matrix.promoted[idx]  # promoted trials win ties
     k = min(query.top_k, len(idx))
     top = np.argpartition(-score, k - 1)[:k]
     top = top[np.argsort(-score[top], kind="stable")]
     chosen_params = [orjson.loads(matrix.params[idx[j]]) for j in top]
-    weights = np.maximum(score[top], 1e-9)
-    params, spread = aggregate_params(chosen_params, weights)
-    support = len(top)
-    if support >= OK_SUPPORT and not relaxed:
-        status = "ok"
-    elif support >= MIN_SUPPORT:
-        status = "degraded"
-        if support < OK_SUPPORT:
-            reasons.append("few_supporting_trials")
-            actions.append("backfill more runs of this strategy to reach 10 supporting trials")
-    else:
-        status = "none"
-        reasons.append("insufficient_support")
-        actions.append("backfill more runs of this strategy")
+    params, spread = aggregate_params(chosen_params, np.maximum(score[top], 1e-9))
+    status = _support_status(len(top), relaxed, reasons, actions)
     rel = [min(float(s["relative"]), 1.0) for s in spread.values()]
     agreement = 1.0 - (float(np.mean(rel)) if rel else 0.0)
-    closeness = float(np.mean(feat_sim[top]))
-    confidence = min(1.0, support / OK_SUPPORT) * (0.5 + 0.5 * agreement) * closeness
-    if relaxed:
-        confidence *= 0.8
+    confidence = min(1.0, len(top) / OK_SUPPORT) * (0.5 + 0.5 * agreement) * float(np.mean(feat_sim[top]))
+    confidence *= 0.8 if relaxed else 1.0
     return answer(
-        status,
-        confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4) if status != "none" else 0.0,
-        params=params if status != "none" else {},
-        param_spread=spread,
-        supporting_trials=[
-            {
-                "trial_id": str(matrix.trial_ids[idx[j]]),
-                "run_id": str(matrix.run_ids[idx[j]]),
-                "similarity": round(float(feat_sim[j]), 4),
-                "tag_overlap": round(float(tag_sim[j]), 4),
-                "distance": None if dist is None else round(float(dist[j]), 4),
-                "score": round(float(score[j]), 4),
-                "params": p,
-                "sharpe": _num(matrix.sharpe[idx[j]]),
-                "return_frac": _num(matrix.return_frac[idx[j]]),
-                "max_dd_frac": _num(matrix.max_dd[idx[j]]),
-                "n_trades": None if math.isnan(matrix.n_trades[idx[j]]) else int(matrix.n_trades[idx[j]]),
-                "kb_status": "promoted" if matrix.promoted[idx[j]] else "candidate",
-                "regime_tags": sorted(matrix.tags[idx[j]]),
-            }
-            for j, p in zip(top, chosen_params, strict=True)
-        ],
-    )
+        status, confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4) if status != "none" else 0.0,
+        params=params if status != "none" else {}, param_spread=spread,
+        supporting_trials=[_supporting(matrix, int(idx[j]), p, float(feat_sim[j]), float(tag_sim[j]),
+                                       None if dist is None else float(dist[j]), float(score[j]))
+                           for j, p in zip(top, chosen_params, strict=True)])
 
 
 def _num(value: float) -> float | None:

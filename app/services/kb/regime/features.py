@@ -75,6 +75,30 @@ class FeatureBatch:
     n_bars: np.ndarray
 
 
+def _trend(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R² of close against bar index over the last TREND_BARS bars, and the slope's sign
+    relative to the mean price (0 inside the dead band)."""
+    n = c.shape[1]
+    k = min(TREND_BARS, n)
+    y = c[:, -k:]
+    if k >= 2:
+        x = np.arange(k, dtype=np.float64) - (k - 1) / 2.0
+        ym = y.mean(axis=1)
+        yc = y - ym[:, None]
+        sxy = yc @ x
+        sxx = float(x @ x)
+        syy = (yc * yc).sum(axis=1)
+        slope = sxy / sxx
+        r2 = np.clip(_safe_div(sxy * sxy, sxx * syy), 0.0, 1.0)
+        rel = _safe_div(slope, ym)
+        direction = np.where(rel > TREND_DEAD_BAND, 1.0, np.where(rel < -TREND_DEAD_BAND, -1.0, 0.0))
+    else:
+        r2 = np.zeros(c.shape[0])
+        direction = np.zeros(c.shape[0])
+
+    return r2, direction
+
+
 def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
     """All features for a (windows x bars) block whose windows share one length."""
     n = c.shape[1]
@@ -105,22 +129,7 @@ def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict
     # price level is no spread (else zscore would be +-1 on flat prices).
     std = np.where(std <= 1e-12 * np.abs(sma), 0.0, std)
 
-    k = min(TREND_BARS, n)
-    y = c[:, -k:]
-    if k >= 2:
-        x = np.arange(k, dtype=np.float64) - (k - 1) / 2.0
-        ym = y.mean(axis=1)
-        yc = y - ym[:, None]
-        sxy = yc @ x
-        sxx = float(x @ x)
-        syy = (yc * yc).sum(axis=1)
-        slope = sxy / sxx
-        r2 = np.clip(_safe_div(sxy * sxy, sxx * syy), 0.0, 1.0)
-        rel = _safe_div(slope, ym)
-        direction = np.where(rel > TREND_DEAD_BAND, 1.0, np.where(rel < -TREND_DEAD_BAND, -1.0, 0.0))
-    else:
-        r2 = np.zeros(c.shape[0])
-        direction = np.zeros(c.shape[0])
+    r2, direction = _trend(c)
 
     p = min(ER_MAX_PERIOD, n // 2)
     if p >= 1:
