@@ -88,12 +88,14 @@ async def one_seed(seed: int, bars: int) -> None:
         t = time.monotonic()
         m = await cache.get(db, ws, strategy)
         check = evaluate_matrix(m)
-        report, wf = check.summary, check.walk_forward
+        report, wf = check.summary, check.model
         eval_s = time.monotonic() - t
         trb, labels = true_regime_best(world, m, wf)
         rs = report["realised_sharpe"]
-        print(f"-- {strategy}: {report['decisions']} decisions, tuning k={report['tuning']['k']} "
-              f"shrink={report['tuning']['shrink']}, evaluate (load + replay of 12 tunings) {eval_s:.1f}s")
+        print(f"-- {strategy}: {report['decisions']} decisions (nested: tuning and regime-vs-global choice from "
+              f"earlier decisions only), tuning now k={report['tuning']['k']} shrink={report['tuning']['shrink']}, "
+              f"conditioned share {report['conditioned_share']:.2f}, evaluate (load + replay of "
+              f"{report['configurations_tried']} tunings) {eval_s:.1f}s")
         print(f"   {'method':<22}{'realised Sharpe':>16}")
         for name, value in (("recommend", rs["recommend"]), ("global best", rs["global_best"]),
                             ("median set", rs["median_set"]), ("random tested set", rs["random_set"]),
@@ -108,6 +110,12 @@ async def one_seed(seed: int, bars: int) -> None:
                 rec = np.mean([wf.decisions[i].realised for i in sel])
                 glo = np.mean([wf.decisions[i].realised_global for i in sel])
                 print(f"   {regime:<12}{len(sel):>5}{rec:>11.3f}{glo:>9.3f}{np.mean([trb[i] for i in sel]):>11.3f}")
+        pr = report["promises"]
+        print(f"   promises: mean expected {pr['mean_expected']:+.3f} (raw {pr['mean_raw_expected']:+.3f}) vs "
+              f"realised {pr['mean_realised']:+.3f}; 80% interval coverage {pr['interval_coverage']:.2f}")
+        print("   reliability (P(Sharpe>0) bin: n, claimed, observed): " + "; ".join(
+            f"{r['bin']}: {r['decisions']}, {r['mean_confidence']}, {r['realised_positive']}"
+            for r in pr["reliability"] if r["decisions"]))
         cal = report["calibration"]
         print("   confidence tercile realised: " + ", ".join(
             f"{k} {v['realised']:.3f} (conf {v['mean_confidence']:.2f})" for k, v in cal.items() if v["decisions"]))

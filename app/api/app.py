@@ -32,6 +32,7 @@ from app.services.kb.importing.service import import_frame
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from app.services.kb.recommend.evaluate import evaluate
+from app.services.kb.recommend.query import Scope as EvidenceScope
 from app.services.kb.regime.features import MIN_EFFECTIVE_BARS, current_regime
 from app.services.kb.regime.ohlcv import frame_series
 from app.services.kb.regime.snapshot import RegimeSnapshot, parse_regime_snapshot
@@ -154,6 +155,10 @@ class RecommendRequest(BaseModel):
     min_trades: int | None = Field(default=None, ge=0)
     max_drawdown: float | None = Field(default=None, ge=0, le=1)
     method: str = Field(default="expected", pattern="^(expected|median)$")
+    pool: bool = False
+    as_of: datetime | None = None
+
+    _as_of_range = field_validator("as_of")(_in_range)
 
 
 MAX_IMPORT_RUNS = 50_000
@@ -263,7 +268,7 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
             workspace_id=body.workspace_id, strategy_name=body.strategy_name, regime=regime,
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown,
-            method=body.method), cache)
+            method=body.method, pool=body.pool, as_of=body.as_of), cache)
         return Response(orjson.dumps(result.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json")
 
@@ -280,10 +285,14 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         return (await workspace_status(db, workspace_id)).to_dict()
 
     @app.get("/kb/evaluate", dependencies=auth)
-    async def evaluate_route(workspace_id: uuid.UUID,
-                             strategy_name: StrategyName, db: DB, cache: Cache) -> dict[str, Any]:
-        """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`)."""
-        return (await evaluate(db, workspace_id, strategy_name, cache)).to_dict()
+    async def evaluate_route(workspace_id: uuid.UUID, strategy_name: StrategyName, db: DB, cache: Cache,
+                             symbol: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+                             timeframe: Annotated[str | None, Query(max_length=16, pattern=NO_NUL)] = None,
+                             pool: bool = False) -> dict[str, Any]:
+        """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`), on the
+        evidence of one instrument and bar size when given."""
+        scope = EvidenceScope.of(symbol, timeframe, pool)
+        return (await evaluate(db, workspace_id, strategy_name, cache, scope)).to_dict()
 
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,

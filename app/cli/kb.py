@@ -16,6 +16,7 @@ from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, recommend
 from app.services.kb.recommend.evaluate import evaluate
 from app.services.kb.recommend.expected import RUNNER_UPS
+from app.services.kb.recommend.query import Scope
 from app.services.kb.regime.features import current_regime
 from app.services.kb.regime.ohlcv import load_ohlcv
 from app.services.kb.regime.snapshot import RegimeSnapshot
@@ -41,8 +42,14 @@ def register(sub: Any) -> None:
     opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
     opt(p, "--strategy", required=True, help="strategy name")
     opt(p, "--ohlcv-file", default=None, help="OHLCV file; its latest bars define the current regime")
-    opt(p, "--symbol", default=None, help="symbol (selects file rows; filters trials)")
-    opt(p, "--timeframe", default=None, help="timeframe (filters trials)")
+    opt(p, "--symbol", default=None,
+        help="symbol: selects file rows; evidence and the global best come from this instrument only")
+    opt(p, "--timeframe", default=None,
+        help="bar size (default: the OHLCV file's); evidence is never mixed across bar sizes")
+    opt(p, "--pool", action="store_true", default=False,
+        help="with --symbol: use every instrument's evidence at this bar size (said in the answer's scope)")
+    opt(p, "--as-of", type=since_arg, default=None,
+        help="answer as of this time: only evidence windows that ended before it (backtests of the KB itself)")
     opt(p, "--tags", default=None, help="comma-separated regime tags instead of OHLCV")
     opt(p, "--top-k", type=positive(1000), default=20, help="supporting trials to show (default 20)")
     opt(p, "--method", choices=("expected", "median"), default="expected",
@@ -59,6 +66,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="walk-forward check of recommend against the global best")
     opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
     opt(p, "--strategy", required=True, help="strategy name")
+    opt(p, "--symbol", default=None, help="evaluate on this instrument's evidence only (unless --pool)")
+    opt(p, "--timeframe", default=None, help="evaluate on this bar size's evidence only")
+    opt(p, "--pool", action="store_true", default=False, help="with --symbol: every instrument at this bar size")
     opt(p, "--json", action="store_true", default=False, help="print as JSON")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -113,7 +123,8 @@ async def cmd_recommend(db: Database, args: argparse.Namespace) -> int:
     tags = tuple(t.strip() for t in (args.tags or "").split(",") if t.strip())
     answer = await recommend(db, RecommendQuery(
         workspace_id=args.workspace_id, strategy_name=args.strategy, regime=args.prepared, tags=tags,
-        symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method))
+        symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method, pool=args.pool,
+        as_of=args.as_of))
     result = answer.to_dict()
     if args.enqueue_optuna:
         result["optuna_enqueued"] = _enqueue(args, result)
@@ -133,7 +144,8 @@ def _enqueue(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]
 
 
 async def cmd_evaluate(db: Database, args: argparse.Namespace) -> int:
-    report = await evaluate(db, args.workspace_id, args.strategy)
+    report = await evaluate(db, args.workspace_id, args.strategy,
+                            scope=Scope.of(args.symbol, args.timeframe, args.pool))
     render.show(args.json, report.to_dict(), render.evaluate_report)
     return 0
 

@@ -150,8 +150,12 @@ async def test_statuses_relaxation_and_abstention(db, make_workspace, insert_run
     up = compute_regime_snapshot(pd.DataFrame(trend_snapshot_frame(1)))
     few = (await recommend(db, RecommendQuery(ws, "s", regime=up))).to_dict()
     assert few["status"] == "degraded" and "few_supporting_trials" in few["reasons"]
-    relaxed = (await recommend(db, RecommendQuery(ws, "s", regime=up, symbol="MSFT"))).to_dict()
-    assert relaxed["status"] == "degraded" and "filters_relaxed" in relaxed["reasons"]
+    # Another instrument's trials are never used silently: only with pool=True, and the answer says so.
+    scoped = (await recommend(db, RecommendQuery(ws, "s", regime=up, symbol="MSFT", method="median"))).to_dict()
+    assert scoped["status"] == "none" and "no_trials" in scoped["reasons"]
+    assert any("--pool" in a for a in scoped["suggested_actions"])
+    pooled = (await recommend(db, RecommendQuery(ws, "s", regime=up, symbol="MSFT", pool=True))).to_dict()
+    assert pooled["status"] == "degraded" and pooled["considered"] == 5
     none = (await recommend(db, RecommendQuery(ws, "unknown", regime=up))).to_dict()
     assert none["status"] == "none" and "no_trials" in none["reasons"] and none["suggested_actions"]
     wild = compute_regime_snapshot(pd.DataFrame(crash_frame()))

@@ -98,7 +98,10 @@ async def test_evaluate_command_reports_walk_forward_uplift(cli, db, make_worksp
     code, out, err = await cli("evaluate", "--workspace-id", ws, "--strategy", "s", "--json")
     assert code == 0, err
     report = orjson.loads(out)
-    assert report["decisions"] > 20 and report["uplift"] > 1.0 and report["hit_rate"] > 0.5
+    # Nested: every tuning and the regime-vs-global-best choice come from earlier decisions
+    # only, so the figure is below the best of the tunings tried (which was > 1.0 here).
+    assert report["decisions"] > 20 and report["uplift"] > 0.5 and report["hit_rate"] > 0.5
+    assert report["configurations_tried"] == 12 and report["promises"]["interval_nominal"] == 0.8
     assert report["realised_sharpe"]["recommend"] > report["realised_sharpe"]["global_best"]
     assert set(report["calibration"]) == {"low", "mid", "high"} and report["per_regime"]
     code, out, _ = await cli("evaluate", "--workspace-id", ws, "--strategy", "s")

@@ -1,6 +1,6 @@
 """`kb evaluate`: the walk-forward evidence a researcher needs before trusting recommend.
-The check is computed once per evidence matrix (one KB revision) and shared by every
-answer and evaluation of that revision."""
+The check is computed once per evidence matrix (one KB revision and scope) and shared by
+every answer and evaluation of it."""
 
 from __future__ import annotations
 
@@ -10,25 +10,31 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from app.db import Database
 from app.db.workspaces import require_workspace
 from app.services.kb.recommend.cache import DEFAULT_CACHE, TrialCache
 from app.services.kb.recommend.evidence import EvidenceMatrix
-from app.services.kb.recommend.walkforward import WalkForward, summarize, tune
+from app.services.kb.recommend.nested import Model, replay
+from app.services.kb.recommend.query import Scope
+from app.services.kb.recommend.report import summarize
+from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, walk_forward
 
 
 @dataclass(frozen=True)
 class WalkForwardCheck:
-    """The tuned replay of one matrix and its summary."""
+    """The nested replay of one matrix and its report."""
 
-    walk_forward: WalkForward
+    model: Model
     summary: dict[str, Any]
 
 
 def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
-    """The tuned walk-forward replay of one strategy's evidence and its report."""
-    best, tried = tune(matrix)
-    return WalkForwardCheck(best, {**summarize(matrix, best), "tried": tried})
+    """The nested walk-forward replay of one strategy's evidence and its report."""
+    spread = float(np.std(matrix.cell_sharpe)) if len(matrix.cell_sharpe) > 1 else 1.0
+    model = replay(walk_forward(matrix, TUNINGS), TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread)
+    return WalkForwardCheck(model, summarize(matrix, model))
 
 
 async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:
@@ -44,6 +50,7 @@ async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:
 class Evaluation:
     workspace_id: uuid.UUID
     strategy_name: str
+    scope: dict[str, Any]
     windows: int
     parameter_sets: int
     ex_ante_share: float | None
@@ -51,19 +58,20 @@ class Evaluation:
     elapsed_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"workspace_id": str(self.workspace_id), "strategy_name": self.strategy_name,
+        return {"workspace_id": str(self.workspace_id), "strategy_name": self.strategy_name, "scope": self.scope,
                 "windows": self.windows, "parameter_sets": self.parameter_sets,
                 "ex_ante_share": self.ex_ante_share, **self.report, "elapsed_s": self.elapsed_s}
 
 
-async def evaluate(db: Database, workspace_id: uuid.UUID, strategy: str,
-                   cache: TrialCache | None = None) -> Evaluation:
-    """Replay the strategy's history walk-forward with the tuned neighbourhood and
-    shrinkage; report uplift over the global best and the baselines."""
+async def evaluate(db: Database, workspace_id: uuid.UUID, strategy: str, cache: TrialCache | None = None,
+                   scope: Scope | None = None) -> Evaluation:
+    """Replay the strategy's history walk-forward (nested: every choice from earlier
+    decisions only); report uplift over the global best, the baselines and calibration."""
     started = time.monotonic()
     await require_workspace(db, workspace_id)
-    matrix = await (cache or DEFAULT_CACHE).evidence.get(db, workspace_id, strategy)
+    scope = scope or Scope()
+    matrix = await (cache or DEFAULT_CACHE).evidence.get(db, workspace_id, strategy, scope=scope)
     check = await walk_forward_check(matrix)
-    return Evaluation(workspace_id, strategy, matrix.n_windows, matrix.n_sets,
+    return Evaluation(workspace_id, strategy, scope.describe(matrix.n_windows), matrix.n_windows, matrix.n_sets,
                       round(float(matrix.ex_ante.mean()), 4) if matrix.n_windows else None, check.summary,
                       round(time.monotonic() - started, 3))

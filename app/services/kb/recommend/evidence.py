@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.scaling import RobustScale
 from app.services.kb.regime.snapshot import FEATURE_NAMES
 from app.timestamps import to_ns
@@ -75,7 +76,8 @@ class EvidenceMatrix:
         return self.cell_run[lo + int(hits[0])] if len(hits) else None
 
 
-def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
+def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> EvidenceMatrix:
+    """The matrix of the evidence rows the scope admits (all of them without one)."""
     windows: dict[tuple[Any, ...], int] = {}
     sets: dict[str, int] = {}
     # (window, set) -> [sum, count, a run]; repeated runs of one set in one window average.
@@ -88,6 +90,8 @@ def build_matrix(rows: list[Any], revision: int) -> EvidenceMatrix:
     starts: list[int] = []
     ends: list[int] = []
     for r in rows:
+        if scope is not None and not scope.admits(r["symbol"], r["timeframe"], r["oos_end"]):
+            continue
         use_pre = r["pre_features"] is not None
         vector = r["pre_features"] if use_pre else r["oos_features"]
         if vector is None or len(vector) != len(FEATURE_NAMES) or not math.isfinite(r["sharpe"]):

@@ -134,24 +134,22 @@ def aggregate_params(params: list[dict[str, Any]], weights: np.ndarray) -> tuple
     return chosen, spread
 
 
-def _candidates(matrix: TrialMatrix, query: RecommendQuery) -> tuple[np.ndarray, bool]:
-    """Trials passing the query's quality filters and, where there are enough of them, its
-    symbol and timeframe; the flag says the symbol/timeframe filter had to be relaxed."""
-    base = np.ones(len(matrix.trial_ids), dtype=bool)
+def _candidates(matrix: TrialMatrix, query: RecommendQuery) -> np.ndarray:
+    """Trials passing the query's quality filters, on its bar size and (unless pooled) its
+    instrument: never another bar size, never silently another instrument."""
+    mask = np.ones(len(matrix.trial_ids), dtype=bool)
     if query.min_sharpe is not None:
-        base &= np.nan_to_num(matrix.sharpe, nan=-np.inf) >= query.min_sharpe
+        mask &= np.nan_to_num(matrix.sharpe, nan=-np.inf) >= query.min_sharpe
     if query.min_trades is not None:
-        base &= np.nan_to_num(matrix.n_trades, nan=0) >= query.min_trades
+        mask &= np.nan_to_num(matrix.n_trades, nan=0) >= query.min_trades
     if query.max_drawdown is not None:
-        base &= np.nan_to_num(matrix.max_dd, nan=0) <= query.max_drawdown
-    mask = base.copy()
-    if query.symbol:
-        mask &= matrix.symbol == query.symbol.upper()
-    if query.timeframe:
-        mask &= matrix.timeframe == query.timeframe
-    if mask.sum() < MIN_SUPPORT and (query.symbol or query.timeframe) and base.sum() > mask.sum():
-        return base, True
-    return mask, False
+        mask &= np.nan_to_num(matrix.max_dd, nan=0) <= query.max_drawdown
+    scope = query.scope
+    if scope.symbol and not scope.pool:
+        mask &= matrix.symbol == scope.symbol
+    if scope.timeframe:
+        mask &= matrix.timeframe == scope.timeframe
+    return mask
 
 
 def _tag_similarity(matrix: TrialMatrix, idx: np.ndarray, query_tags: frozenset[str]) -> np.ndarray:
@@ -177,8 +175,8 @@ def _supporting(matrix: TrialMatrix, i: int, params: Any, feat_sim: float, tag_s
     }
 
 
-def _support_status(support: int, relaxed: bool, reasons: list[str], actions: list[str]) -> str:
-    if support >= OK_SUPPORT and not relaxed:
+def _support_status(support: int, reasons: list[str], actions: list[str]) -> str:
+    if support >= OK_SUPPORT:
         return "ok"
     if support >= MIN_SUPPORT:
         if support < OK_SUPPORT:
@@ -194,9 +192,7 @@ def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation
     """The median method's answer: per-parameter weighted median (or mode) of the nearest trials."""
     reasons: list[str] = []
     actions: list[str] = []
-    mask, relaxed = _candidates(matrix, query)
-    if relaxed:
-        reasons.append("filters_relaxed")
+    mask = _candidates(matrix, query)
     qvec = matrix.scaling.query(query.regime)
     if qvec is not None:
         mask &= matrix.has_features
@@ -215,6 +211,8 @@ def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation
         reasons.append("no_trials")
         actions.extend(["run backfill-regime and backfill-candidacy, then kb ingest",
                         f"check the strategy name {query.strategy_name!r}"])
+        if query.symbol and not query.pool:
+            actions.append("or pass --pool to use other instruments' trials at this bar size")
         return answer()
     tag_sim = _tag_similarity(matrix, idx, query.tag_set)
     dist = None if qvec is None else rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx]
@@ -234,11 +232,10 @@ def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation
     top = top[np.argsort(-score[top], kind="stable")]
     chosen_params = [orjson.loads(matrix.params[idx[j]]) for j in top]
     params, spread = aggregate_params(chosen_params, np.maximum(score[top], 1e-9))
-    status = _support_status(len(top), relaxed, reasons, actions)
+    status = _support_status(len(top), reasons, actions)
     rel = [min(float(s["relative"]), 1.0) for s in spread.values()]
     agreement = 1.0 - (float(np.mean(rel)) if rel else 0.0)
     confidence = min(1.0, len(top) / OK_SUPPORT) * (0.5 + 0.5 * agreement) * float(np.mean(feat_sim[top]))
-    confidence *= 0.8 if relaxed else 1.0
     return answer(
         status, confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4) if status != "none" else 0.0,
         params=params if status != "none" else {}, param_spread=spread,

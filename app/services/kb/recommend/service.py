@@ -22,5 +22,5 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
     nearest = nearest_trials(trials, query)
     if query.method == "median" or "out_of_distribution" in nearest.reasons:
         return nearest
-    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision)
+    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision, query.scope)
     return choose_by_expectation(evidence, query, nearest, await walk_forward_check(evidence))

@@ -9,24 +9,20 @@ penalised by `haircut` x sqrt(2 ln N) standard errors for having tried N sets. O
 that reached the KB are candidates. The global best is the candidate with the best
 penalised all-history mean.
 
-Walk-forward (evaluate): at the start of each window, score from windows that ended
-before it and read the realised Sharpe of the chosen set in that window.
+Walk-forward: at the start of each window, score from windows that ended before it,
+for every tuning tried, and read the realised Sharpe of each choice in that window;
+`nested` then decides from those outcomes, each time from earlier decisions only.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from app.numbers import rounded
 from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.scaling import rms_distances
-
-TUNING_GRID = tuple((k, s) for k in (5, 10, 20, 40) for s in (1.0, 4.0, 16.0))
-MIN_PRIOR_WINDOWS = 20
 
 
 @dataclass(frozen=True)
@@ -34,6 +30,11 @@ class Tuning:
     k: int = 20
     shrink: float = 4.0
     haircut: float = 0.5
+
+
+TUNINGS = tuple(Tuning(k=k, shrink=s) for k in (5, 10, 20, 40) for s in (1.0, 4.0, 16.0))
+DEFAULT_TUNING = 7  # k=20, shrink=4 (TUNINGS[7]): used until earlier decisions can choose
+MIN_PRIOR_WINDOWS = 20
 
 
 @dataclass
@@ -141,45 +142,32 @@ def score_query(m: EvidenceMatrix, qvec: np.ndarray | None, qtags: frozenset[str
     return local_scores(m, near, d[near], m.memo[key], tuning)
 
 
-def confidence_of(estimate: float, se: float) -> float:
-    """How likely the answer realises a positive Sharpe (normal approximation); ranks
-    answers by their expected outcome."""
-    if not math.isfinite(estimate):
-        return 0.0
-    return 0.5 * (1.0 + math.erf(estimate / max(se, 1e-6) / math.sqrt(2.0)))
+@dataclass(frozen=True)
+class Outcome:
+    """One decision time replayed for every tuning at once: per tuning, whether it made a
+    choice, the set chosen, its expected and its realised Sharpe; and the baselines."""
 
-
-@dataclass
-class Decision:
     window: int
-    chosen: int
+    ok: np.ndarray
+    chosen: np.ndarray
+    estimate: np.ndarray
+    realised: np.ndarray
     global_best: int
-    confidence: float
-    realised: float
+    global_mean: float
     realised_global: float
     realised_median: float
     realised_random: float
     realised_oracle: float
 
 
-@dataclass
-class WalkForward:
-    tuning: Tuning
-    decisions: list[Decision] = field(default_factory=list)
-
-    def uplift(self) -> float:
-        if not self.decisions:
-            return float("nan")
-        return float(np.mean([d.realised - d.realised_global for d in self.decisions]))
-
-
-def walk_forward(m: EvidenceMatrix, tunings: list[Tuning]) -> list[WalkForward]:
+def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
     """Replay history for several tunings at once: one decision at the start of each
-    window with enough earlier windows. Distances, the all-history figures and the
-    baselines are computed once per decision; only the local scores depend on the tuning."""
-    outs = [WalkForward(t) for t in tunings]
+    window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order.
+    Distances, the all-history figures and the baselines are computed once per decision;
+    only the local scores depend on the tuning."""
+    out: list[Outcome] = []
     if not tunings:
-        return outs
+        return out
     haircut = tunings[0].haircut
     max_k = max(t.k for t in tunings)
     known = np.flatnonzero(m.start_ns >= 0)
@@ -211,66 +199,14 @@ def walk_forward(m: EvidenceMatrix, tunings: list[Tuning]) -> list[WalkForward]:
         cand = np.flatnonzero(np.isfinite(g.score) & np.isfinite(row))
         by_mean = cand[np.argsort(g.mean[cand], kind="stable")]
         median_set = int(by_mean[len(by_mean) // 2])
-        baselines = (float(row[gb]), float(row[median_set]), float(np.mean(row[cand])), float(np.nanmax(row)))
-        for out, tuning in zip(outs, tunings, strict=True):
+        chosen = np.zeros(len(tunings), dtype=np.int64)
+        estimate = np.full(len(tunings), np.nan)
+        for i, tuning in enumerate(tunings):
             sc = local_scores(m, near_windows, near_d, g, tuning)
-            chosen = int(np.argmax(sc.score))
-            if not math.isfinite(row[chosen]):
-                continue
-            out.decisions.append(Decision(
-                j, chosen, gb, confidence_of(float(sc.estimate[chosen]), float(sc.se[chosen])),
-                float(row[chosen]), *baselines))
-    return outs
-
-
-def tune(m: EvidenceMatrix) -> tuple[WalkForward, list[dict[str, Any]]]:
-    """The neighbourhood size and shrinkage with the best walk-forward uplift over the
-    global best; every tried setting's figures are returned too."""
-    outs = walk_forward(m, [Tuning(k=k, shrink=s) for k, s in TUNING_GRID])
-    tried = [{"k": wf.tuning.k, "shrink": wf.tuning.shrink, "decisions": len(wf.decisions),
-              "uplift": rounded(wf.uplift())} for wf in outs]
-    with_decisions = [wf for wf in outs if wf.decisions]
-    best = max(with_decisions, key=lambda wf: wf.uplift()) if with_decisions else outs[0]
-    return best, tried
-
-
-def summarize(m: EvidenceMatrix, wf: WalkForward, blocks: int = 10) -> dict[str, Any]:
-    """Uplift with a block standard error, hit rate, baselines, per-regime results and
-    confidence calibration (realised Sharpe by confidence tercile)."""
-    ds = wf.decisions
-    if not ds:
-        return {"decisions": 0, "uplift": None, "reasons": ["not_enough_history"]}
-    diff = np.array([d.realised - d.realised_global for d in ds])
-    size = max(len(ds) // blocks, 1)
-    block_means = [diff[i:i + size].mean() for i in range(0, len(diff), size)]
-    se = float(np.std(block_means, ddof=1) / math.sqrt(len(block_means))) if len(block_means) > 1 else float("nan")
-
-    def mean(attr: str, subset: list[Decision] | None = None) -> float | None:
-        values = [getattr(d, attr) for d in (ds if subset is None else subset)]
-        return rounded(float(np.mean(values))) if values else None
-
-    per_tag: dict[str, list[Decision]] = {}
-    for d in ds:
-        for tag in m.oos_tags[d.window] or ("(untagged)",):
-            per_tag.setdefault(tag, []).append(d)
-    conf = np.array([d.confidence for d in ds])
-    cuts = np.quantile(conf, [1 / 3, 2 / 3]) if len(ds) >= 3 else np.array([0.5, 0.5])
-    terciles = {"low": [d for d in ds if d.confidence <= cuts[0]],
-                "mid": [d for d in ds if cuts[0] < d.confidence <= cuts[1]],
-                "high": [d for d in ds if d.confidence > cuts[1]]}
-    return {
-        "decisions": len(ds),
-        "tuning": {"k": wf.tuning.k, "shrink": wf.tuning.shrink, "haircut": wf.tuning.haircut},
-        "realised_sharpe": {"recommend": mean("realised"), "global_best": mean("realised_global"),
-                            "median_set": mean("realised_median"), "random_set": mean("realised_random"),
-                            "oracle": mean("realised_oracle")},
-        "uplift": rounded(float(diff.mean())),
-        "uplift_se": rounded(se),
-        "blocks": len(block_means),
-        "hit_rate": rounded(float((diff >= 0).mean())),
-        "per_regime": {tag: {"decisions": len(sub), "recommend": mean("realised", sub),
-                             "global_best": mean("realised_global", sub)}
-                       for tag, sub in sorted(per_tag.items())},
-        "calibration": {name: {"decisions": len(sub), "mean_confidence": mean("confidence", sub),
-                               "realised": mean("realised", sub)} for name, sub in terciles.items()},
-    }
+            chosen[i] = int(np.argmax(sc.score))
+            estimate[i] = float(sc.estimate[chosen[i]])
+        realised = row[chosen]
+        out.append(Outcome(j, np.isfinite(realised), chosen, estimate, np.nan_to_num(realised), gb,
+                           float(g.mean[gb]), float(row[gb]), float(row[median_set]), float(np.mean(row[cand])),
+                           float(np.nanmax(row))))
+    return out

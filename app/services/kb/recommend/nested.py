@@ -1,0 +1,183 @@
+"""The honest replay: everything recommend tunes is chosen at each decision only from
+decisions whose windows ended before it, and what it promises is learnt the same way.
+
+At each decision (the start of a window with enough earlier windows):
+1. the tuning (k, shrink) is the one with the best mean uplift over the global best on
+   the earlier decisions (the default tuning until MIN_TUNE_DECISIONS of them exist);
+2. the regime-conditioned choice of that tuning is used only if, over the earlier
+   decisions, it beat the global best by more than one standard error of its uplift
+   (`uplift > se`); otherwise the answer is the global best. With fewer than
+   MIN_RULE_DECISIONS earlier decisions the regime choice is used unchecked;
+3. the raw expected Sharpe of the answer is calibrated by a line fitted on the earlier
+   answers' (expected, realised) pairs, slope clipped to [0, 1] (empirical-Bayes
+   shrinkage toward their mean realised Sharpe: the winner's curse is paid back);
+4. the 80% interval is split-conformal: the 10% and 90% quantiles of the earlier answers'
+   realised-minus-calibrated residuals; `confidence` is the share of those residuals that
+   would leave the answer's Sharpe above zero, i.e. P(realised Sharpe > 0).
+`Model.now()` applies the same rules to every decision so far: what recommend answers with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.services.kb.recommend.walkforward import Outcome, Tuning
+
+MIN_TUNE_DECISIONS = 5
+MIN_RULE_DECISIONS = 10
+MIN_CALIBRATION = 10
+COVERAGE = 0.8
+Z_COVERAGE = 1.2816  # the normal quantile of 90%: an 80% two-sided interval before residuals exist
+BLOCKS = 10
+
+
+def block_se(diff: np.ndarray, blocks: int = BLOCKS) -> float:
+    """Standard error of the mean of a serially dependent series (overlapping windows):
+    the spread of the means of `blocks` consecutive blocks."""
+    if len(diff) < 2:
+        return math.nan
+    size = max(len(diff) // blocks, 1)
+    means = np.array([diff[i:i + size].mean() for i in range(0, len(diff), size)])
+    if len(means) < 2:
+        return math.nan
+    return float(np.std(means, ddof=1) / math.sqrt(len(means)))
+
+
+@dataclass(frozen=True)
+class Promise:
+    """What an answer promises: calibrated expected Sharpe, 80% interval, P(Sharpe > 0)."""
+
+    expected: float
+    low: float
+    high: float
+    confidence: float
+
+
+def calibrate(raw: float, past_raw: np.ndarray, past_realised: np.ndarray, past_cal: np.ndarray,
+              fallback_sd: float) -> Promise:
+    """The promise for an answer whose method expects `raw`, from earlier answers only."""
+    n = len(past_raw)
+    if n >= MIN_CALIBRATION and np.isfinite(raw):
+        mx, my = float(past_raw.mean()), float(past_realised.mean())
+        var = float(((past_raw - mx) ** 2).mean())
+        slope = float(((past_raw - mx) * (past_realised - my)).mean()) / var if var > 1e-12 else 0.0
+        expected = my + min(max(slope, 0.0), 1.0) * (raw - mx)
+    elif n >= 1:
+        # Too few pairs for a slope: shrink toward what earlier answers realised.
+        w, past = n / (n + MIN_CALIBRATION), float(past_realised.mean())
+        expected = (1 - w) * (raw if np.isfinite(raw) else past) + w * past
+    else:
+        expected = raw if np.isfinite(raw) else 0.0
+    residuals = past_realised - past_cal
+    if len(residuals) >= MIN_CALIBRATION:
+        lo_q, hi_q = np.quantile(residuals, [(1 - COVERAGE) / 2, (1 + COVERAGE) / 2])
+        above = int((residuals > -expected).sum())
+        confidence = (above + 1) / (len(residuals) + 2)
+        return Promise(expected, expected + float(lo_q), expected + float(hi_q), confidence)
+    sd = max(fallback_sd, 1e-6)
+    confidence = 0.5 * (1.0 + math.erf(expected / sd / math.sqrt(2.0)))
+    return Promise(expected, expected - Z_COVERAGE * sd, expected + Z_COVERAGE * sd, confidence)
+
+
+@dataclass(frozen=True)
+class Decision:
+    window: int
+    tuning: int  # index into the tunings tried
+    conditioned: bool
+    chosen: int
+    global_best: int
+    raw_expected: float
+    expected: float
+    low: float
+    high: float
+    confidence: float
+    realised: float
+    realised_global: float
+    realised_median: float
+    realised_random: float
+    realised_oracle: float
+    realised_regime: float  # the regime-conditioned choice's realised Sharpe, used or not
+
+
+@dataclass(frozen=True)
+class Model:
+    """The rules as of now (from every decision so far): recommend's tuning, whether it
+    conditions on the regime, its uplift and SE, and the data its promises come from."""
+
+    tunings: tuple[Tuning, ...]
+    decisions: tuple[Decision, ...]
+    tuning: Tuning
+    conditioned: bool
+    uplift: float  # regime-conditioned choice over the global best, over every decision
+    uplift_se: float
+    fallback_sd: float
+
+    @property
+    def checked(self) -> bool:
+        """Whether the regime-vs-global-best rule had enough decisions to decide."""
+        return len(self.decisions) >= MIN_RULE_DECISIONS
+
+    def promise(self, raw: float) -> Promise:
+        ds = self.decisions
+        return calibrate(raw, np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
+                         np.array([d.expected for d in ds]), self.fallback_sd)
+
+
+def _best_tuning(gains: np.ndarray, counts: np.ndarray) -> int:
+    """Index of the tuning with the best mean earlier uplift (-1: not enough history)."""
+    if counts.min() < MIN_TUNE_DECISIONS:
+        return -1
+    return int(np.argmax(gains / counts))
+
+
+def _rule(diffs: np.ndarray) -> tuple[bool, float, float]:
+    """Condition on the regime only when its uplift beats one standard error. Before
+    MIN_RULE_DECISIONS decisions exist there is nothing to check: the regime choice is
+    used, unchecked (and said so)."""
+    if len(diffs) < MIN_RULE_DECISIONS:
+        return True, float(diffs.mean()) if len(diffs) else math.nan, math.nan
+    mean, se = float(diffs.mean()), block_se(diffs)
+    return bool(math.isfinite(se) and mean > se), mean, se
+
+
+def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, end_ns: np.ndarray,
+           start_ns: np.ndarray, fallback_sd: float) -> Model:
+    """Decisions in time order, each from earlier decisions only, and the model as of now."""
+    n_t = len(tunings)
+    made: list[Decision] = []
+    done_end: list[int] = []  # window end of each decision made, aligned with `made`
+    gains_hist = np.zeros((0, n_t))
+    ok_hist = np.zeros((0, n_t), dtype=bool)
+    for o in outcomes:
+        earlier = np.array(done_end, dtype=np.int64) < start_ns[o.window] if made else np.zeros(0, dtype=bool)
+        gains = (gains_hist[earlier] * ok_hist[earlier]).sum(axis=0)
+        counts = ok_hist[earlier].sum(axis=0)
+        t = _best_tuning(gains, np.maximum(counts, 0)) if made else -1
+        t = default if t < 0 or not o.ok[t] else t
+        if not o.ok[t]:
+            continue
+        prior = [d for d, e in zip(made, earlier.tolist(), strict=True) if e]
+        conditioned, _, _ = _rule(np.array([d.realised_regime - d.realised_global for d in prior]))
+        chosen = int(o.chosen[t]) if conditioned else o.global_best
+        raw = float(o.estimate[t]) if conditioned else o.global_mean
+        promise = calibrate(raw, np.array([d.raw_expected for d in prior]), np.array([d.realised for d in prior]),
+                            np.array([d.expected for d in prior]), fallback_sd)
+        made.append(Decision(o.window, t, conditioned, chosen, o.global_best, raw, promise.expected, promise.low,
+                             promise.high, promise.confidence,
+                             float(o.realised[t]) if conditioned else o.realised_global, o.realised_global,
+                             o.realised_median, o.realised_random, o.realised_oracle, float(o.realised[t])))
+        done_end.append(int(end_ns[o.window]))
+        gains_hist = np.vstack([gains_hist, np.where(o.ok, o.realised - o.realised_global, 0.0)])
+        ok_hist = np.vstack([ok_hist, o.ok])
+    return _now(tunings, default, tuple(made), gains_hist, ok_hist, fallback_sd)
+
+
+def _now(tunings: tuple[Tuning, ...], default: int, made: tuple[Decision, ...], gains_hist: np.ndarray,
+         ok_hist: np.ndarray, fallback_sd: float) -> Model:
+    t = _best_tuning((gains_hist * ok_hist).sum(axis=0), ok_hist.sum(axis=0)) if made else -1
+    t = default if t < 0 else t
+    conditioned, uplift, se = _rule(np.array([d.realised_regime - d.realised_global for d in made]))
+    return Model(tunings, made, tunings[t], conditioned, uplift, se, fallback_sd)
