@@ -7,20 +7,18 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 
 from app.db import Database, with_database
 from app.db.embedded import embedded_dsn
 from app.db.migrate import upgrade
 from app.db.runs import copy_runs
+from tests.factories import API_TOKEN, RUN_COLUMNS
 
 TEMPLATE_DB = f"kb_test_template_{os.getpid()}"
 
@@ -95,40 +93,6 @@ def make_workspace(db: Database) -> Callable[..., Any]:
     return make
 
 
-BASE_TIME = datetime(2025, 3, 1, tzinfo=UTC)
-
-_RUN_COLUMNS = (
-    "id", "workspace_id", "created_at", "started_at", "completed_at", "run_kind", "status",
-    "strategy_name", "experiment_type", "params", "dataset_meta", "summary", "trade_count",
-    "kb_status", "regime_oos", "regime_is", "regime_pre", "regime_schema_version",
-)
-
-
-def run_row(workspace_id: uuid.UUID, i: int = 0, **overrides: Any) -> dict[str, Any]:
-    """A completed, eligible-looking test variant; override any column."""
-    row: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "workspace_id": workspace_id,
-        "created_at": BASE_TIME + timedelta(minutes=i),
-        "started_at": None,
-        "completed_at": None,
-        "run_kind": "test_variant",
-        "status": "completed",
-        "strategy_name": "mean_rev",
-        "experiment_type": None,
-        "params": {"lookback": 20, "z_entry": 1.5},
-        "dataset_meta": {"symbol": "AAPL", "timeframe": "1h"},
-        "summary": {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0, "return_pct": 8.0},
-        "trade_count": None,
-        "kb_status": "excluded",
-        "regime_oos": None,
-        "regime_is": None,
-        "regime_pre": None,
-        "regime_schema_version": None,
-    }
-    row.update(overrides)
-    return row
-
 
 @pytest.fixture
 def insert_runs(db: Database) -> Callable[..., Any]:
@@ -136,7 +100,7 @@ def insert_runs(db: Database) -> Callable[..., Any]:
 
     async def insert(rows: list[dict[str, Any]]) -> list[uuid.UUID]:
         async with db.acquire() as conn:
-            await copy_runs(conn, rows, _RUN_COLUMNS)
+            await copy_runs(conn, rows, RUN_COLUMNS)
         return [r["id"] for r in rows]
 
     return insert
@@ -158,16 +122,6 @@ def cli(db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     return run
 
 
-def ohlcv_frame(start: datetime, rows: int, *, seed: int, tz: str = "UTC") -> pd.DataFrame:
-    """Hourly bars of a random walk from `start`; ISO timestamps written in `tz`."""
-    rng = np.random.default_rng(seed)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, rows)))
-    ts = pd.date_range(start, periods=rows, freq="h", tz="UTC").tz_convert(tz)
-    return pd.DataFrame({"timestamp": ts.map(lambda t: t.isoformat()), "open": close, "high": close * 1.003,
-                         "low": close * 0.997, "close": close, "volume": 1000.0})
-
-
-API_TOKEN = "s3cret"
 
 
 @pytest.fixture

@@ -192,7 +192,10 @@ def ingest_report(r: IngestResult) -> str:
     lines = [RULE, "KB INGEST REPORT", RULE, _label("Workspace", r.workspace_id), _label("Dry Run", r.dry_run), THIN,
              _label("Scanned", r.scanned), _label("Inserted", r.inserted), _label("Updated", r.updated),
              _label("Skipped", f"{r.skipped} (unchanged)"), _label("Archived", r.archived),
-             _label("Evidence", r.evidence), _label("Errors", r.errors)]
+             _label("Evidence", r.evidence)]
+    lines += [f"  kept, {reason}: {n}" for reason, n in sorted(r.evidence_notes.items())]
+    lines += [f"  not evidence, {reason}: {n}" for reason, n in sorted(r.evidence_skipped.items())]
+    lines.append(_label("Errors", r.errors))
     for reason, ids in r.error_examples.items():
         lines.append(f"  {reason}: e.g. {', '.join(ids)}")
     lines += [_label("Elapsed", f"{r.elapsed_s:.2f}s"), RULE]

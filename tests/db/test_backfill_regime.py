@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +15,7 @@ import pytest
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
 from app.services.kb.regime.ohlcv import load_ohlcv
 from app.services.kb.runs.scan import Hooks, ScanOptions
-from tests.conftest import run_row
-
-START = datetime(2024, 1, 1, tzinfo=UTC)
-HOURS = 2000
-
-
-def up_then_down(symbol: str | None = None) -> pd.DataFrame:
-    rng = np.random.default_rng(11)
-    half = HOURS // 2
-    # 0.15% per bar each way: beyond the trend_dir dead band of 0.1% per bar
-    trend = 100 * np.exp(np.concatenate([np.arange(half), half - np.arange(HOURS - half)]) * 0.0015)
-    close = trend * (1 + rng.normal(0, 0.001, HOURS))
-    ts = pd.date_range(START, periods=HOURS, freq="h", tz="UTC")
-    df = pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": close,
-                       "high": close * 1.002, "low": close * 0.998, "close": close, "volume": 1000})
-    if symbol:
-        df.insert(0, "symbol", symbol)
-    return df
+from tests.factories import HOURS, START, iso, run_row, up_then_down
 
 
 @pytest.fixture
@@ -40,10 +23,6 @@ def ohlcv_file(tmp_path: Path) -> Path:
     path = tmp_path / "aapl_1h.csv"
     up_then_down().to_csv(path, index=False)
     return path
-
-
-def iso(hours: int) -> str:
-    return (START + timedelta(hours=hours)).isoformat()
 
 
 async def test_each_run_gets_its_own_window(cli, db, make_workspace, insert_runs, ohlcv_file) -> None:

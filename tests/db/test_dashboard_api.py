@@ -8,8 +8,7 @@ import pytest
 from app.api.app import create_app
 from app.services.kb.ingest import ingest
 from app.services.kb.regime.tags import REGIME_TAGS
-from tests.conftest import API_TOKEN, run_row
-from tests.db.test_kb import trend_snapshot
+from tests.factories import API_TOKEN, run_row, trend_snapshot
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 

@@ -12,7 +12,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from tests.conftest import API_TOKEN, ohlcv_frame
+from tests.factories import API_TOKEN, ohlcv_frame
 
 EXPORTS = Path(__file__).parent.parent / "fixtures" / "exports"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

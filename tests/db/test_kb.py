@@ -21,16 +21,7 @@ from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, aggregate_params, recommend
 from app.services.kb.regime import compute_regime_snapshot
 from app.services.kb.status import workspace_status as kb_status
-from tests.conftest import API_TOKEN, run_row
-from tests.db.test_backfill_regime import START, iso, up_then_down
-
-
-def trend_snapshot(direction: int, noise: float = 0.0, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    close = 100 * np.exp(np.arange(200) * 0.002 * direction + rng.normal(0, noise + 1e-4, 200))
-    ts = pd.date_range("2024-01-01", periods=200, freq="h", tz="UTC")
-    df = pd.DataFrame({"timestamp": ts, "high": close * 1.002, "low": close * 0.998, "close": close})
-    return compute_regime_snapshot(df, source="test", timeframe="1h").to_dict()
+from tests.factories import API_TOKEN, START, iso, run_row, trend_snapshot, trend_snapshot_frame, up_then_down
 
 
 async def test_end_to_end_backfills_grow_trials_and_support(cli, db, make_workspace, insert_runs, tmp_path):
@@ -135,12 +126,6 @@ async def test_concurrent_cold_requests_share_one_trial_load(db, make_workspace,
     assert {r.considered for r in results} == {30}
 
 
-def trend_snapshot_frame(direction: int) -> dict:
-    close = 100 * np.exp(np.arange(200) * 0.002 * direction)
-    return {"timestamp": pd.date_range("2024-03-01", periods=200, freq="h", tz="UTC"),
-            "high": close * 1.002, "low": close * 0.998, "close": close}
-
-
 async def test_statuses_relaxation_and_abstention(db, make_workspace, insert_runs):
     ws = await make_workspace()
     rows = [run_row(ws, i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(1, 0.002, i),
@@ -161,6 +146,7 @@ async def test_statuses_relaxation_and_abstention(db, make_workspace, insert_run
     wild = compute_regime_snapshot(pd.DataFrame(crash_frame()))
     far = (await recommend(db, RecommendQuery(ws, "s", regime=wild))).to_dict()
     assert far["status"] == "none" and "out_of_distribution" in far["reasons"] and far["params"] == {}
+    assert far["method"] == "expected"  # the abstention of the method asked for, not the median one
 
 
 def crash_frame() -> dict:

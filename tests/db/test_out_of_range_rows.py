@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from tests.conftest import run_row
-from tests.db.test_backfill_regime import iso, up_then_down
+from tests.factories import iso, run_row, up_then_down
 
 
 async def test_numbers_beyond_float_range_are_per_row_reasons(cli, db, make_workspace, insert_runs, tmp_path) -> None:

@@ -10,8 +10,7 @@ import orjson
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from app.services.kb.regime.snapshot import RegimeSnapshot
-from tests.conftest import run_row
-from tests.db.test_kb import trend_snapshot
+from tests.factories import run_row, trend_snapshot
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 UP, DOWN = trend_snapshot(1, seed=1), trend_snapshot(-1, seed=2)
@@ -127,3 +126,54 @@ async def test_a_long_lived_cache_never_answers_from_deleted_runs(db, make_works
     await insert_runs(_windows(ws, 20, lambda name, up, w: 1.0 if name == "A" else 0.2))
     await ingest(db, ws)
     assert (await recommend(db, query, cache)).to_dict()["params"]["set"] == "A"
+
+
+async def test_evidence_and_global_best_are_scoped_to_the_instrument(db, make_workspace, insert_runs) -> None:
+    """On SPY set A always wins, on QQQ set B: each symbol's answer and global best come
+    from its own windows; other instruments only with pool=True, and the answer says so."""
+    ws = await make_workspace()
+    rows = []
+    for symbol, winner in (("SPY", "A"), ("QQQ", "B")):
+        for i, row in enumerate(_windows(ws, 30, lambda name, up, w, win=winner: 1.0 if name == win else -1.0)):
+            row["dataset_meta"] = {**row["dataset_meta"], "symbol": symbol}
+            row["created_at"] = row["created_at"] + timedelta(days=1 if symbol == "QQQ" else 0, seconds=i)
+            rows.append(row)
+    daily = _windows(ws, 30, lambda name, up, w: 5.0 if name == "B" else -5.0)
+    for row in daily:  # another bar size: never mixed into an hourly answer
+        row["dataset_meta"] = {**row["dataset_meta"], "timeframe": "1d", "symbol": "SPY"}
+        row["created_at"] = row["created_at"] + timedelta(days=3)
+    await insert_runs(rows + daily)
+    await ingest(db, ws)
+    cache = TrialCache()
+
+    async def ask(**kw) -> dict:
+        return (await recommend(db, RecommendQuery(ws, "s", regime=RegimeSnapshot.from_dict(UP), top_k=5, **kw),
+                                cache)).to_dict()
+
+    spy, qqq = await ask(symbol="SPY", timeframe="1h"), await ask(symbol="qqq", timeframe="1h")
+    assert spy["params"]["set"] == "A" and spy["global_best"]["params"]["set"] == "A"
+    assert qqq["params"]["set"] == "B" and qqq["global_best"]["params"]["set"] == "B"
+    assert spy["scope"] == {"symbol": "SPY", "timeframe": "1h", "pooled": False, "as_of": None, "windows": 30}
+    assert "pooled_instruments" not in spy["reasons"]
+    pooled = await ask(symbol="SPY", timeframe="1h", pool=True)
+    assert pooled["scope"]["pooled"] and pooled["scope"]["windows"] == 60 and "pooled_instruments" in pooled["reasons"]
+    daily_answer = await ask(symbol="SPY", timeframe="1d")
+    assert daily_answer["params"]["set"] == "B" and daily_answer["scope"]["windows"] == 30
+    early = await ask(symbol="SPY", timeframe="1h", as_of=T0 + timedelta(days=100))
+    assert early["scope"]["windows"] == 10  # only windows that ended before as_of
+    nothing = await ask(symbol="IWM", timeframe="1h")
+    assert nothing["status"] == "none" and any("--pool" in a for a in nothing["suggested_actions"])
+
+
+async def test_runs_without_trades_are_evidence_with_sharpe_zero(db, make_workspace, insert_runs) -> None:
+    ws = await make_workspace()
+    rows = _windows(ws, 4, lambda name, up, w: 1.0)
+    for row in rows[:3]:
+        row["summary"] = {"trades": 0, "sharpe": None}
+    rows[3]["summary"] = {"trades": 12, "max_drawdown_pct": -3.0}  # traded, but no Sharpe: not evidence
+    await insert_runs(rows)
+    result = await ingest(db, ws)
+    assert result.evidence_notes == {"no_trades_sharpe_0": 3}
+    assert result.evidence_skipped == {"no_sharpe": 1}
+    sharpe = await db.fetch("SELECT sharpe FROM kb_evidence WHERE workspace_id = $1", ws)
+    assert sorted(r["sharpe"] for r in sharpe) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from tests.conftest import run_row
+from tests.factories import run_row
 
 
 async def test_second_undo_reports_already_undone_not_changed_since(cli, db, make_workspace, insert_runs) -> None:

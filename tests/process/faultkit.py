@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from app.db import Database
 from app.db.connector import application_name
-from tests.conftest import BASE_TIME, ohlcv_frame, run_row
+from tests.factories import BASE_TIME, ohlcv_frame, run_row
 
 KB = [sys.executable, "-m", "app.services.kb.cli"]
 BATCH = 50

@@ -18,7 +18,7 @@ import pytest
 
 from app.api.app import MAX_BODY_BYTES
 from app.services.kb.regime.snapshot import FEATURE_NAMES
-from tests.conftest import API_TOKEN, BASE_TIME, ohlcv_frame, run_row
+from tests.factories import API_TOKEN, BASE_TIME, ohlcv_frame, run_row
 
 GOOD_SUMMARY = {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0}
 HOURS = 1500

@@ -162,3 +162,15 @@ def test_only_the_database_package_calls_the_driver() -> None:
             offenders += [f"{module} imports {n}" for n in names
                           if any(n == d or n.startswith(d + ".") for d in DRIVER_MODULES)]
     assert not offenders, "\n".join(sorted(offenders))
+
+
+def test_tests_share_builders_only_through_factories() -> None:
+    tests = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests."):
+                target = node.module.rsplit(".", 1)[-1]
+                if target == "conftest" or target.startswith("test_"):
+                    offenders.append(f"{path.relative_to(tests)} imports {node.module}")
+    assert not offenders, "shared builders belong in tests/factories.py:\n" + "\n".join(offenders)

@@ -42,6 +42,9 @@ class IngestResult:
     evidence: int = 0
     errors: int = 0
     error_examples: dict[str, list[str]] = field(default_factory=dict)
+    # Completed test variants read: kept as evidence with a note, or left out, by reason.
+    evidence_notes: dict[str, int] = field(default_factory=dict)
+    evidence_skipped: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,16 +103,36 @@ class EvidenceRow:
         return tuple(getattr(self, name) for name in EVIDENCE_COLUMNS)
 
 
+NO_TRADES = "no_trades_sharpe_0"
+
+
+def evidence_skip_reason(row: Record, run: ParsedRun) -> str | None:
+    """Why a completed test variant is not evidence (None: it is). A run that made no
+    trade and has no Sharpe counts, with Sharpe 0: it stayed flat in that window."""
+    m = run.extracted.metrics
+    if row["run_kind"] != "test_variant":
+        return "not_test_variant"
+    if m is None:
+        return str(run.extracted.reason)
+    if not row["strategy_name"]:
+        return "missing_strategy"
+    if run.features is None:
+        return "no_regime"
+    if m.sharpe_oos is None and m.n_trades_oos > 0:
+        return "no_sharpe"
+    return None
+
+
 def evidence_row(row: Record, run: ParsedRun) -> EvidenceRow | None:
     """One completed test variant as an evidence row, or None when it says nothing usable
-    (no regime, no finite Sharpe, no strategy, no OOS features)."""
+    (see `evidence_skip_reason`)."""
     m = run.extracted.metrics
-    if (row["run_kind"] != "test_variant" or m is None or m.sharpe_oos is None or not row["strategy_name"]
-            or run.features is None):
+    if evidence_skip_reason(row, run) is not None or m is None:
         return None
+    sharpe = 0.0 if m.sharpe_oos is None else float(m.sharpe_oos)
     window = extract_windows(run.meta, run.params).oos
     symbol = run.symbol.strip().upper() if run.symbol is not None else None
-    values = (row["strategy_name"], symbol, run.timeframe, run.params_key, float(m.sharpe_oos), m.n_trades_oos,
+    values = (row["strategy_name"], symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
               window.start if window else None, window.end if window else None, run.pre_features,
               run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
     digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
@@ -239,6 +262,11 @@ def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow],
         ev = evidence_row(row, run)
         if ev is not None:
             evidence.append(ev)
+            if ev.n_trades == 0 and run.extracted.metrics is not None and run.extracted.metrics.sharpe_oos is None:
+                result.evidence_notes[NO_TRADES] = result.evidence_notes.get(NO_TRADES, 0) + 1
+        elif row["run_kind"] == "test_variant":
+            why = evidence_skip_reason(row, run)
+            result.evidence_skipped[str(why)] = result.evidence_skipped.get(str(why), 0) + 1
         if row["kb_status"] not in ELIGIBLE:
             continue  # evidence only
         result.scanned += 1

@@ -20,6 +20,8 @@ FIELDS: dict[str, Kind] = {
     "params": "json",
     "oos_start": "timestamp",
     "oos_end": "timestamp",
+    "is_start": "timestamp",
+    "is_end": "timestamp",
     "symbol": "text",
     "timeframe": "text",
     "trades": "int",

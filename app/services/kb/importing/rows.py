@@ -25,7 +25,10 @@ STAGING_COLUMNS = ("source_id", "created_at", "run_kind", "status", "strategy_na
 _CONTENT = ("created_at", "run_kind", "status", "strategy_name", "experiment_type", "params", "symbol",
             "timeframe", "oos_start", "oos_end", "trades", "sharpe", "max_drawdown_pct", "return_pct", "win_rate",
             "profit_factor")
-_META = ("symbol", "timeframe", "oos_start", "oos_end")
+# In-sample window fields join a row's content hash only when given, so files exported
+# before they existed hash as they always did.
+_CONTENT_WHEN_GIVEN = ("is_start", "is_end")
+_META = ("symbol", "timeframe", "oos_start", "oos_end", "is_start", "is_end")
 _METRICS = ("trades", "sharpe", "max_drawdown_pct", "return_pct", "win_rate", "profit_factor")
 RUN_KINDS = frozenset({"backtest", "tune_variant", "test_variant"})
 STATUSES = frozenset({"pending", "running", "completed", "failed", "skipped", "success"})
@@ -242,7 +245,7 @@ def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepar
     text = {f: _text(get(f), f, check) for f in ("symbol", "timeframe", "experiment_type", "source_id")}
     kinds = _enum(get("run_kind"), "run_kind", check, RUN_KINDS)
     statuses = _enum(get("status"), "status", check, STATUSES)
-    stamps = {f: _timestamps(get(f), f, check) for f in ("oos_start", "oos_end", "created_at")}
+    stamps = {f: _timestamps(get(f), f, check) for f in ("oos_start", "oos_end", "is_start", "is_end", "created_at")}
     trades = _count(get("trades"), "trades", check)
     # A profit factor is +inf when no trade lost (vectorbt exports it so): left out, not refused.
     factor = pd.to_numeric(_blank_to_na(get("profit_factor")), errors="coerce")
@@ -251,9 +254,9 @@ def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepar
                for f in ("sharpe", "max_drawdown_pct", "return_pct", "win_rate", "profit_factor")}
     params = _params(frame, mapping, check)
     check.flag(strategy.isna(), "no strategy_name")
-    start, end = stamps["oos_start"], stamps["oos_end"]
-    check.flag(start.notna() & end.notna() & (end < start), "oos_end is before oos_start")
-    check.flag(start.notna() ^ end.notna(), "oos_start and oos_end must be given together")
+    for prefix in ("oos", "is"):
+        _check_window(stamps[f"{prefix}_start"], stamps[f"{prefix}_end"], prefix, check)
+    no_trades = trades.notna() & (trades == 0) & metrics["sharpe"].isna()
 
     good = (check.bad == "").to_numpy()
     bad_rows = np.flatnonzero(~good)
@@ -267,8 +270,7 @@ def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepar
         "status": _list(sub(statuses)),
         "strategy_name": _list(sub(strategy)),
         "params": params_json,
-        "oos_start": _iso(sub(start)),
-        "oos_end": _iso(sub(end)),
+        **{f: _iso(sub(stamps[f])) for f in ("oos_start", "oos_end", "is_start", "is_end")},
         "trades": [None if v is None else int(v) for v in _list(sub(trades))],
         **{f: _list(sub(s)) for f, s in text.items()},
         **{f: _list(sub(s)) for f, s in metrics.items()},
@@ -280,8 +282,14 @@ def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepar
     columns["summary"] = _objects(columns, _METRICS)
     columns["trade_count"] = columns["trades"]
     records = list(zip(*(columns[c] for c in STAGING_COLUMNS), strict=True)) if len(keep) else []
-    notes = {"profit_factor infinite (no losing trade), left out": int(no_losses.to_numpy()[keep].sum())}
+    notes = {"profit_factor infinite (no losing trade), left out": int(no_losses.to_numpy()[keep].sum()),
+             "no trades and no Sharpe: kept, counted as evidence with Sharpe 0": int(no_trades.to_numpy()[keep].sum())}
     return Prepared(records=records, errors=errors, total=n, notes={k: v for k, v in notes.items() if v})
+
+
+def _check_window(start: pd.Series, end: pd.Series, prefix: str, check: _Checker) -> None:
+    check.flag(start.notna() & end.notna() & (end < start), f"{prefix}_end is before {prefix}_start")
+    check.flag(start.notna() ^ end.notna(), f"{prefix}_start and {prefix}_end must be given together")
 
 
 def _objects(columns: dict[str, list[Any]], keys: tuple[str, ...]) -> list[str]:
@@ -301,11 +309,15 @@ def _iso(series: pd.Series) -> list[str | None]:
 def _source_ids(columns: dict[str, list[Any]]) -> list[str]:
     """The row's own id, or a hash of its content (so re-importing it adds nothing)."""
     out = []
-    for own, *values in zip(columns["source_id"], *(columns[c] for c in _CONTENT), strict=True):
+    for own, *values in zip(columns["source_id"], *(columns[c] for c in (*_CONTENT, *_CONTENT_WHEN_GIVEN)),
+                            strict=True):
         if own is not None:
             out.append(own)
             continue
-        text = "\x1f".join("" if v is None else repr(v) for v in values)
+        text = "\x1f".join("" if v is None else repr(v) for v in values[:len(_CONTENT)])
+        extra = values[len(_CONTENT):]
+        if any(v is not None for v in extra):
+            text += "\x1f" + "\x1f".join("" if v is None else repr(v) for v in extra)
         out.append("sha1:" + hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
     return out
 

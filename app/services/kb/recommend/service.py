@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from app.db import Database
 from app.db.trials import kb_revision
 from app.services.kb.recommend.answer import Recommendation
@@ -20,7 +22,9 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
     revision = await kb_revision(db, query.workspace_id)
     trials = await cache.get(db, query.workspace_id, query.strategy_name, revision)
     nearest = nearest_trials(trials, query)
-    if query.method == "median" or "out_of_distribution" in nearest.reasons:
+    if query.method == "median":
         return nearest
+    if "out_of_distribution" in nearest.reasons:
+        return replace(nearest, method=query.method)  # an abstention of the method asked for
     evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision, query.scope)
     return choose_by_expectation(evidence, query, nearest, await walk_forward_check(evidence))

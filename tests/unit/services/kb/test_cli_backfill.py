@@ -14,7 +14,7 @@ from app.errors import BackfillLocked
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.counters import Counters
 from app.services.kb.runs.scan import Hooks, ScanOptions
-from tests.conftest import run_row
+from tests.factories import run_row
 
 GOOD = {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0}
 

@@ -1,0 +1,96 @@
+"""Shared builders for the tests: runs, price frames, regime snapshots, constants.
+Test modules import from here, never from each other or from `conftest`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from app.services.kb.regime import compute_regime_snapshot
+
+API_TOKEN = "s3cret"
+
+BASE_TIME = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+RUN_COLUMNS = (
+    "id", "workspace_id", "created_at", "started_at", "completed_at", "run_kind", "status",
+    "strategy_name", "experiment_type", "params", "dataset_meta", "summary", "trade_count",
+    "kb_status", "regime_oos", "regime_is", "regime_pre", "regime_schema_version",
+)
+
+
+def run_row(workspace_id: uuid.UUID, i: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A completed, eligible-looking test variant; override any column."""
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "workspace_id": workspace_id,
+        "created_at": BASE_TIME + timedelta(minutes=i),
+        "started_at": None,
+        "completed_at": None,
+        "run_kind": "test_variant",
+        "status": "completed",
+        "strategy_name": "mean_rev",
+        "experiment_type": None,
+        "params": {"lookback": 20, "z_entry": 1.5},
+        "dataset_meta": {"symbol": "AAPL", "timeframe": "1h"},
+        "summary": {"trades": 40, "sharpe": 1.2, "max_drawdown_pct": -12.0, "return_pct": 8.0},
+        "trade_count": None,
+        "kb_status": "excluded",
+        "regime_oos": None,
+        "regime_is": None,
+        "regime_pre": None,
+        "regime_schema_version": None,
+    }
+    row.update(overrides)
+    return row
+
+
+def ohlcv_frame(start: datetime, rows: int, *, seed: int, tz: str = "UTC") -> pd.DataFrame:
+    """Hourly bars of a random walk from `start`; ISO timestamps written in `tz`."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, rows)))
+    ts = pd.date_range(start, periods=rows, freq="h", tz="UTC").tz_convert(tz)
+    return pd.DataFrame({"timestamp": ts.map(lambda t: t.isoformat()), "open": close, "high": close * 1.003,
+                         "low": close * 0.997, "close": close, "volume": 1000.0})
+
+
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+HOURS = 2000
+
+
+def up_then_down(symbol: str | None = None) -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    half = HOURS // 2
+    # 0.15% per bar each way: beyond the trend_dir dead band of 0.1% per bar
+    trend = 100 * np.exp(np.concatenate([np.arange(half), half - np.arange(HOURS - half)]) * 0.0015)
+    close = trend * (1 + rng.normal(0, 0.001, HOURS))
+    ts = pd.date_range(START, periods=HOURS, freq="h", tz="UTC")
+    df = pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": close,
+                       "high": close * 1.002, "low": close * 0.998, "close": close, "volume": 1000})
+    if symbol:
+        df.insert(0, "symbol", symbol)
+    return df
+
+
+def iso(hours: int) -> str:
+    return (START + timedelta(hours=hours)).isoformat()
+
+
+def trend_snapshot(direction: int, noise: float = 0.0, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.arange(200) * 0.002 * direction + rng.normal(0, noise + 1e-4, 200))
+    ts = pd.date_range("2024-01-01", periods=200, freq="h", tz="UTC")
+    df = pd.DataFrame({"timestamp": ts, "high": close * 1.002, "low": close * 0.998, "close": close})
+    return compute_regime_snapshot(df, source="test", timeframe="1h").to_dict()
+
+
+def trend_snapshot_frame(direction: int) -> dict:
+    close = 100 * np.exp(np.arange(200) * 0.002 * direction)
+    return {"timestamp": pd.date_range("2024-03-01", periods=200, freq="h", tz="UTC"),
+            "high": close * 1.002, "low": close * 0.998, "close": close}
