@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
     opt(p, "--min-trades", type=positive(10**9), default=None, help="gate: minimum OOS trades (default 5)")
     opt(p, "--max-drawdown", type=finite, default=None, help="gate: maximum OOS drawdown as a fraction (default 0.25)")
     opt(p, "--min-sharpe", type=finite, default=None, help="gate: minimum OOS Sharpe (default 0.1)")
+    opt(p, "--min-dsr", type=finite, default=None,
+        help="gate: minimum deflated Sharpe ratio, 0..1 (default off; needs the run's OOS snapshot and bar size)")
     opt(p, "--explain", type=uuid_arg, default=None, metavar="RUN_ID",
         help="print every gate for one run instead of backfilling")
     p.set_defaults(handler=cmd_backfill_candidacy)
@@ -60,12 +62,15 @@ def _gate_config(args: argparse.Namespace) -> CandidacyConfig:
     defaults = CandidacyConfig()
     if args.max_drawdown is not None and not 0 <= args.max_drawdown <= 1:
         raise BadInput(f"--max-drawdown is a fraction between 0 and 1, got {args.max_drawdown}")
+    if args.min_dsr is not None and not 0 <= args.min_dsr <= 1:
+        raise BadInput(f"--min-dsr is a probability between 0 and 1, got {args.min_dsr}")
     return CandidacyConfig(
         require_regime=bool(args.require_regime),
         min_trades=args.min_trades if args.min_trades is not None else defaults.min_trades,
         max_drawdown=args.max_drawdown if args.max_drawdown is not None else defaults.max_drawdown,
         max_overfit_gap=defaults.max_overfit_gap,
         min_sharpe=args.min_sharpe if args.min_sharpe is not None else defaults.min_sharpe,
+        min_dsr=args.min_dsr,
     )
 
 

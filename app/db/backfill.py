@@ -53,3 +53,8 @@ async def undo_candidacy(conn: Conn, backfill_run_id: uuid.UUID, undo_id: uuid.U
 
 async def undo_regime(conn: Conn, backfill_run_id: uuid.UUID, workspace_id: uuid.UUID) -> int:
     return int(await conn.fetchval(q("undo_regime_changes"), backfill_run_id, workspace_id))
+
+
+async def run_window_stats(db: Database | Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> list[Record]:
+    """Per run: bars in its OOS window and the sets tried on that window with their Sharpe variance."""
+    return list(await db.fetch(q("run_window_stats"), workspace_id, run_ids))

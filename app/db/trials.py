@@ -89,3 +89,14 @@ async def status_counts(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]
             "trials": {r["strategy"]: r["n"] for r in await conn.fetch(q("status_trials_by_strategy"), workspace_id)},
             "archived": int(await conn.fetchval(q("status_archived_trials"), workspace_id)),
         }
+
+
+async def trial_window_stats(conn: Conn, workspace_id: uuid.UUID) -> list[Record]:
+    return list(await conn.fetch(q("trial_window_stats"), workspace_id))
+
+
+async def update_trial_dsr(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Write (trial id, dsr, inputs JSON) rows; returns how many were written."""
+    if not rows:
+        return 0
+    return affected(await conn.execute(q("update_trial_dsr"), workspace_id, *columns_of(rows)))

@@ -157,9 +157,22 @@ async def _check_views(page: Page, base: str, workspace: uuid.UUID, prefix: str)
         if view == "gate":
             assert await _points(page, "chart-funnel") == 5
             assert await page.locator("#reasons tbody tr").count() >= 1
+        # Every chart has a text alternative: a summary on the canvas and a table of its values.
+        for canvas, label, has_table in await page.eval_on_selector_all(
+                ".view:not([hidden]) canvas",
+                "cs => cs.map(c => [c.id, c.getAttribute('aria-label') || '', "
+                "!!document.querySelector(`table[data-chart='${c.id}']`)])"):
+            assert label and has_table, canvas
+        content = await page.text_content(f"#view-{view}")
         for name in ("breakout", "mean_rev", "trend_follow"):
             if view in ("coverage", "strategy"):
                 assert name in text
+            if view in ("overview", "coverage", "strategy", "evaluation"):  # gate shows no per-strategy figure
+                assert name in content, (view, name)
+        if view == "overview":  # found as text, not only drawn: the chart's table names each strategy
+            assert "trend_follow" in await page.text_content("table[data-chart='chart-trials']")
+        if view == "strategy":
+            assert await page.locator("#top-trials tbody tr").count() > 0
 
 
 async def test_dashboard_views_render_offline_with_no_console_errors(server, browser, demo_workspace,

@@ -76,7 +76,8 @@ async def strategy_points(db: Database, workspace_id: uuid.UUID, strategy: str,
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             kinds[name] = kinds.get(name, True) and numeric
         points.append({"params": params, "sharpe": round(float(r["sharpe"]), 4),
-                       "bucket": _bucket(list(r["regime_tags"])), "run_id": str(r["source_run_id"])})
+                       "bucket": _bucket(list(r["regime_tags"])), "run_id": str(r["source_run_id"]),
+                       "dsr": None if r["dsr"] is None else round(float(r["dsr"]), 4)})
     return {"workspace_id": str(workspace_id), "strategy": strategy, "trials": counts.get(strategy, 0),
             "shown": len(points), "sampled": counts.get(strategy, 0) > limit,
             "params": [{"name": n, "numeric": kinds[n]} for n in sorted(kinds)],

@@ -11,7 +11,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from app.db.connector import Conn
 from app.db.trials import EVIDENCE_COLUMNS, TRIAL_COLUMNS, Record
 from app.db.workspaces import require_workspace
 from app.far_time import INVALID_CREATED_AT, FarTime
+from app.services.kb.runs.deflated import window_dsr
 from app.services.kb.runs.fields import ParsedRun, parse_run
 from app.services.kb.runs.scan import keyset_start
 from app.services.kb.runs.windows import BadTimestamp, extract_windows, parse_timestamp
@@ -45,6 +46,7 @@ class IngestResult:
     # Completed test variants read: kept as evidence with a note, or left out, by reason.
     evidence_notes: dict[str, int] = field(default_factory=dict)
     evidence_skipped: dict[str, int] = field(default_factory=dict)
+    dsr_updated: int = 0
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,11 +134,13 @@ def evidence_row(row: Record, run: ParsedRun) -> EvidenceRow | None:
     sharpe = 0.0 if m.sharpe_oos is None else float(m.sharpe_oos)
     window = extract_windows(run.meta, run.params).oos
     symbol = run.symbol.strip().upper() if run.symbol is not None else None
-    values = (row["strategy_name"], symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
-              window.start if window else None, window.end if window else None, run.pre_features,
-              run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
-    digest = hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32]
-    return EvidenceRow(row["id"], *values, content_hash=digest)
+    assert run.features is not None  # evidence_skip_reason checked it
+    ev = EvidenceRow(row["id"], row["strategy_name"], symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
+                     window.start if window else None, window.end if window else None, run.pre_features,
+                     run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
+    # The hash covers the values as before (everything but the id and the hash itself).
+    values = ev.row()[1:-1]
+    return replace(ev, content_hash=hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32])
 
 
 def _fraction(value: float | None) -> float | None:
@@ -235,6 +239,7 @@ async def ingest(
                 result.archived = await trials.archive_stale_trials(conn, workspace_id)
                 stale = await trials.delete_stale_evidence(conn, workspace_id)
                 result.evidence += stale
+                result.dsr_updated = await _deflate(conn, workspace_id)
                 if result.archived or stale:
                     await trials.bump_revision(conn, workspace_id)
     result.elapsed_s = time.monotonic() - started
@@ -276,6 +281,19 @@ def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow],
         else:
             found.append(trial)
     return found, evidence
+
+
+async def _deflate(conn: Conn, workspace_id: uuid.UUID) -> int:
+    """Each active trial's deflated Sharpe ratio, from its window's sets and their spread
+    (after the evidence of this ingest is in); only changed values are written."""
+    changed = []
+    for r in await trials.trial_window_stats(conn, workspace_id):
+        found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
+        value = None if found is None else round(found.dsr, 6)
+        if value != r["dsr"]:
+            inputs = None if found is None else orjson.dumps(found.to_dict()).decode()
+            changed.append((r["id"], value, inputs))
+    return await trials.update_trial_dsr(conn, workspace_id, changed)
 
 
 def _count_error(result: IngestResult, reason: str, run_id: uuid.UUID) -> None:

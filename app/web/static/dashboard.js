@@ -29,8 +29,42 @@
   function draw(id, config) {
     if (charts[id]) charts[id].destroy();
     config.options = Object.assign({ animation: false, responsive: true, maintainAspectRatio: false }, config.options);
-    charts[id] = new Chart(document.getElementById(id), config);
+    const canvas = document.getElementById(id);
+    charts[id] = new Chart(canvas, config);
+    describe(canvas, config);
     return charts[id];
+  }
+
+  // Every chart's values as text: an aria-label summary on the canvas and a data table
+  // beside it, so names and values are found by a screen reader, Ctrl-F and copy-paste.
+  function describe(canvas, config) {
+    const datasets = config.data.datasets || [];
+    const labels = config.data.labels;
+    let head, rows;
+    if (labels) {
+      head = ["", ...datasets.map((d) => d.label || "value")];
+      rows = labels.map((label, i) => [String(label), ...datasets.map((d) => fmt(d.data[i], 3))]);
+    } else {  // scatter: one row per series, its points summarised
+      head = ["series", "points", "mean y", "min y", "max y"];
+      rows = datasets.map((d) => {
+        const ys = d.data.map((p) => p.y).filter((y) => typeof y === "number");
+        const mean = ys.length ? ys.reduce((a, b) => a + b, 0) / ys.length : null;
+        return [d.label || "series", fmt(ys.length, 0), fmt(mean, 3), fmt(ys.length ? Math.min(...ys) : null, 3),
+          fmt(ys.length ? Math.max(...ys) : null, 3)];
+      });
+    }
+    const caption = canvas.closest("figure")?.querySelector("figcaption")?.textContent || canvas.id;
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", `${caption}: ` + rows.map((r) => `${r[0]} ${r.slice(1).join(" / ")}`).join("; "));
+    const holder = canvas.closest(".chart");
+    let details = holder.nextElementSibling;
+    if (!details || !details.classList.contains("chart-data")) {
+      details = make("details", { class: "chart-data" });
+      holder.after(details);
+    }
+    details.replaceChildren(make("summary", { text: "Data" }), make("table", { "data-chart": canvas.id },
+      make("thead", {}, make("tr", {}, ...head.map((h) => make("th", { text: h })))),
+      make("tbody", {}, ...rows.map((r) => make("tr", {}, ...r.map((c, i) => make("td", { class: i ? "num" : "", text: c })))))));
   }
 
   class AuthNeeded extends Error {}
@@ -196,6 +230,11 @@
         make("input", { type: "checkbox", value: tag }), ` ${tag}`)));
     }
     strategyData.params.forEach((param) => paramChart(param, strategyData));
+    const top = [...strategyData.points].sort((a, b) => b.sharpe - a.sharpe).slice(0, 20);
+    $("#top-trials tbody").replaceChildren(...top.map((p) => make("tr", {},
+      make("td", { class: "ids", text: JSON.stringify(p.params) }), make("td", { class: "num", text: fmt(p.sharpe, 3) }),
+      make("td", { class: "num", text: fmt(p.dsr, 3) }), make("td", { text: p.bucket }),
+      make("td", { class: "ids", text: p.run_id }))));
   }
 
   async function recommendFor(body) {
@@ -277,6 +316,12 @@
     draw("chart-calibration", { type: "bar", data: { labels: terciles.map(([k, v]) => `${k} (conf ${fmt(v.mean_confidence)})`),
       datasets: [{ label: "realised Sharpe", data: terciles.map(([, v]) => v.realised), backgroundColor: "#7a5af8" }] },
     options: { plugins: { legend: { display: false } } } });
+    const pr = data.promises || {};
+    $("#promises tbody").replaceChildren(...[
+      ["mean expected Sharpe (calibrated)", fmt(pr.mean_expected, 3)], ["mean realised Sharpe", fmt(pr.mean_realised, 3)],
+      ["80% interval coverage", fmt(pr.interval_coverage, 3)], ["configurations tried", fmt(data.configurations_tried, 0)],
+      ["regime conditioned now", String(data.regime_conditioned)], ["rule", data.rule || "–"]]
+      .map(([k, v]) => make("tr", {}, make("th", { text: k }), make("td", { text: v }))));
     $("#per-regime tbody").replaceChildren(...Object.entries(data.per_regime).map(([tag, r]) => make("tr", {},
       make("td", { text: tag }), make("td", { class: "num", text: fmt(r.decisions, 0) }),
       make("td", { class: "num", text: fmt(r.recommend, 3) }), make("td", { class: "num", text: fmt(r.global_best, 3) }))));

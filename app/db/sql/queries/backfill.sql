@@ -59,3 +59,23 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $5::text[]) AS u(id, regime_oos,
 WHERE r.id = u.id
   AND r.workspace_id = $4
   AND r.regime_oos IS NULL
+
+-- name: run_window_stats
+-- For candidacy runs (`--min-dsr`, `--explain`): bars in each run's OOS window and, over the
+-- completed test variants of its strategy on the same window, the sets tried and their Sharpe variance.
+WITH target AS (
+    SELECT r.id, r.strategy_name, r.dataset_meta, r.regime_oos ->> 'n_bars' AS n_bars,
+           CASE WHEN jsonb_typeof(r.summary -> 'sharpe') = 'number' THEN (r.summary ->> 'sharpe')::float8 END AS sharpe
+    FROM backtest_runs r WHERE r.workspace_id = $1 AND r.id = ANY($2::uuid[])
+)
+SELECT t.id, t.sharpe, t.n_bars, t.dataset_meta ->> 'timeframe' AS timeframe, count(DISTINCT s.params) AS n_sets,
+       coalesce(var_samp(CASE WHEN jsonb_typeof(s.summary -> 'sharpe') = 'number'
+                              THEN (s.summary ->> 'sharpe')::float8 END), 0) AS sharpe_var
+FROM target t
+JOIN backtest_runs s ON s.workspace_id = $1 AND s.strategy_name = t.strategy_name
+     AND s.run_kind = 'test_variant' AND s.status IN ('completed', 'success')
+     AND s.dataset_meta ->> 'symbol' IS NOT DISTINCT FROM t.dataset_meta ->> 'symbol'
+     AND s.dataset_meta ->> 'timeframe' IS NOT DISTINCT FROM t.dataset_meta ->> 'timeframe'
+     AND s.dataset_meta ->> 'oos_start' = t.dataset_meta ->> 'oos_start'
+     AND s.dataset_meta ->> 'oos_end' = t.dataset_meta ->> 'oos_end'
+GROUP BY t.id, t.sharpe, t.n_bars, t.dataset_meta ->> 'timeframe'

@@ -24,7 +24,7 @@ ORDER BY strategy_name
 
 -- name: dashboard_strategy_points
 -- At most $3 trials of one strategy; ids are random, so the first $3 by id are a fair sample.
-SELECT params::text AS params, sharpe, regime_tags, source_run_id
+SELECT params::text AS params, sharpe, regime_tags, source_run_id, dsr
 FROM kb_trials
 WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL AND sharpe IS NOT NULL
 ORDER BY id

@@ -71,7 +71,7 @@ SELECT revision FROM kb_trial_revisions WHERE workspace_id = $1
 
 -- name: load_trials
 SELECT id, source_run_id, symbol, timeframe, regime_features, regime_tags, sharpe, return_frac, max_dd_frac,
-       n_trades, kb_status, params::text AS params, win_rate, profit_factor
+       n_trades, kb_status, params::text AS params, win_rate, profit_factor, dsr
 FROM kb_trials
 WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL
 
@@ -126,3 +126,29 @@ SELECT source_run_id, symbol, timeframe, params::text AS params, sharpe, oos_sta
        pre_features, oos_features, pre_tags, oos_tags, eligible
 FROM kb_evidence
 WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL
+
+-- name: trial_window_stats
+-- Per active trial: its Sharpe, bar size, bars in its OOS window (from the OOS snapshot),
+-- and over every completed run of its strategy on the same window (same symbol, bar size,
+-- OOS start and end): how many parameter sets were tried and the variance of their Sharpe.
+WITH windows AS (
+    SELECT strategy_name, symbol, timeframe, oos_start, oos_end,
+           count(DISTINCT params) AS n_sets, coalesce(var_samp(sharpe), 0) AS sharpe_var
+    FROM kb_evidence
+    WHERE workspace_id = $1 AND oos_start IS NOT NULL
+    GROUP BY strategy_name, symbol, timeframe, oos_start, oos_end
+)
+SELECT t.id, t.sharpe, t.timeframe, t.dsr, (r.regime_oos ->> 'n_bars') AS n_bars, w.n_sets, w.sharpe_var
+FROM kb_trials t
+JOIN kb_evidence e ON e.workspace_id = t.workspace_id AND e.source_run_id = t.source_run_id
+JOIN windows w ON w.strategy_name = e.strategy_name AND w.symbol IS NOT DISTINCT FROM e.symbol
+              AND w.timeframe IS NOT DISTINCT FROM e.timeframe AND w.oos_start = e.oos_start
+              AND w.oos_end = e.oos_end
+JOIN backtest_runs r ON r.id = t.source_run_id AND r.workspace_id = t.workspace_id
+WHERE t.workspace_id = $1 AND t.archived_at IS NULL
+
+-- name: update_trial_dsr
+UPDATE kb_trials t
+SET dsr = u.dsr, dsr_inputs = u.inputs::jsonb
+FROM unnest($2::uuid[], $3::float8[], $4::text[]) AS u(id, dsr, inputs)
+WHERE t.workspace_id = $1 AND t.id = u.id

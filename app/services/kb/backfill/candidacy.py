@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from app.db.trials import Record
 from app.errors import NotFound
 from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.backfill.engine import BackfillResult, EngineOptions, Outcome, run_backfill
+from app.services.kb.runs.deflated import window_dsr
 from app.services.kb.runs.gate import CandidacyConfig, GateCheck, explain_candidacy, is_candidate
 from app.services.kb.runs.scan import Hooks, ScanOptions
 from app.services.kb.runs.summary import extract_metrics
@@ -34,6 +35,7 @@ class CandidacyJob:
 
     def __init__(self, opts: CandidacyOptions) -> None:
         self.opts = opts
+        self.dsr: dict[uuid.UUID, float] = {}  # of the page in hand, when the gate asks for it
 
     def identity(self) -> dict[str, Any]:
         gate = self.opts.gate
@@ -46,12 +48,16 @@ class CandidacyJob:
             "max_drawdown": gate.max_drawdown,
             "max_overfit_gap": gate.max_overfit_gap,
             "min_sharpe": gate.min_sharpe,
+            **({"min_dsr": gate.min_dsr} if gate.min_dsr is not None else {}),
         }
 
     async def fetch_page(
         self, conn: Conn, after: tuple[datetime, uuid.UUID], size: int
     ) -> Sequence[Record]:
-        return await runs.candidacy_page(conn, self.opts.workspace_id, after, size)
+        page = await runs.candidacy_page(conn, self.opts.workspace_id, after, size)
+        if self.opts.gate.min_dsr is not None and page:
+            self.dsr = await deflated_of(conn, self.opts.workspace_id, [r["id"] for r in page])
+        return page
 
     def evaluate(self, rows: Sequence[Record]) -> list[Outcome]:
         default_type = self.opts.experiment_type
@@ -64,8 +70,11 @@ class CandidacyJob:
             elif extracted.metrics is None:
                 reason = extracted.reason
             else:
+                metrics = extracted.metrics
+                if row["id"] in self.dsr:
+                    metrics = replace(metrics, dsr=self.dsr[row["id"]])
                 decision = is_candidate(
-                    extracted.metrics,
+                    metrics,
                     _REGIME_PRESENT if row["has_regime"] else None,
                     row["experiment_type"] or default_type,  # the run's own type wins
                     gate,
@@ -81,6 +90,20 @@ class CandidacyJob:
 async def backfill_candidacy(db: Database, opts: CandidacyOptions, hooks: Hooks | None = None) -> BackfillResult:
     """Run (or resume) the candidacy backfill."""
     return await run_backfill(db, CandidacyJob(opts), EngineOptions(opts, hooks or Hooks()))
+
+
+async def deflated_of(db: Database | Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
+    """Deflated Sharpe ratios of these runs, from the other sets tried on each one's window."""
+    out = {}
+    for r in await runs.run_window_stats(db, workspace_id, run_ids):
+        row_sharpe = None
+        found = None
+        if r["sharpe"] is not None:
+            row_sharpe = float(r["sharpe"])
+            found = window_dsr(row_sharpe, r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
+        if found is not None:
+            out[r["id"]] = round(found.dsr, 6)
+    return out
 
 
 @dataclass(frozen=True)
@@ -111,6 +134,8 @@ async def explain_run(db: Database, run_id: uuid.UUID, opts: CandidacyOptions) -
     extracted = extract_metrics(row["summary"], row["trade_count"])
     if extracted.metrics is None:
         return Explanation(run_id, not not_selected, not_selected, exp, str(extracted.reason), False, ())
-    decision = explain_candidacy(extracted.metrics, _REGIME_PRESENT if row["has_regime"] else None, exp, opts.gate)
+    dsr = (await deflated_of(db, opts.workspace_id, [run_id])).get(run_id)
+    metrics = extracted.metrics if dsr is None else replace(extracted.metrics, dsr=dsr)
+    decision = explain_candidacy(metrics, _REGIME_PRESENT if row["has_regime"] else None, exp, opts.gate)
     return Explanation(run_id, not not_selected, not_selected, exp, decision.reason, decision.eligible,
                        decision.checks)

@@ -39,6 +39,7 @@ class TrialMatrix:
     return_frac: np.ndarray
     max_dd: np.ndarray
     n_trades: np.ndarray
+    dsr: np.ndarray
     promoted: np.ndarray
     symbol: np.ndarray
     timeframe: np.ndarray
@@ -80,7 +81,7 @@ def build_trial_matrix(rows: list[Any], revision: int) -> TrialMatrix:
         run_ids=[r["source_run_id"] for r in rows],
         features=feats, has_features=has,
         tags=tag_sets,
-        sharpe=sharpe, return_frac=col("return_frac"), max_dd=max_dd, n_trades=col("n_trades"),
+        sharpe=sharpe, return_frac=col("return_frac"), max_dd=max_dd, n_trades=col("n_trades"), dsr=col("dsr"),
         promoted=np.array([r["kb_status"] == "promoted" for r in rows], dtype=bool),
         symbol=np.array([r["symbol"] or "" for r in rows], dtype=object),
         timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
@@ -169,7 +170,7 @@ def _supporting(matrix: TrialMatrix, i: int, params: Any, feat_sim: float, tag_s
         "similarity": round(feat_sim, 4), "tag_overlap": round(tag_sim, 4),
         "distance": None if dist is None else round(dist, 4), "score": round(score, 4), "params": params,
         "sharpe": _num(matrix.sharpe[i]), "return_frac": _num(matrix.return_frac[i]),
-        "max_dd_frac": _num(matrix.max_dd[i]),
+        "max_dd_frac": _num(matrix.max_dd[i]), "dsr": _num(matrix.dsr[i]),
         "n_trades": None if math.isnan(matrix.n_trades[i]) else int(matrix.n_trades[i]),
         "kb_status": "promoted" if matrix.promoted[i] else "candidate", "regime_tags": sorted(matrix.tags[i]),
     }

@@ -123,3 +123,18 @@ def deflated_sharpe(
         skew=g3,
         kurtosis=g4,
     )
+
+
+def window_dsr(sharpe: float | None, n_bars: object, timeframe: str | None, n_sets: int,
+               sharpe_var: float) -> DeflatedSharpe | None:
+    """The DSR of one run from what the KB stores: its annualised Sharpe, the bars of its
+    OOS window (its OOS snapshot's count), its bar size, and the sets tried on that window
+    with the variance of their Sharpe (normal returns: the KB keeps no skew or kurtosis)."""
+    per_year = periods_per_year(timeframe) if timeframe else None
+    try:
+        bars = int(str(n_bars)) if n_bars is not None else None
+    except ValueError:
+        bars = None
+    if sharpe is None or per_year is None or bars is None:
+        return None
+    return deflated_sharpe(sharpe, bars, per_year, max(int(n_sets), 1), sharpe_var)

@@ -18,6 +18,7 @@ INSUFFICIENT_TRADES = "insufficient_oos_trades"
 DD_TOO_HIGH = "dd_too_high"
 OVERFIT_TOO_HIGH = "overfit_too_high"
 SHARPE_TOO_LOW = "sharpe_too_low"
+DSR_TOO_LOW = "dsr_too_low"
 INVALID_METRICS = "invalid_metrics"
 INVALID_SUMMARY = "invalid_summary"
 
@@ -29,6 +30,7 @@ class CandidacyConfig:
     max_drawdown: float = 0.25
     max_overfit_gap: float = 0.30
     min_sharpe: float = 0.1
+    min_dsr: float | None = None  # off by default: the plan's gate stays as it was
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class VariantMetricsForCandidacy:
     max_dd_frac_oos: float | None
     sharpe_oos: float | None
     overfit_gap: float | None = None
+    dsr: float | None = None  # deflated Sharpe ratio, when its window's other sets are known
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ GATE_RULES: tuple[GateRule, ...] = (
     GateRule("min_sharpe", SHARPE_TOO_LOW, lambda s, c: s.metrics.sharpe_oos, lambda c: c.min_sharpe,
              lambda s, c: None if s.metrics.sharpe_oos is None else s.metrics.sharpe_oos >= c.min_sharpe,
              "no Sharpe recorded: check skipped"),
+    GateRule("min_dsr", DSR_TOO_LOW, lambda s, c: s.metrics.dsr, lambda c: "off" if c.min_dsr is None else c.min_dsr,
+             lambda s, c: None if c.min_dsr is None or s.metrics.dsr is None else s.metrics.dsr >= c.min_dsr,
+             "no deflated Sharpe (bars or bar size of the window unknown): check skipped"),
 )
 
 
@@ -145,7 +151,7 @@ def is_candidate(
     same verdicts gate by gate, for explanations.
     """
     cfg = config or CandidacyConfig()
-    if not (_finite(metrics.max_dd_frac_oos) and _finite(metrics.sharpe_oos) and _finite(metrics.overfit_gap)) \
+    if not all(_finite(v) for v in (metrics.max_dd_frac_oos, metrics.sharpe_oos, metrics.overfit_gap, metrics.dsr)) \
             or metrics.n_trades_oos < 0:
         return CandidacyDecision(False, INVALID_METRICS)
     s = _subject(metrics, regime_oos, experiment_type)
