@@ -4,11 +4,12 @@ subparser beside its handler."""
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import Any
 
 from app.cli import render
 from app.cli.console import Progress, StopFlag, echo
-from app.cli.options import experiment_type, finite, opt, positive, scan_options, uuid_arg
+from app.cli.options import ALL, experiment_type, finite, opt, positive, scan_options, uuid_arg
 from app.db import Database, ledger
 from app.errors import BadInput
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy, explain_run
@@ -74,6 +75,21 @@ def _gate_config(args: argparse.Namespace) -> CandidacyConfig:
     )
 
 
+def shown_limit(limit: int) -> int | str:
+    return "all" if limit >= ALL else limit
+
+
+def continue_command(args: argparse.Namespace, result: BackfillResult) -> str:
+    """The exact command that continues a run stopped at its limit: the same one with
+    `--resume` (the limit is not part of what resume matches, so `--limit all` finishes)."""
+    if result.status != "limit_reached":
+        return ""
+    argv = list(getattr(args, "argv", None) or [])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["kb", *argv])
+
+
 def _exit_code(result: BackfillResult) -> int:
     return 130 if result.status == "interrupted" else 0
 
@@ -104,12 +120,15 @@ async def cmd_backfill_candidacy(db: Database, args: argparse.Namespace) -> int:
         return 0
     result = await _with_console("backfill-candidacy", lambda hooks: backfill_candidacy(db, opts, hooks))
     since = opts.since
+    again = continue_command(args, result)
     if args.json:
         render.print_json(render.result_json(result, workspace_id=str(opts.workspace_id),
-                                             since=since.isoformat() if since else None, limit=opts.limit))
+                                             since=since.isoformat() if since else None, limit=shown_limit(opts.limit),
+                                             continue_with=again or None))
     else:
         shown = since.date() if since and since.time() == since.min.time() else since
-        echo(render.candidacy_report(result, workspace=opts.workspace_id, since=shown, limit=opts.limit))
+        echo(render.candidacy_report(result, workspace=opts.workspace_id, since=shown, limit=shown_limit(opts.limit),
+                                     continue_with=again))
     return _exit_code(result)
 
 
@@ -140,11 +159,13 @@ async def cmd_backfill_regime(db: Database, args: argparse.Namespace) -> int:
                                  lambda hooks: backfill_regime(db, opts, data, bar_seconds, hooks))
     described = {"ohlcv_file": data.path, "symbol": opts.symbol, "timeframe": opts.timeframe,
                  "ohlcv_rows": data.rows, "date_range": data.date_range()}
+    again = continue_command(args, result)
     if args.json:
         render.print_json(render.result_json(result, workspace_id=str(opts.workspace_id), **described,
-                                             ohlcv_dropped=data.dropped))
+                                             ohlcv_dropped=data.dropped, continue_with=again or None))
     else:
-        echo(render.regime_report(result, workspace=opts.workspace_id, **described, dropped=data.dropped))
+        echo(render.regime_report(result, workspace=opts.workspace_id, **described, dropped=data.dropped,
+                                  continue_with=again))
     return _exit_code(result)
 
 

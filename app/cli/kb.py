@@ -83,7 +83,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the HTTP API")
     opt(p, "--host", default="127.0.0.1", help="bind address (non-loopback needs KB_API_TOKEN)")
     opt(p, "--port", type=positive(65535), default=8000, help="port (default 8000)")
-    p.set_defaults(handler=cmd_serve, prepare=_check_bind)
+    p.set_defaults(handler=cmd_serve, prepare=_check_bind, database="embedded")
 
 
 def regime_from_ohlcv(path: str, symbol: str | None, timeframe: str | None) -> RegimeSnapshot:

@@ -16,6 +16,7 @@ from app.cli import backfill, db, demo, importing, kb, report
 from app.cli.options import Parser, resolve_env_flags
 from app.db import open_database
 from app.db.connector import TRANSIENT_ERRORS
+from app.db.embedded import is_embedded
 from app.errors import KBError
 
 
@@ -56,7 +57,9 @@ async def dispatch(args: argparse.Namespace) -> int:
     if mode == "none":
         code: int = await handler(None, args)
         return code
-    async with open_database(migrate=mode == "migrate", check=mode == "check") as database:
+    # "embedded": the embedded database is ours to migrate; a DATABASE_URL one is migrated on purpose only.
+    migrate = mode == "migrate" or (mode == "embedded" and is_embedded())
+    async with open_database(migrate=migrate, check=not migrate and mode in ("check", "embedded")) as database:
         code = await handler(database, args)
     return code
 
@@ -66,6 +69,7 @@ async def amain(argv: Sequence[str] | None = None) -> int:
     verbose = False
     try:
         args = build_parser().parse_args(argv)
+        args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
         verbose = args.verbose
         resolve_env_flags(args)
         _configure_logging(verbose)

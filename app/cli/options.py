@@ -142,13 +142,26 @@ def experiment_type(text: str) -> str:
 
 
 MAX_LIMIT = 100_000_000
+# `--limit all`: no cap (a count beyond any table).
+ALL = 2**62
+
+
+def limit_arg(text: str) -> int:
+    """A run count, or `all` for every run the scan finds."""
+    if text.strip().lower() == "all":
+        return ALL
+    return positive(MAX_LIMIT)(text)
+
+
+limit_arg.__name__ = "limit"
 
 
 def scan_options(p: argparse.ArgumentParser, default_limit: int) -> None:
     """The options every backfill shares (see `ScanOptions`)."""
     opt(p, "--workspace-id", type=uuid_arg, required=True, help="target workspace (UUID)")
     opt(p, "--since", type=since_arg, default=None, help="only runs created at/after this date or timestamp (UTC)")
-    opt(p, "--limit", type=positive(MAX_LIMIT), default=default_limit, help=f"max runs (default {default_limit})")
+    opt(p, "--limit", type=limit_arg, default=default_limit,
+        help=f"max runs, or `all` (default {default_limit})")
     opt(p, "--dry-run", action="store_true", default=False, help="preview: same evaluation, no writes")
     opt(p, "--batch-size", type=positive(50_000), default=100, help="rows per commit (default 100)")
     opt(p, "--resume", action="store_true", default=False,

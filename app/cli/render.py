@@ -41,21 +41,25 @@ def _reasons(counters: Counters, indent: str, width: int) -> list[str]:
     return lines
 
 
-def _footer(result: BackfillResult) -> list[str]:
+def _footer(result: BackfillResult, continue_with: str = "") -> list[str]:
     lines = [THIN, _label("Backfill Run", result.run_id), _label("Status", result.status)]
     if result.counters.changed_concurrently:
         lines.append(_label("Changed Meanwhile", f"{result.counters.changed_concurrently} (left untouched)"))
     if result.resumed:
         lines.append(_label("Run Totals", f"scanned {result.totals.scanned}, updated {result.totals.updated}"))
     if result.status == "limit_reached":
-        lines.append("More runs may remain: continue with the same flags plus --resume.")
+        left = "more runs may remain" if result.remaining is None else f"{result.remaining:,} run(s) remain"
+        lines.append(_label("Remaining", left))
+        if continue_with:
+            lines.append(f"Continue with: {continue_with}")
     elif result.status == "interrupted":
         lines.append("Stopped early; committed batches are kept: continue with --resume.")
     lines.append(_label("Elapsed", f"{result.elapsed_s:.2f}s"))
     return lines
 
 
-def candidacy_report(result: BackfillResult, *, workspace: object, since: object, limit: int) -> str:
+def candidacy_report(result: BackfillResult, *, workspace: object, since: object, limit: int | str,
+                     continue_with: str = "") -> str:
     c = result.counters
     lines = [
         RULE,
@@ -73,7 +77,7 @@ def candidacy_report(result: BackfillResult, *, workspace: object, since: object
         THIN,
         "Rejection Reasons:",
         *(_reasons(c, "  ", 26) or ["  (none)"]),
-        *_footer(result),
+        *_footer(result, continue_with),
         RULE,
     ]
     return "\n".join(lines)
@@ -89,6 +93,7 @@ def regime_report(
     ohlcv_rows: int,
     date_range: str,
     dropped: dict[str, int],
+    continue_with: str = "",
 ) -> str:
     c = result.counters
     lines = [
@@ -113,7 +118,7 @@ def regime_report(
         *_reasons(c, "  - ", 30),
         _label("Updated", _updated(result)),
         *[_label("Note", f"{count} written without ex-ante snapshot ({note})") for note, count in result.notes.items()],
-        *_footer(result),
+        *_footer(result, continue_with),
         RULE,
     ]
     return "\n".join(lines)
@@ -137,6 +142,7 @@ def result_json(result: BackfillResult, **extra: Any) -> dict[str, Any]:
         "run_totals": result.totals.to_dict(),
         "resumed": result.resumed,
         "notes": result.notes,
+        "remaining": result.remaining,
         "elapsed_s": round(result.elapsed_s, 3),
     }
 

@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("report", help="write the dashboard of a workspace as one self-contained HTML file")
     opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
     opt(p, "--out", required=True, help="the HTML file to write")
-    p.set_defaults(handler=cmd_report, prepare=_check_out)
+    p.set_defaults(handler=cmd_report, prepare=_check_out, database="embedded")
 
 
 def _check_out(args: argparse.Namespace) -> Path:

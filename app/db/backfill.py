@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from app.db.connector import Conn, Database
+from app.db.connector import Conn, Database, affected
 from app.db.sql import q
-from app.db.trials import Record, affected
+from app.db.trials import Record
 
 Cursor = tuple[datetime, uuid.UUID]
 
@@ -58,3 +58,11 @@ async def undo_regime(conn: Conn, backfill_run_id: uuid.UUID, workspace_id: uuid
 async def run_window_stats(db: Database | Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> list[Record]:
     """Per run: bars in its OOS window and the sets tried on that window with their Sharpe variance."""
     return list(await db.fetch(q("run_window_stats"), workspace_id, run_ids))
+
+
+async def count_candidacy_after(conn: Conn, workspace_id: uuid.UUID, after: Cursor) -> int:
+    return int(await conn.fetchval(q("count_candidacy_after"), workspace_id, after[0], after[1]))
+
+
+async def count_regime_after(conn: Conn, workspace_id: uuid.UUID, after: Cursor, symbol: str | None) -> int:
+    return int(await conn.fetchval(q("count_regime_after"), workspace_id, after[0], after[1], symbol))

@@ -39,6 +39,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def affected(status: str) -> int:
+    """The row count of a command status such as `UPDATE 12` or `INSERT 0 3`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def is_gone(conn: Conn) -> bool:
     """True when the connection is closed; a pooled connection whose server side was
     lost is detached from its proxy, and asking the proxy raises instead of answering."""

@@ -55,6 +55,11 @@ def embedded_dsn(pgdata: Path | None = None) -> str:
     return str(server.get_uri())
 
 
+def is_embedded() -> bool:
+    """True when no DATABASE_URL is set: the database is the embedded server, ours to migrate."""
+    return not os.environ.get("DATABASE_URL", "").strip()
+
+
 def database_url() -> str:
     """`DATABASE_URL` when set, else the embedded server's DSN."""
     url = os.environ.get("DATABASE_URL", "").strip()

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from app.db.connector import TRANSIENT_ERRORS, Conn, is_gone
+from app.db.connector import TRANSIENT_ERRORS, Conn, affected, is_gone
 from app.db.sql import q
 from app.errors import BackfillLocked
 
@@ -83,7 +83,7 @@ async def checkpoint(conn: Conn, run_id: uuid.UUID, owner: uuid.UUID, cursor: tu
     """Move the cursor and counts, inside the batch's transaction. A run this process no
     longer owns raises `TakenOver`, which rolls the whole batch back."""
     status = await conn.execute(q("checkpoint_backfill_run"), run_id, cursor[0], cursor[1], counts_json, owner)
-    if status.rsplit(" ", 1)[-1] != "1":
+    if affected(status) != 1:
         raise TakenOver(f"backfill run {run_id} was taken over by another process; committed batches are kept")
 
 
@@ -100,14 +100,14 @@ async def committed_counts(conn: Conn, run_id: uuid.UUID) -> str | None:
 
 async def heartbeat(conn: Conn, run_id: uuid.UUID, owner: uuid.UUID) -> None:
     status = await conn.execute(q("heartbeat_backfill_run"), run_id, owner)
-    if status.rsplit(" ", 1)[-1] != "1":
+    if affected(status) != 1:
         raise TakenOver(f"backfill run {run_id} was taken over by another process; committed batches are kept")
 
 
 async def close_run(conn: Conn, run_id: uuid.UUID, owner: uuid.UUID, status: str, error: str | None) -> bool:
     """Record the end of a run this process still owns; False when it no longer does."""
     result = await conn.execute(q("close_backfill_run"), run_id, status, error, owner)
-    return result.rsplit(" ", 1)[-1] == "1"
+    return affected(result) == 1
 
 
 async def owns_running(conn: Conn, run_id: uuid.UUID, owner: uuid.UUID) -> bool:

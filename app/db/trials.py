@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from app.db.connector import Conn, Database
+from app.db.connector import Conn, Database, affected
 from app.db.sql import q, unnest_columns
 
 Record = asyncpg.Record
@@ -22,11 +22,6 @@ EVIDENCE_COLUMNS = unnest_columns("upsert_evidence")
 def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     """Row tuples as one list per column: the arrays an `unnest` insert takes."""
     return [list(c) for c in zip(*rows, strict=True)]
-
-
-def affected(status: str) -> int:
-    """The row count of a command status such as `UPDATE 12`."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def kb_revision(db: Database | Conn, workspace_id: uuid.UUID) -> int:

@@ -119,6 +119,56 @@ async def wait_on_row_lock(db: Database, proc: asyncio.subprocess.Process, what:
     raise AssertionError(f"{what} never reached the locked rows")
 
 
+async def poll(db: Database, query: str, *args: Any, what: str,
+               proc: asyncio.subprocess.Process | None = None, limit_s: float = 60) -> Any:
+    """Until `query` returns a truthy value: that value. Only database state is polled;
+    `limit_s` bounds a wait that never ends (a failure), it is no expectation of speed.
+    With `proc`, a process that ends meanwhile fails at once, with its stderr."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while True:
+        value = await db.fetchval(query, *args)
+        if value:
+            return value
+        if proc is not None and proc.returncode is not None:
+            err = (await proc.stderr.read()).decode() if proc.stderr is not None else ""
+            raise AssertionError(f"{what}: the process ended first (exit {proc.returncode}): {err}")
+        if loop.time() > deadline:
+            raise AssertionError(f"{what}: not within {limit_s} s")
+        await asyncio.sleep(0.01)
+
+
+async def wait_blocked_by(db: Database, proc: asyncio.subprocess.Process, blocker: int, what: str,
+                          table: str | None = None, limit_s: float = 60) -> int:
+    """Until a server connection of the `kb` process waits for a lock that backend
+    `blocker` holds (or is queued for ahead of it), on `table` if given; returns the
+    waiting backend's pid."""
+    return int(await poll(
+        db, "SELECT a.pid FROM pg_stat_activity a WHERE a.application_name = $1 "
+            "AND $2 = ANY(pg_blocking_pids(a.pid)) AND ($3::text IS NULL OR EXISTS ("
+            "SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted AND l.relation = to_regclass($3))) "
+            "ORDER BY a.pid LIMIT 1",
+        application_name(proc.pid), blocker, table, what=what, proc=proc, limit_s=limit_s))
+
+
+async def blocking_pids(db: Database, pid: int) -> set[int]:
+    """The backends that backend `pid` waits for."""
+    return set(await db.fetchval("SELECT pg_blocking_pids($1)", pid))
+
+
+async def waits_for(db: Database, pid: int) -> list[tuple[str | None, str]]:
+    """The (table, mode) of each lock backend `pid` waits for; table None when it is no
+    relation lock (a row's transaction, an advisory lock)."""
+    return [(r["rel"], r["mode"]) for r in await db.fetch(
+        "SELECT relation::regclass::text AS rel, mode FROM pg_locks WHERE pid = $1 AND NOT granted", pid)]
+
+
+async def holds(db: Database, pid: int, table: str) -> list[str]:
+    """The lock modes backend `pid` holds on `table`."""
+    return sorted(r["mode"] for r in await db.fetch(
+        "SELECT mode FROM pg_locks WHERE pid = $1 AND granted AND relation = to_regclass($2)", pid, table))
+
+
 async def terminate_backends(db: Database, pid: int) -> int:
     """pg_terminate_backend every server connection of the `kb` process `pid`."""
     return int(await db.fetchval(

@@ -7,6 +7,7 @@ run leaves it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 from urllib.parse import urlsplit
@@ -24,15 +25,20 @@ from tests.process.faultkit import (
     OutageProxy,
     Workload,
     assert_same_as_uninterrupted,
+    blocking_pids,
     candidacy_workload,
+    holds,
     kb_argv,
     ohlcv_csv,
+    poll,
     regime_workload,
     run_kb,
     start_kb,
     terminate_backends,
+    wait_blocked_by,
     wait_for_progress,
     wait_on_row_lock,
+    waits_for,
 )
 
 
@@ -252,21 +258,84 @@ async def test_competing_backfills(db, db_url, workload, make_workspace, insert_
 @pytest.mark.parametrize("workload", KINDS, indirect=True)
 async def test_schema_upgrade_during_a_backfill(db, db_url, workload) -> None:
     """`kb db upgrade` while a backfill writes, and a real schema change (a new column
-    and index on backtest_runs) applied mid-run: the backfill waits for the DDL and
-    finishes with the same result."""
+    and index on backtest_runs) applied mid-run: the DDL waits for the batch in flight,
+    the next batch waits for the DDL, and the backfill finishes with the same result.
+
+    Nothing is raced; every step is held by a lock and observed in pg_locks:
+    1. another session locks rows of the 11th batch: ten batches commit, the 11th
+       blocks on them inside its open transaction (holding its table lock);
+    2. `kb db upgrade` runs to the end meanwhile;
+    3. a third session holds schema_migrations in SHARE mode, so the migration, once
+       its DDL is done, waits (with its ACCESS EXCLUSIVE lock) before it can record itself;
+    4. the migration's ALTER TABLE queues behind the row-lock session and the blocked batch;
+    5. the row locks go: the batch commits, the DDL runs, the backfill waits on it;
+    6. schema_migrations goes: the migration commits and the backfill finishes.
+    The lock graph stays acyclic: the row-lock and schema_migrations sessions wait for
+    nothing, the batch waits only for the row locks, the DDL for both of those."""
     ws, work = workload
-    proc = await start_kb(db_url, *kb_argv(work, ws))
-    await wait_for_progress(db, work, ws, proc, 300)
-    code, _, err = await run_kb(db_url, "db", "upgrade")
-    assert code == 0, err
+    ordered = [r["id"] for r in work.rows if r["id"] in work.expected]  # rows are in created_at order
+    first_blocked = 10  # the batch (0-based) that holds the locked rows
+    held = ordered[first_blocked * BATCH:first_blocked * BATCH + 10]
     extra = Migration(9001, "fault_test_column", "ALTER TABLE backtest_runs ADD COLUMN fault_note text;\n"
                                                  "CREATE INDEX backtest_runs_fault_note ON backtest_runs (fault_note);")
-    async with db.acquire() as conn:
-        applied = await upgrade(conn, [*load_migrations(), extra])
-    assert [m.version for m in applied] == [9001]
-    assert proc.returncode is None  # the schema changed under a running backfill
-    _, err_bytes = await proc.communicate()
-    assert proc.returncode == 0, err_bytes
+    proc: asyncio.subprocess.Process | None = None
+    ddl: asyncio.Task[list[Migration]] | None = None
+    async with db.acquire() as rows_conn, db.acquire() as registry_conn, db.acquire() as ddl_conn:
+        rows_pid, registry_pid, ddl_pid = (c.get_server_pid() for c in (rows_conn, registry_conn, ddl_conn))
+        try:
+            # 1. The 11th batch blocks on the held rows, mid-transaction.
+            rows_tx = rows_conn.transaction()
+            await rows_tx.start()
+            await rows_conn.execute("SELECT 1 FROM backtest_runs WHERE id = ANY($1) FOR UPDATE", held)
+            proc = await start_kb(db_url, *kb_argv(work, ws))
+            batch_pid = await wait_blocked_by(db, proc, rows_pid, "the backfill reaching the locked rows")
+            assert await work.done(db, ws) == first_blocked * BATCH  # mid-run: ten batches, no more
+            assert "RowExclusiveLock" in await holds(db, batch_pid, "backtest_runs")  # the batch is in flight
+
+            # 2. `kb db upgrade` while the backfill runs (it has nothing to apply, and waits for nothing).
+            code, _, err = await run_kb(db_url, "db", "upgrade")
+            assert code == 0, err
+            assert rows_pid in await blocking_pids(db, batch_pid) and proc.returncode is None
+
+            # 3. + 4. The migration starts; its ALTER TABLE waits for the batch in flight.
+            registry_tx = registry_conn.transaction()
+            await registry_tx.start()
+            await registry_conn.execute("LOCK TABLE schema_migrations IN SHARE MODE")
+            ddl = asyncio.create_task(upgrade(ddl_conn, [*load_migrations(), extra]))
+            await poll(db, "SELECT $2 = ANY(pg_blocking_pids($1))", ddl_pid, batch_pid,
+                       what="the DDL queueing behind the batch in flight", proc=proc)
+            assert await waits_for(db, ddl_pid) == [("backtest_runs", "AccessExclusiveLock")]
+            assert {rows_pid, batch_pid} <= await blocking_pids(db, ddl_pid)
+
+            # 5. The row locks go: the batch commits, then the DDL runs, then the backfill waits for it.
+            await rows_tx.rollback()
+            await poll(db, "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted "
+                           "AND relation = 'schema_migrations'::regclass)", ddl_pid,
+                       what="the DDL done, its migration waiting to record itself", proc=proc)
+            assert "AccessExclusiveLock" in await holds(db, ddl_pid, "backtest_runs")
+            assert await blocking_pids(db, ddl_pid) == {registry_pid}
+            await wait_blocked_by(db, proc, ddl_pid, "the backfill waiting for the DDL", table="backtest_runs")
+            assert proc.returncode is None  # the schema changes under a running backfill
+            assert not ddl.done()
+
+            # 6. The migration commits; the backfill goes on with the new schema.
+            await registry_tx.rollback()
+            applied = await asyncio.wait_for(ddl, 60)
+            assert [m.version for m in applied] == [9001]
+            _, err_bytes = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0, err_bytes
+            # Each wait was a plain lock wait: no deadlock was detected and nothing was retried.
+            assert "app.db.retry" not in err_bytes.decode(), err_bytes
+            print("STDERR<<", err_bytes.decode(), ">>")
+        finally:
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            if ddl is not None and not ddl.done():
+                ddl.cancel()
+                with contextlib.suppress(BaseException):
+                    await ddl
+    assert await db.fetchval("SELECT to_regclass('backtest_runs_fault_note') IS NOT NULL")
     await assert_same_as_uninterrupted(db, work, ws)
 
 

@@ -8,8 +8,10 @@ import os
 import signal
 import socket
 
+import asyncpg
 import httpx
 
+from app.db import with_database
 from tests.process.faultkit import KB, run_kb
 
 
@@ -25,10 +27,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 async def test_sigterm_stops_serve_and_its_embedded_database(tmp_path) -> None:
+    """On a fresh home (nothing migrated yet) `kb serve` migrates its own embedded database."""
     home = tmp_path / "home"
     env = _env(KB_HOME=str(home))
-    upgrade = await asyncio.create_subprocess_exec(*KB, "db", "upgrade", env=env)
-    assert await asyncio.wait_for(upgrade.wait(), 60) == 0
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(*KB, "serve", "--port", str(port), env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -47,6 +48,29 @@ async def test_sigterm_stops_serve_and_its_embedded_database(tmp_path) -> None:
     assert proc.returncode == 0, err.decode()[-500:]
     assert "Traceback" not in err.decode()
     assert not (home / "pgdata" / "postmaster.pid").exists()  # the embedded server stopped with it
+
+
+async def test_an_external_database_behind_is_refused_not_migrated(server_dsn: str, tmp_path) -> None:
+    """With DATABASE_URL, `kb serve` and `kb report` refuse a schema that is behind: a
+    production database is migrated on purpose (`kb db upgrade`), never implicitly."""
+    admin = await asyncpg.connect(server_dsn)
+    await admin.execute('DROP DATABASE IF EXISTS "kb_test_behind"')
+    await admin.execute('CREATE DATABASE "kb_test_behind"')
+    try:
+        url = with_database(server_dsn, "kb_test_behind")
+        for argv in (("serve", "--port", str(_free_port())),
+                     ("report", "--workspace-id", "7f1e8e7a-0000-4000-8000-000000000001", "--out",
+                      str(tmp_path / "r.html"))):
+            code, _, err = await run_kb(url, *argv)
+            assert code == 1 and "kb db upgrade" in err, (argv, err)
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT to_regclass('backtest_runs')") is None  # nothing was migrated
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute('DROP DATABASE IF EXISTS "kb_test_behind" WITH (FORCE)')
+        await admin.close()
 
 
 async def test_a_taken_port_is_one_line_and_exit_1(db_url) -> None:

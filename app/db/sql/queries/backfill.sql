@@ -79,3 +79,24 @@ JOIN backtest_runs s ON s.workspace_id = $1 AND s.strategy_name = t.strategy_nam
      AND s.dataset_meta ->> 'oos_start' = t.dataset_meta ->> 'oos_start'
      AND s.dataset_meta ->> 'oos_end' = t.dataset_meta ->> 'oos_end'
 GROUP BY t.id, t.sharpe, t.n_bars, t.dataset_meta ->> 'timeframe'
+
+-- name: count_candidacy_after
+-- What `select_candidacy_page` would still read after ($2, $3).
+SELECT count(*)
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND run_kind = 'test_variant'
+  AND status IN ('completed', 'success')
+  AND kb_status = 'excluded'
+  AND (created_at, id) > ($2::timestamptz, $3::uuid)
+
+-- name: count_regime_after
+-- What `select_regime_page` would still read after ($2, $3).
+SELECT count(*)
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND run_kind = 'test_variant'
+  AND status IN ('completed', 'success')
+  AND regime_oos IS NULL
+  AND ($4::text IS NULL OR upper(btrim(dataset_meta ->> 'symbol')) = upper(btrim($4::text)))
+  AND (created_at, id) > ($2::timestamptz, $3::uuid)

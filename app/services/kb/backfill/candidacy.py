@@ -83,6 +83,9 @@ class CandidacyJob:
             outcomes.append(Outcome(row["id"], row["created_at"], reason))
         return outcomes
 
+    async def count_after(self, conn: Conn, after: tuple[datetime, uuid.UUID]) -> int:
+        return await runs.count_candidacy_after(conn, self.opts.workspace_id, after)
+
     async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
         return await runs.promote_candidates(conn, [o.run_id for o in passed], self.opts.workspace_id, backfill_run_id)
 

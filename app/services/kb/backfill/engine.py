@@ -64,6 +64,10 @@ class BackfillJob(Protocol):
         """Write the passing rows with guards; return how many rows were changed."""
         ...
 
+    async def count_after(self, conn: Conn, after: tuple[datetime, uuid.UUID]) -> int:
+        """How many runs the scan would still read after `after`."""
+        ...
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -91,6 +95,7 @@ class BackfillResult:
     error: str | None = None
     # Per-invocation notes on rows that were written (e.g. no ex-ante snapshot possible).
     notes: dict[str, int] = field(default_factory=dict)
+    remaining: int | None = None  # runs left to scan when the limit was reached
 
 
 def config_key(kind: str, identity: dict[str, Any]) -> str:
@@ -245,7 +250,6 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     """Run (or resume) one backfill. Raises `BackfillLocked`, `NothingToResume`, `NotFound`."""
     started = time.monotonic()
     identity = job.identity()
-    key = config_key(job.kind, identity)
     await require_workspace(db, opts.scan.workspace_id)
     owner = uuid.uuid4()
     lock_conn: Conn = await hold_connection(db)
@@ -254,30 +258,14 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
         await ledger.acquire_lock(lock_conn, job.kind, opts.scan.workspace_id)
         try:
             dead = await ledger.mark_dead_runs_interrupted(lock_conn, opts.scan.workspace_id, job.kind)
-            start = keyset_start(opts.scan.since)
-            if opts.scan.resume:
-                row = await ledger.find_resumable(lock_conn, opts.scan.workspace_id, job.kind, key, opts.scan.dry_run)
-                if row is None or row["status"] not in ledger.RESUMABLE:
-                    what = "dry-run " if opts.scan.dry_run else ""
-                    found = f" (the last one, {row['id']}, is {row['status']})" if row is not None else ""
-                    raise NothingToResume(
-                        f"no interrupted {what}backfill-{job.kind} run with this configuration to resume"
-                        f"{found}; run without --resume to start a new one"
-                    )
-                run_id = row["id"]
-                cursor = (row["cursor_created_at"] or start[0], row["cursor_id"] or start[1])
-                base = Counters.from_json(row["counts"])
-                await ledger.reopen_run(lock_conn, run_id, owner)
-            else:
-                cursor = start
-                config = {**identity, "limit": opts.scan.limit, "batch_size": opts.scan.batch_size}
-                run_id = await ledger.open_run(lock_conn, opts.scan.workspace_id, job.kind, config, key,
-                                               opts.scan.dry_run, cursor, owner)
-                base = Counters()
+            run_id, cursor, base = await _open_or_resume(lock_conn, job, opts, identity, owner)
             run = _Run(db, job, opts, run_id, base, lock_conn, owner)
             try:
-                status, error = await _loop(run, cursor)
+                status, error, last = await _loop(run, cursor)
                 await run.on_lock_conn(lambda conn: ledger.close_run(conn, run_id, owner, status, error))
+                remaining = None
+                if status == "limit_reached":
+                    remaining = await run.on_lock_conn(lambda conn: job.count_after(conn, last))
             except BaseException as exc:
                 await _mark_failed(run, exc)
                 raise
@@ -300,7 +288,32 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
         elapsed_s=time.monotonic() - started,
         interrupted_runs_found=dead,
         error=error,
+        remaining=remaining,
     )
+
+
+async def _open_or_resume(lock_conn: Conn, job: BackfillJob, opts: EngineOptions, identity: dict[str, Any],
+                          owner: uuid.UUID) -> tuple[uuid.UUID, tuple[datetime, uuid.UUID], Counters]:
+    """The ledger row this invocation works under (new, or the one it resumes), its
+    cursor and the counts already committed."""
+    key = config_key(job.kind, identity)
+    start = keyset_start(opts.scan.since)
+    if opts.scan.resume:
+        row = await ledger.find_resumable(lock_conn, opts.scan.workspace_id, job.kind, key, opts.scan.dry_run)
+        if row is None or row["status"] not in ledger.RESUMABLE:
+            what = "dry-run " if opts.scan.dry_run else ""
+            found = f" (the last one, {row['id']}, is {row['status']})" if row is not None else ""
+            raise NothingToResume(
+                f"no interrupted {what}backfill-{job.kind} run with this configuration to resume"
+                f"{found}; run without --resume to start a new one"
+            )
+        await ledger.reopen_run(lock_conn, row["id"], owner)
+        cursor = (row["cursor_created_at"] or start[0], row["cursor_id"] or start[1])
+        return row["id"], cursor, Counters.from_json(row["counts"])
+    config = {**identity, "limit": opts.scan.limit, "batch_size": opts.scan.batch_size}
+    run_id = await ledger.open_run(lock_conn, opts.scan.workspace_id, job.kind, config, key, opts.scan.dry_run,
+                                   start, owner)
+    return run_id, start, Counters()
 
 
 async def _mark_failed(run: _Run, exc: BaseException) -> None:
@@ -321,7 +334,8 @@ async def _mark_failed(run: _Run, exc: BaseException) -> None:
         log.debug("could not record the failure of backfill run %s", run.run_id, exc_info=True)
 
 
-async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str | None]:
+async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str | None, tuple[datetime, uuid.UUID]]:
+    """Scan and write until done, the limit or a stop; returns the status, an error and the cursor."""
     opts, job = run.opts, run.job
     session = run.session
     fetched = 0
@@ -361,11 +375,11 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
                 if run.pending:
                     await run.flush(cursor)
                 await run.drain()
-                return "interrupted", "stopped by the user"
+                return "interrupted", "stopped by the user", cursor
         if run.pending:
             await run.flush(cursor)
         await run.drain()
     finally:
         if next_page is not None:
             next_page.cancel()
-    return ("limit_reached" if fetched >= opts.scan.limit else "completed"), None
+    return ("limit_reached" if fetched >= opts.scan.limit else "completed"), None, cursor

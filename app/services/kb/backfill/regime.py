@@ -183,6 +183,9 @@ class RegimeJob:
         while len(self.cache) > max(_CACHE_SIZE, len(wanted)):
             self.cache.popitem(last=False)
 
+    async def count_after(self, conn: Conn, after: tuple[datetime, uuid.UUID]) -> int:
+        return await runs.count_regime_after(conn, self.opts.workspace_id, after, self.opts.symbol)
+
     async def write(self, conn: Conn, passed: list[Outcome], backfill_run_id: uuid.UUID) -> int:
         return await runs.write_regimes(conn, self.opts.workspace_id, [o.run_id for o in passed],
                                         [o.payload[0] for o in passed], [o.payload[1] for o in passed],

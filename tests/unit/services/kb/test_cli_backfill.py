@@ -321,3 +321,32 @@ async def test_environment_twins(cli, make_workspace, insert_runs, monkeypatch) 
     monkeypatch.setenv("KB_LIMIT", "2")
     code, out, _ = await cli("backfill-candidacy")
     assert code == 0 and "Dry Run:        True" in out and "Total Scanned:  2" in out
+
+
+async def test_limit_reached_says_what_remains_and_the_command_that_continues(cli, db, make_workspace,
+                                                                              insert_runs) -> None:
+    ws = await make_workspace()
+    await insert_runs([run_row(ws, i) for i in range(8)])
+    code, out, err = await cli("backfill-candidacy", "--workspace-id", ws, "--limit", "3", "--batch-size", "2")
+    assert code == 0, err
+    assert "Status:" in out and "limit_reached" in out and "5 run(s) remain" in out
+    again = next(ln for ln in out.splitlines() if ln.startswith("Continue with: "))[len("Continue with: "):]
+    assert again == f"kb backfill-candidacy --workspace-id {ws} --limit 3 --batch-size 2 --resume"
+    code, out, err = await cli(*again.split()[1:-5], "--limit", "all", "--resume", "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["status"] == "completed" and report["remaining"] is None and report["limit"] == "all"
+    assert report["run_totals"]["scanned"] == 8 and report["continue_with"] is None
+    assert set((await statuses(db, ws)).values()) == {"candidate"}
+
+
+async def test_limit_all_from_the_environment(cli, db, make_workspace, insert_runs, monkeypatch) -> None:
+    ws = await make_workspace()
+    await insert_runs([run_row(ws, i) for i in range(4)])
+    monkeypatch.setenv("KB_LIMIT", "all")
+    code, out, err = await cli("backfill-candidacy", "--workspace-id", ws, "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["total_scanned"] == 4
+    monkeypatch.setenv("KB_LIMIT", "everything")
+    code, _, err = await cli("backfill-candidacy", "--workspace-id", ws)
+    assert code == 2 and "KB_LIMIT" in err
