@@ -9,7 +9,7 @@ from typing import Any
 
 from app.cli import render
 from app.cli.console import Progress, StopFlag, echo
-from app.cli.options import ALL, experiment_type, finite, opt, positive, scan_options, uuid_arg
+from app.cli.options import ALL, experiment_type, finite, opt, positive, scan_options, uuid_arg, workspace_options
 from app.db import Database, ledger
 from app.errors import BadInput
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy, explain_run
@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_backfill_undo)
 
     p = sub.add_parser("backfill-runs", help="list backfill runs of a workspace (the ledger)")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    workspace_options(p)
     opt(p, "--limit", type=positive(10_000), default=20, help="how many, newest first")
     opt(p, "--json", action="store_true", default=False, help="print as JSON")
     p.set_defaults(handler=cmd_backfill_runs)

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.cli import render
 from app.cli.console import Progress
-from app.cli.options import opt, uuid_arg
+from app.cli.options import opt, workspace_options
 from app.db import Database
 from app.services.kb.importing.fields import parse_pairs
 from app.services.kb.importing.optuna_source import study_frame
@@ -20,7 +20,7 @@ from app.services.kb.importing.sources import FORMATS
 def register(sub: Any) -> None:
     p = sub.add_parser("import", help="import backtest runs from a CSV, JSON lines or Parquet file")
     p.add_argument("file", help="the file to import")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="target workspace (created if missing)")
+    workspace_options(p, create=True)
     opt(p, "--format", choices=FORMATS, default=None, help="file format (default: from the file name)")
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
                    help="take FIELD from COLUMN (repeatable); recognised headers need no --map")
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("import-optuna", help="import the COMPLETE trials of an Optuna study")
     opt(p, "--storage", required=True, help="Optuna storage URL, e.g. sqlite:///study.db")
     opt(p, "--study", required=True, help="study name")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="target workspace (created if missing)")
+    workspace_options(p, create=True)
     opt(p, "--strategy", default=None, help="strategy name (default: the study name)")
     opt(p, "--dry-run", action="store_true", default=False, help="check and count, write nothing")
     opt(p, "--json", action="store_true", default=False, help="print the report as JSON")

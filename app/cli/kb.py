@@ -8,7 +8,7 @@ from typing import Any
 
 from app.cli import render
 from app.cli.console import Progress, echo
-from app.cli.options import finite, opt, positive, since_arg, uuid_arg
+from app.cli.options import finite, opt, positive, since_arg, workspace_options
 from app.db import Database
 from app.errors import BadInput
 from app.services.kb.importing.optuna_source import enqueue
@@ -22,24 +22,29 @@ from app.services.kb.regime.ohlcv import load_ohlcv
 from app.services.kb.regime.snapshot import RegimeSnapshot
 from app.services.kb.status import workspace_status
 from app.services.kb.synthetic.seed import seed_runs
+from app.services.kb.workspaces import list_workspaces
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="turn candidate/promoted runs into KB trials")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    workspace_options(p)
     opt(p, "--since", type=since_arg, default=None, help="only runs created at/after this date")
     opt(p, "--dry-run", action="store_true", default=False, help="count what would change, write nothing")
     opt(p, "--batch-size", type=positive(50_000), default=1000, help="trials per commit (default 1000)")
     opt(p, "--json", action="store_true", default=False, help="print the report as JSON")
     p.set_defaults(handler=cmd_ingest)
 
+    p = sub.add_parser("workspaces", help="list workspaces with their run and trial counts")
+    opt(p, "--json", action="store_true", default=False, help="print as JSON")
+    p.set_defaults(handler=cmd_workspaces, database="embedded")
+
     p = sub.add_parser("status", help="KB status of a workspace")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    workspace_options(p)
     opt(p, "--json", action="store_true", default=False, help="print as JSON")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("recommend", help="recommend strategy parameters for a market regime")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    workspace_options(p)
     opt(p, "--strategy", required=True, help="strategy name")
     opt(p, "--ohlcv-file", default=None, help="OHLCV file; its latest bars define the current regime")
     opt(p, "--symbol", default=None,
@@ -64,7 +69,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_recommend, prepare=_query_regime)
 
     p = sub.add_parser("evaluate", help="walk-forward check of recommend against the global best")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    workspace_options(p)
     opt(p, "--strategy", required=True, help="strategy name")
     opt(p, "--symbol", default=None, help="evaluate on this instrument's evidence only (unless --pool)")
     opt(p, "--timeframe", default=None, help="evaluate on this bar size's evidence only")
@@ -73,7 +78,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("seed", help="bulk-load synthetic runs with COPY (benchmarks)")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace to fill (created if missing)")
+    workspace_options(p, create=True)
     opt(p, "--runs", type=positive(50_000_000), default=100_000, help="how many runs")
     opt(p, "--seed", type=int, default=1, help="random seed")
     opt(p, "--eligible-share", type=finite, default=0.3,
@@ -110,6 +115,11 @@ async def cmd_ingest(db: Database, args: argparse.Namespace) -> int:
     finally:
         progress.close()
     render.show(args.json, result, render.ingest_report)
+    return 0
+
+
+async def cmd_workspaces(db: Database, args: argparse.Namespace) -> int:
+    render.show(args.json, await list_workspaces(db), render.workspaces_text)
     return 0
 
 

@@ -9,22 +9,24 @@ import argparse
 import asyncio
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from app.cli import backfill, db, demo, importing, kb, report
+from app.cli import backfill, db, demo, importing, kb, report, sync
 from app.cli.options import Parser, resolve_env_flags
-from app.db import open_database
+from app.db import Database, open_database
 from app.db.connector import TRANSIENT_ERRORS
 from app.db.embedded import is_embedded
-from app.errors import KBError
+from app.errors import BadInput, KBError
+from app.services.kb.workspaces import resolve_workspace
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="kb", description="Knowledge base of trustworthy backtest runs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (db, backfill, kb, importing, report, demo):
+    for module in (db, backfill, kb, importing, sync, report, demo):
         module.register(sub)
     return parser
 
@@ -60,8 +62,20 @@ async def dispatch(args: argparse.Namespace) -> int:
     # "embedded": the embedded database is ours to migrate; a DATABASE_URL one is migrated on purpose only.
     migrate = mode == "migrate" or (mode == "embedded" and is_embedded())
     async with open_database(migrate=migrate, check=not migrate and mode in ("check", "embedded")) as database:
+        if hasattr(args, "workspace_create"):
+            args.workspace_id = await _workspace(database, args)
         code = await handler(database, args)
     return code
+
+
+async def _workspace(db: Database, args: argparse.Namespace) -> uuid.UUID:
+    """The workspace a command names with `--workspace` (a name or an id) or `--workspace-id`."""
+    if args.workspace is not None and args.workspace_id is not None:
+        raise BadInput("give --workspace or --workspace-id, not both")
+    ref = args.workspace if args.workspace is not None else args.workspace_id
+    if ref is None:
+        raise BadInput("which workspace? give --workspace NAME (see `kb workspaces`) or --workspace-id UUID")
+    return await resolve_workspace(db, ref, create=args.workspace_create)
 
 
 async def amain(argv: Sequence[str] | None = None) -> int:

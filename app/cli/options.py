@@ -156,9 +156,18 @@ def limit_arg(text: str) -> int:
 limit_arg.__name__ = "limit"
 
 
+def workspace_options(p: argparse.ArgumentParser, *, create: bool = False) -> None:
+    """`--workspace NAME_OR_ID` and `--workspace-id UUID`: one of them names the workspace
+    (resolved once the database is open; `create`: a new name makes a new workspace)."""
+    made = " (created if missing)" if create else ""
+    opt(p, "--workspace", default=None, metavar="NAME_OR_ID", help=f"workspace by name or id{made}")
+    opt(p, "--workspace-id", type=uuid_arg, default=None, help=f"workspace by id (a UUID){made}")
+    p.set_defaults(workspace_create=create)
+
+
 def scan_options(p: argparse.ArgumentParser, default_limit: int) -> None:
     """The options every backfill shares (see `ScanOptions`)."""
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="target workspace (UUID)")
+    workspace_options(p)
     opt(p, "--since", type=since_arg, default=None, help="only runs created at/after this date or timestamp (UTC)")
     opt(p, "--limit", type=limit_arg, default=default_limit,
         help=f"max runs, or `all` (default {default_limit})")

@@ -194,6 +194,35 @@ def ledger_text(items: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sync_report(r: dict[str, Any]) -> str:
+    lines = [RULE, "KB SYNC REPORT", RULE, _label("Workspace", r["workspace_id"]), THIN]
+    for i in r["imports"]:
+        lines.append(f"import {i['file']}: {i['rows']:,} rows, {i['imported']:,} new, "
+                     f"{i['already_present']:,} already present, {i['invalid']:,} invalid")
+    for g in r["regime"]:
+        lines.append(f"regime {g['symbol']} ({g['timeframe']}, {g['file']}): {g['scanned']:,} scanned, "
+                     f"{g['updated']:,} updated, {g['rejected']:,} skipped {g['reasons'] or ''}".rstrip())
+    for symbol, n in r["symbols_without_ohlcv"].items():
+        lines.append(f"regime {symbol}: {n:,} run(s) without a snapshot and no OHLCV file given")
+    c, i = r["candidacy"], r["ingest"]
+    lines += [f"candidacy: {c['scanned']:,} scanned, {c['updated']:,} became candidates",
+              f"ingest: {i['inserted']:,} trials added, {i['updated']:,} updated, {i['archived']:,} archived, "
+              f"{i['evidence']:,} evidence rows changed", THIN,
+              "Changed: " + ("yes" if r["changed"] else "nothing (the KB was already up to date)"),
+              _label("Elapsed", f"{r['elapsed_s']:.2f}s"), RULE]
+    return "\n".join(lines)
+
+
+def workspaces_text(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no workspaces yet: `kb import FILE --workspace NAME` creates one"
+    width = max(len(w["name"]) for w in items)
+    lines = [f"{'name':<{width}}  {'id':<36}  {'runs':>10}  {'trials':>8}  created"]
+    lines += [f"{w['name']:<{width}}  {w['id']:<36}  {w['runs']:>10,}  {w['trials']:>8,}  {w['created_at'][:19]}"
+              for w in items]
+    return "\n".join(lines)
+
+
 def ingest_report(r: IngestResult) -> str:
     lines = [RULE, "KB INGEST REPORT", RULE, _label("Workspace", r.workspace_id), _label("Dry Run", r.dry_run), THIN,
              _label("Scanned", r.scanned), _label("Inserted", r.inserted), _label("Updated", r.updated),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.console import echo
-from app.cli.options import opt, uuid_arg
+from app.cli.options import opt, workspace_options
 from app.db import Database
 from app.errors import BadInput
 from app.files import write_whole
@@ -18,7 +18,7 @@ from app.web import report_page
 
 def register(sub: Any) -> None:
     p = sub.add_parser("report", help="write the dashboard of a workspace as one self-contained HTML file")
-    opt(p, "--workspace-id", type=uuid_arg, required=True, help="workspace (UUID)")
+    workspace_options(p)
     opt(p, "--out", required=True, help="the HTML file to write")
     p.set_defaults(handler=cmd_report, prepare=_check_out, database="embedded")
 

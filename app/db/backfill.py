@@ -66,3 +66,7 @@ async def count_candidacy_after(conn: Conn, workspace_id: uuid.UUID, after: Curs
 
 async def count_regime_after(conn: Conn, workspace_id: uuid.UUID, after: Cursor, symbol: str | None) -> int:
     return int(await conn.fetchval(q("count_regime_after"), workspace_id, after[0], after[1], symbol))
+
+
+async def runs_without_regime_by_symbol(db: Database, workspace_id: uuid.UUID) -> dict[str | None, int]:
+    return {r["symbol"]: int(r["runs"]) for r in await db.fetch(q("runs_without_regime_by_symbol"), workspace_id)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from app.db.connector import Conn, Database
 from app.db.sql import q
@@ -45,3 +46,20 @@ async def workspace_job(db: Database, workspace_id: uuid.UUID, on_wait: Callable
             yield
         finally:
             await conn.fetchval(q("unlock_workspace_session"), str(workspace_id))
+
+
+async def workspaces_named(db: Database | Conn, name: str) -> list[Any]:
+    return list(await db.fetch(q("workspaces_named"), name))
+
+
+async def create_named_workspace(db: Database, name: str) -> uuid.UUID:
+    """The workspace called `name`, created if there is none (once, even when two
+    commands name it at the same time)."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(q("lock_workspace_name_xact"), name)
+        found = await workspaces_named(conn, name)
+        if found:
+            return uuid.UUID(str(found[0]["id"]))
+        workspace_id = uuid.uuid4()
+        await conn.execute(q("ensure_workspace"), workspace_id, name)
+        return workspace_id

@@ -326,7 +326,6 @@ async def test_schema_upgrade_during_a_backfill(db, db_url, workload) -> None:
             assert proc.returncode == 0, err_bytes
             # Each wait was a plain lock wait: no deadlock was detected and nothing was retried.
             assert "app.db.retry" not in err_bytes.decode(), err_bytes
-            print("STDERR<<", err_bytes.decode(), ">>")
         finally:
             if proc is not None and proc.returncode is None:
                 proc.kill()

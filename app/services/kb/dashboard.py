@@ -14,6 +14,7 @@ from app.db.workspaces import require_workspace
 from app.services.kb.recommend.evaluate import evaluate
 from app.services.kb.regime.tags import REGIME_TAGS
 from app.services.kb.status import workspace_status
+from app.services.kb.workspaces import list_workspaces
 
 THIN_TRIALS = 5  # fewer trials than this in a cell is a thin spot; none is a blind spot
 MAX_POINTS = 4000  # points per strategy chart; more are sampled
@@ -21,8 +22,7 @@ BUCKETS = ("uptrend", "downtrend", "trending", "flat")  # the trend of a window,
 
 
 async def workspaces(db: Database, limit: int = 200) -> list[dict[str, Any]]:
-    rows = await reads.workspaces(db, limit)
-    return [{"id": str(r["id"]), "name": r["name"], "runs": r["runs"], "trials": r["trials"]} for r in rows]
+    return await list_workspaces(db, limit)
 
 
 async def overview(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:

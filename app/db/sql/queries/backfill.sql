@@ -100,3 +100,14 @@ WHERE workspace_id = $1
   AND regime_oos IS NULL
   AND ($4::text IS NULL OR upper(btrim(dataset_meta ->> 'symbol')) = upper(btrim($4::text)))
   AND (created_at, id) > ($2::timestamptz, $3::uuid)
+
+-- name: runs_without_regime_by_symbol
+-- What a regime backfill would scan, per symbol: completed test variants with no OOS snapshot.
+SELECT upper(btrim(dataset_meta ->> 'symbol')) AS symbol, count(*) AS runs
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND run_kind = 'test_variant'
+  AND status IN ('completed', 'success')
+  AND regime_oos IS NULL
+GROUP BY 1
+ORDER BY 1 NULLS LAST

@@ -23,3 +23,10 @@ SELECT pg_advisory_lock(hashtext('trading-kb:workspace-job'), hashtext($1::text)
 
 -- name: unlock_workspace_session
 SELECT pg_advisory_unlock(hashtext('trading-kb:workspace-job'), hashtext($1::text))
+
+-- name: workspaces_named
+SELECT id, name, created_at FROM workspaces WHERE name = $1 ORDER BY created_at, id
+
+-- name: lock_workspace_name_xact
+-- Serializes creating a workspace by name, so two commands naming a new one create it once.
+SELECT pg_advisory_xact_lock(hashtext('trading-kb:workspace-name'), hashtext($1::text))
