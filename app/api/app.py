@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -18,12 +18,12 @@ import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import LoopbackHostOnly, require_token
 from app.api.dashboard import register as register_dashboard
 from app.api.deps import DB, NO_NUL, Cache, StrategyName, send_json_error
+from app.api.models import ImportRequest, IngestRequest, RecommendRequest, SyncRequest
 from app.db import Database, ledger, open_database
 from app.db.lifecycle import DRIVER_ERROR, ping, translate
 from app.errors import BadInput, DriverError, KBError, NotFound
@@ -37,9 +37,9 @@ from app.services.kb.regime.features import MIN_EFFECTIVE_BARS, current_regime
 from app.services.kb.regime.ohlcv import frame_series
 from app.services.kb.regime.snapshot import RegimeSnapshot, parse_regime_snapshot
 from app.services.kb.status import workspace_status
-from app.timestamps import EARLIEST, LATEST, in_range
+from app.services.kb.sync import SyncOptions, sync
+from app.services.kb.workspaces import resolve_workspace
 
-MAX_OHLCV_ROWS = 20_000
 # 20,000 bars of JSON are about 2.5 MB; anything far beyond that is refused unread.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # A body that trickles in slower than this between chunks is cut off (408).
@@ -108,68 +108,6 @@ class _TooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(status_code=413, detail=f"request body over {limit:,} bytes")
-
-
-def _in_range(value: datetime | None) -> datetime | None:
-    """Timestamps outside the accepted range are refused (422), not left to fail deeper down."""
-    if value is None:
-        return None
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not in_range(aware):
-        raise ValueError(f"must be between {EARLIEST.date()} and {LATEST.date()}")
-    return aware
-
-
-class IngestRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    workspace_id: uuid.UUID
-    since: datetime | None = None
-    dry_run: bool = False
-
-    _since_range = field_validator("since")(_in_range)
-
-
-class Bar(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    timestamp: datetime
-
-    _timestamp_range = field_validator("timestamp")(_in_range)
-    open: float | None = None
-    high: float = Field(gt=0)
-    low: float = Field(gt=0)
-    close: float = Field(gt=0)
-    volume: float | None = None
-
-
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    workspace_id: uuid.UUID
-    strategy_name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
-    regime: dict[str, Any] | None = None
-    ohlcv: list[Bar] | None = Field(default=None, max_length=MAX_OHLCV_ROWS)
-    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=32)
-    symbol: str | None = Field(default=None, max_length=64)
-    timeframe: str | None = Field(default=None, max_length=16)
-    top_k: int = Field(default=20, ge=1, le=1000)
-    min_sharpe: float | None = Field(default=None, allow_inf_nan=False)
-    min_trades: int | None = Field(default=None, ge=0)
-    max_drawdown: float | None = Field(default=None, ge=0, le=1)
-    method: str = Field(default="expected", pattern="^(expected|median)$")
-    pool: bool = False
-    as_of: datetime | None = None
-
-    _as_of_range = field_validator("as_of")(_in_range)
-
-
-MAX_IMPORT_RUNS = 50_000
-
-
-class ImportRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    workspace_id: uuid.UUID
-    runs: list[dict[str, Any]] = Field(max_length=MAX_IMPORT_RUNS)
-    source: str = Field(default="api", min_length=1, max_length=200, pattern=NO_NUL)
-    dry_run: bool = False
 
 
 def _regime_from_request(body: RecommendRequest) -> RegimeSnapshot | None:
@@ -252,11 +190,20 @@ def create_app(db: Database | None = None) -> FastAPI:
     return app
 
 
+WorkspaceName = Annotated[str | None, Query(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+async def _workspace_param(db: Database, workspace_id: uuid.UUID | None, workspace: str | None) -> uuid.UUID:
+    if (workspace_id is None) == (workspace is None):
+        raise HTTPException(status_code=422, detail="give exactly one of workspace_id or workspace (a name or an id)")
+    return await resolve_workspace(db, workspace_id if workspace_id is not None else str(workspace))
+
+
 def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
     """The KB's JSON routes: ingest, recommend, import, status, evaluate, the ledger."""
     @app.post("/kb/trials/ingest", dependencies=auth)
     async def ingest_route(body: IngestRequest, db: DB) -> dict[str, Any]:
-        result = await ingest(db, body.workspace_id, since=body.since, dry_run=body.dry_run)
+        result = await ingest(db, await resolve_workspace(db, body.ref), since=body.since, dry_run=body.dry_run)
         return result.to_dict()
 
     @app.post("/kb/trials/recommend", dependencies=auth)
@@ -265,7 +212,7 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
             raise HTTPException(status_code=422, detail="give exactly one of regime, ohlcv or tags")
         regime = _regime_from_request(body)
         result = await recommend(db, RecommendQuery(
-            workspace_id=body.workspace_id, strategy_name=body.strategy_name, regime=regime,
+            workspace_id=await resolve_workspace(db, body.ref), strategy_name=body.strategy_name, regime=regime,
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown,
             method=body.method, pool=body.pool, as_of=body.as_of), cache)
@@ -278,21 +225,33 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         with a reason and the rest are written. Re-sending the same runs adds nothing."""
         frame = pd.DataFrame.from_records(body.runs) if body.runs else pd.DataFrame({"strategy_name": []})
         mapping = resolve_mapping([str(c) for c in frame.columns], {}, {})
-        return await import_frame(db, body.workspace_id, frame, mapping, source=body.source, dry_run=body.dry_run)
+        workspace_id = await resolve_workspace(db, body.ref, create=True)
+        return await import_frame(db, workspace_id, frame, mapping, source=body.source, dry_run=body.dry_run)
+
+    @app.post("/kb/sync", dependencies=auth)
+    async def sync_route(body: SyncRequest, db: DB) -> dict[str, Any]:
+        """`kb sync`: import the server-side files given, regime backfill per symbol with a
+        price file, candidacy, ingest; incremental (a second call changes nothing)."""
+        opts = SyncOptions(workspace=body.ref, ohlcv=tuple(Path(p) for p in body.ohlcv),
+                           imports=tuple(Path(p) for p in body.imports), batch_size=body.batch_size)
+        return (await sync(db, opts)).to_dict()
 
     @app.get("/kb/status", dependencies=auth)
-    async def status_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:
-        return (await workspace_status(db, workspace_id)).to_dict()
+    async def status_route(db: DB, workspace_id: uuid.UUID | None = None,
+                           workspace: WorkspaceName = None) -> dict[str, Any]:
+        return (await workspace_status(db, await _workspace_param(db, workspace_id, workspace))).to_dict()
 
     @app.get("/kb/evaluate", dependencies=auth)
-    async def evaluate_route(workspace_id: uuid.UUID, strategy_name: StrategyName, db: DB, cache: Cache,
+    async def evaluate_route(strategy_name: StrategyName, db: DB, cache: Cache,
+                             workspace_id: uuid.UUID | None = None, workspace: WorkspaceName = None,
                              symbol: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
                              timeframe: Annotated[str | None, Query(max_length=16, pattern=NO_NUL)] = None,
                              pool: bool = False) -> dict[str, Any]:
         """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`), on the
         evidence of one instrument and bar size when given."""
         scope = EvidenceScope.of(symbol, timeframe, pool)
-        return (await evaluate(db, workspace_id, strategy_name, cache, scope)).to_dict()
+        ws = await _workspace_param(db, workspace_id, workspace)
+        return (await evaluate(db, ws, strategy_name, cache, scope)).to_dict()
 
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,
