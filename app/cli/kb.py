@@ -43,6 +43,24 @@ def register(sub: Any) -> None:
     opt(p, "--json", action="store_true", default=False, help="print as JSON")
     p.set_defaults(handler=cmd_status)
 
+    _register_recommend(sub)
+
+    p = sub.add_parser("seed", help="bulk-load synthetic runs with COPY (benchmarks)")
+    workspace_options(p, create=True)
+    opt(p, "--runs", type=positive(50_000_000), default=100_000, help="how many runs")
+    opt(p, "--seed", type=int, default=1, help="random seed")
+    opt(p, "--eligible-share", type=finite, default=0.3,
+        help="share of runs that pass the default gate (default 0.3)")
+    p.set_defaults(handler=cmd_seed, database="migrate")
+
+    p = sub.add_parser("serve", help="run the HTTP API")
+    opt(p, "--host", default="127.0.0.1", help="bind address (non-loopback needs KB_API_TOKEN)")
+    opt(p, "--port", type=positive(65535), default=8000, help="port (default 8000)")
+    p.set_defaults(handler=cmd_serve, prepare=_check_bind, database="embedded")
+
+
+def _register_recommend(sub: Any) -> None:
+    """`recommend` and `evaluate`."""
     p = sub.add_parser("recommend", help="recommend strategy parameters for a market regime")
     workspace_options(p)
     opt(p, "--strategy", required=True, help="strategy name")
@@ -76,19 +94,6 @@ def register(sub: Any) -> None:
     opt(p, "--pool", action="store_true", default=False, help="with --symbol: every instrument at this bar size")
     opt(p, "--json", action="store_true", default=False, help="print as JSON")
     p.set_defaults(handler=cmd_evaluate)
-
-    p = sub.add_parser("seed", help="bulk-load synthetic runs with COPY (benchmarks)")
-    workspace_options(p, create=True)
-    opt(p, "--runs", type=positive(50_000_000), default=100_000, help="how many runs")
-    opt(p, "--seed", type=int, default=1, help="random seed")
-    opt(p, "--eligible-share", type=finite, default=0.3,
-        help="share of runs that pass the default gate (default 0.3)")
-    p.set_defaults(handler=cmd_seed, database="migrate")
-
-    p = sub.add_parser("serve", help="run the HTTP API")
-    opt(p, "--host", default="127.0.0.1", help="bind address (non-loopback needs KB_API_TOKEN)")
-    opt(p, "--port", type=positive(65535), default=8000, help="port (default 8000)")
-    p.set_defaults(handler=cmd_serve, prepare=_check_bind, database="embedded")
 
 
 def regime_from_ohlcv(path: str, symbol: str | None, timeframe: str | None) -> RegimeSnapshot:

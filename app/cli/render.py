@@ -231,6 +231,9 @@ def ingest_report(r: IngestResult) -> str:
     lines += [f"  kept, {reason}: {n}" for reason, n in sorted(r.evidence_notes.items())]
     lines += [f"  not evidence, {reason}: {n}" for reason, n in sorted(r.evidence_skipped.items())]
     lines.append(_label("Errors", r.errors))
+    if r.retried_pages:
+        lines.append(f"  {r.retried_pages} page(s) written again after a lost connection (their rows may count "
+                     "as unchanged)")
     for reason, ids in r.error_examples.items():
         lines.append(f"  {reason}: e.g. {', '.join(ids)}")
     lines += [_label("Elapsed", f"{r.elapsed_s:.2f}s"), RULE]

@@ -95,3 +95,15 @@ async def update_trial_dsr(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[t
     if not rows:
         return 0
     return affected(await conn.execute(q("update_trial_dsr"), workspace_id, *columns_of(rows)))
+
+
+async def load_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str, scope_key: str,
+                           revision: int) -> tuple[str, str] | None:
+    """The stored check of this revision and scope, as (model JSON, summary JSON)."""
+    row = await db.fetchrow(q("load_walkforward"), workspace_id, strategy, scope_key, revision)
+    return None if row is None else (row["model"], row["summary"])
+
+
+async def save_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str, scope_key: str, revision: int,
+                           model: str, summary: str) -> None:
+    await db.execute(q("save_walkforward"), workspace_id, strategy, scope_key, revision, model, summary)

@@ -307,3 +307,43 @@ async def test_api_refuses_non_finite_thresholds(api, make_workspace):
     body = '{"workspace_id": "' + str(ws) + '", "strategy_name": "s", "tags": ["uptrend"], "min_sharpe": NaN}'
     r = await api.post("/kb/trials/recommend", content=body, headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 422 and "detail" in r.json()
+
+
+async def test_ingest_retries_a_page_whose_connection_was_killed(db, db_url, make_workspace, insert_runs) -> None:
+    """Held at a known point (its upsert waits on a trial row another session locked), the
+    ingest's connection is terminated; it writes the page again and the counts stay exact."""
+    import asyncio
+
+    import asyncpg
+
+    ws = await make_workspace()
+    rows = [run_row(ws, i, strategy_name="s", kb_status="candidate", regime_oos=trend_snapshot(1, seed=i),
+                    params={"fast": i}) for i in range(6)]
+    await insert_runs(rows)
+    await ingest(db, ws)
+    await db.execute("UPDATE backtest_runs SET summary = jsonb_set(summary, '{sharpe}', '2.5') WHERE workspace_id = $1",
+                     ws)
+    holder = await asyncpg.connect(db_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM kb_trials WHERE workspace_id = $1 FOR UPDATE", ws)
+        task = asyncio.create_task(ingest(db, ws))
+        blocked = None
+        for _ in range(600):  # a bounded poll of the database state, never a sleep-and-hope
+            blocked = await holder.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND $1 = ANY(pg_blocking_pids(pid))",
+                holder.get_server_pid())
+            if blocked is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert blocked is not None, "ingest never reached the locked row"
+        await holder.execute("SELECT pg_terminate_backend($1)", blocked)
+        await tx.rollback()
+        result = await asyncio.wait_for(task, 60)
+    finally:
+        await holder.close()
+    assert result.retried_pages == 1 and result.updated == 6 and result.inserted == 0
+    sharpe = await db.fetch("SELECT sharpe FROM kb_trials WHERE workspace_id = $1 AND archived_at IS NULL", ws)
+    assert [r["sharpe"] for r in sharpe] == [2.5] * 6

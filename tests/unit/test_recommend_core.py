@@ -4,6 +4,7 @@ scaling, the walk-forward outcomes, the nested rules and the calibrated promise.
 from __future__ import annotations
 
 import uuid
+from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -136,3 +137,16 @@ def test_import_rows_check_in_sample_windows_and_keep_zero_trade_runs() -> None:
     assert prepared.notes == {"no trades and no Sharpe: kept, counted as evidence with Sharpe 0": 1}
     meta = prepared.records[0][7]
     assert '"is_start":"2023-01-01T00:00:00Z"' in meta and '"is_end":"2023-12-31T00:00:00Z"' in meta
+
+
+def test_the_model_round_trips_through_its_stored_form() -> None:
+    ends = np.arange(30, dtype=np.int64) * 10 + 5
+    starts = np.arange(30, dtype=np.int64) * 10
+    outcomes = [_outcome(w, 1.0 if w % 3 else -0.5, 0.0) for w in range(30)]
+    model = replay(outcomes, (TUNINGS[0],), 0, ends, starts, 1.5)
+    back = Model.from_json(model.to_json())
+    assert back.tunings == model.tunings and back.tuning == model.tuning and back.conditioned == model.conditioned
+    assert len(back.decisions) == len(model.decisions)
+    for a, b in zip(back.decisions, model.decisions, strict=True):
+        assert np.allclose(np.array(astuple(a), dtype=float), np.array(astuple(b), dtype=float), equal_nan=True)
+    assert back.promise(0.7) == model.promise(0.7)

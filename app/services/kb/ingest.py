@@ -13,12 +13,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
 
 from app.db import Database, trials
 from app.db.connector import Conn
+from app.db.retry import retrying
 from app.db.trials import EVIDENCE_COLUMNS, TRIAL_COLUMNS, Record
 from app.db.workspaces import require_workspace
 from app.far_time import INVALID_CREATED_AT, FarTime
@@ -47,6 +49,8 @@ class IngestResult:
     evidence_notes: dict[str, int] = field(default_factory=dict)
     evidence_skipped: dict[str, int] = field(default_factory=dict)
     dsr_updated: int = 0
+    # Pages written again after a lost connection: their rows may count as unchanged the second time.
+    retried_pages: int = 0
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,42 +212,67 @@ async def ingest(
     await require_workspace(db, workspace_id)
     result = IngestResult(workspace_id, dry_run)
     cursor = keyset_start(since)
-    async with db.acquire() as conn:
-        while True:
-            page = await trials.ingest_page(conn, workspace_id, cursor, batch_size)
-            if not page:
-                break
-            cursor = (page[-1]["created_at"], page[-1]["id"])
-            found, evidence = _classify(page, result)
-            inserted = updated = 0
-            if dry_run:
-                if found:
-                    inserted, updated = await _preview(conn, workspace_id, found)
-            elif found or evidence:
-                async with conn.transaction():
-                    if found:
-                        inserted, updated = await _write(conn, workspace_id, found)
-                    changed = await trials.upsert_evidence(conn, workspace_id, [e.row() for e in evidence])
-                    result.evidence += changed
-                    if inserted or updated or changed:
-                        await trials.bump_revision(conn, workspace_id)
-            result.inserted += inserted
-            result.updated += updated
-            result.skipped += len(found) - inserted - updated
-            if progress is not None:
-                progress(result.scanned, result.scanned)
-        if dry_run:
-            result.archived = await trials.count_stale_trials(conn, workspace_id)
-        else:
-            async with conn.transaction():
-                result.archived = await trials.archive_stale_trials(conn, workspace_id)
-                stale = await trials.delete_stale_evidence(conn, workspace_id)
-                result.evidence += stale
-                result.dsr_updated = await _deflate(conn, workspace_id)
-                if result.archived or stale:
-                    await trials.bump_revision(conn, workspace_id)
+    while True:
+        page = await retrying("reading runs to ingest", partial(_read_page, db, workspace_id, cursor, batch_size))
+        if not page:
+            break
+        cursor = (page[-1]["created_at"], page[-1]["id"])
+        found, evidence = _classify(page, result)
+
+        async def write(attempt: int, found: list[TrialRow] = found, evidence: list[EvidenceRow] = evidence
+                        ) -> tuple[int, int, int]:
+            # A page is idempotent (content hashes): after a lost connection it is simply written again.
+            result.retried_pages += int(attempt > 0)
+            async with db.acquire() as conn:
+                return await _write_page(conn, workspace_id, found, evidence, dry_run)
+
+        inserted, updated, changed = await retrying("writing trials", write)
+        result.evidence += changed
+        result.inserted += inserted
+        result.updated += updated
+        result.skipped += len(found) - inserted - updated
+        if progress is not None:
+            progress(result.scanned, result.scanned)
+    archived, stale, deflated = await retrying("archiving trials", lambda _: _finish(db, workspace_id, dry_run))
+    result.archived, result.dsr_updated = archived, deflated
+    result.evidence += stale
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+async def _read_page(db: Database, workspace_id: uuid.UUID, cursor: tuple[datetime, uuid.UUID],
+                     size: int, _attempt: int) -> list[Record]:
+    async with db.acquire() as conn:
+        return await trials.ingest_page(conn, workspace_id, cursor, size)
+
+
+async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow], evidence: list[EvidenceRow],
+                      dry_run: bool) -> tuple[int, int, int]:
+    """Trials inserted and updated, evidence rows changed (a dry run counts trials only)."""
+    if dry_run:
+        return (*(await _preview(conn, workspace_id, found)), 0) if found else (0, 0, 0)
+    if not (found or evidence):
+        return 0, 0, 0
+    async with conn.transaction():
+        inserted, updated = await _write(conn, workspace_id, found) if found else (0, 0)
+        changed = await trials.upsert_evidence(conn, workspace_id, [e.row() for e in evidence])
+        if inserted or updated or changed:
+            await trials.bump_revision(conn, workspace_id)
+    return inserted, updated, changed
+
+
+async def _finish(db: Database, workspace_id: uuid.UUID, dry_run: bool) -> tuple[int, int, int]:
+    """Trials archived, stale evidence removed and DSR values written, in one transaction."""
+    async with db.acquire() as conn:
+        if dry_run:
+            return await trials.count_stale_trials(conn, workspace_id), 0, 0
+        async with conn.transaction():
+            archived = await trials.archive_stale_trials(conn, workspace_id)
+            stale = await trials.delete_stale_evidence(conn, workspace_id)
+            deflated = await _deflate(conn, workspace_id)
+            if archived or stale:
+                await trials.bump_revision(conn, workspace_id)
+    return archived, stale, deflated
 
 
 def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow], list[EvidenceRow]]:

@@ -152,3 +152,16 @@ UPDATE kb_trials t
 SET dsr = u.dsr, dsr_inputs = u.inputs::jsonb
 FROM unnest($2::uuid[], $3::float8[], $4::text[]) AS u(id, dsr, inputs)
 WHERE t.workspace_id = $1 AND t.id = u.id
+
+-- name: load_walkforward
+SELECT model::text AS model, summary::text AS summary
+FROM kb_walkforward
+WHERE workspace_id = $1 AND strategy_name = $2 AND scope_key = $3 AND revision = $4
+
+-- name: save_walkforward
+-- Keeps the newest revision's check (a slower writer of an older revision does not overwrite it).
+INSERT INTO kb_walkforward AS w (workspace_id, strategy_name, scope_key, revision, model, summary)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
+ON CONFLICT (workspace_id, strategy_name, scope_key) DO UPDATE
+SET revision = EXCLUDED.revision, model = EXCLUDED.model, summary = EXCLUDED.summary, computed_at = now()
+WHERE w.revision <= EXCLUDED.revision

@@ -13,6 +13,7 @@ import pandas as pd
 
 from app.db import Database
 from app.db.imports import writer
+from app.db.retry import retrying
 from app.services.kb.importing.fields import FIELDS, Mapping, resolve_mapping
 from app.services.kb.importing.rows import STAGING_COLUMNS, Prepared, prepare
 from app.services.kb.importing.sources import detect_format, read_table
@@ -24,8 +25,27 @@ CHUNK_ROWS = 10_000
 async def import_frame(db: Database, workspace_id: uuid.UUID, frame: pd.DataFrame, mapping: Mapping, *,
                        source: str, dry_run: bool, progress: Callable[[int, int], None] | None = None,
                        first_row: int = 1) -> dict[str, Any]:
-    """Import the rows of `frame` as mapped; bad rows are reported, the rest written.
-    Chunks are checked in a worker thread while the database writes the previous one."""
+    """Import the rows of `frame` as mapped; bad rows are reported, the rest written, in
+    one transaction. A lost connection imports again from the start: rows a lost COMMIT
+    acknowledgement did write then count as already present (the report says so)."""
+    retried = 0
+
+    async def attempt(n: int) -> dict[str, Any]:
+        nonlocal retried
+        retried = n
+        return await _import_once(db, workspace_id, frame, mapping, source=source, dry_run=dry_run,
+                                  progress=progress, first_row=first_row)
+
+    report = await retrying("importing runs", attempt)
+    if retried:
+        report["retried"] = retried
+    return report
+
+
+async def _import_once(db: Database, workspace_id: uuid.UUID, frame: pd.DataFrame, mapping: Mapping, *,
+                       source: str, dry_run: bool, progress: Callable[[int, int], None] | None,
+                       first_row: int) -> dict[str, Any]:
+    """Chunks are checked in a worker thread while the database writes the previous one."""
     total = len(frame)
     starts = list(range(0, total, CHUNK_ROWS)) or [0]
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from app.db import Database
+from app.db.trials import load_walkforward, save_walkforward
 from app.db.workspaces import require_workspace
 from app.services.kb.recommend.cache import DEFAULT_CACHE, TrialCache
 from app.services.kb.recommend.evidence import EvidenceMatrix
@@ -46,6 +48,26 @@ async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:
     return result
 
 
+async def stored_check(db: Database, workspace_id: uuid.UUID, strategy: str, scope: Scope,
+                       m: EvidenceMatrix) -> WalkForwardCheck:
+    """The check of this matrix: from memory, else the one stored for its KB revision and
+    scope (so a new `kb recommend` process replays nothing), else computed and stored."""
+    if "check" in m.memo:
+        return await walk_forward_check(m)
+    key = scope.key()
+    found = await load_walkforward(db, workspace_id, strategy, key, m.revision)
+    if found is not None:
+        check = WalkForwardCheck(Model.from_json(found[0]), orjson.loads(found[1]))
+        done: asyncio.Future[WalkForwardCheck] = asyncio.get_running_loop().create_future()
+        done.set_result(check)
+        m.memo.setdefault("check", done)
+        return await walk_forward_check(m)
+    check = await walk_forward_check(m)
+    await save_walkforward(db, workspace_id, strategy, key, m.revision, check.model.to_json(),
+                           orjson.dumps(check.summary).decode())
+    return check
+
+
 @dataclass(frozen=True)
 class Evaluation:
     workspace_id: uuid.UUID
@@ -71,7 +93,7 @@ async def evaluate(db: Database, workspace_id: uuid.UUID, strategy: str, cache: 
     await require_workspace(db, workspace_id)
     scope = scope or Scope()
     matrix = await (cache or DEFAULT_CACHE).evidence.get(db, workspace_id, strategy, scope=scope)
-    check = await walk_forward_check(matrix)
+    check = await stored_check(db, workspace_id, strategy, scope, matrix)
     return Evaluation(workspace_id, strategy, scope.describe(matrix.n_windows), matrix.n_windows, matrix.n_sets,
                       round(float(matrix.ex_ante.mean()), 4) if matrix.n_windows else None, check.summary,
                       round(time.monotonic() - started, 3))

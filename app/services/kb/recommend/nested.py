@@ -20,9 +20,11 @@ At each decision (the start of a window with enough earlier windows):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 
 from app.services.kb.recommend.walkforward import Outcome, Tuning
 
@@ -120,10 +122,39 @@ class Model:
         """Whether the regime-vs-global-best rule had enough decisions to decide."""
         return len(self.decisions) >= MIN_RULE_DECISIONS
 
+    def to_json(self) -> str:
+        """The model as JSON (NaN as null), to store per KB revision."""
+        return orjson.dumps({
+            "tunings": [[tu.k, tu.shrink, tu.haircut] for tu in self.tunings],
+            "decisions": [[None if isinstance(v, float) and not math.isfinite(v) else v for v in astuple(d)]
+                          for d in self.decisions],
+            "tuning": [self.tuning.k, self.tuning.shrink, self.tuning.haircut], "conditioned": self.conditioned,
+            "uplift": _finite_or_none(self.uplift), "uplift_se": _finite_or_none(self.uplift_se),
+            "fallback_sd": self.fallback_sd}).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Model:
+        data = orjson.loads(text)
+        nan = math.nan
+        return cls(tuple(Tuning(k, s, h) for k, s, h in data["tunings"]),
+                   tuple(_decision(d) for d in data["decisions"]),
+                   Tuning(*data["tuning"]), bool(data["conditioned"]),
+                   nan if data["uplift"] is None else data["uplift"],
+                   nan if data["uplift_se"] is None else data["uplift_se"], data["fallback_sd"])
+
     def promise(self, raw: float) -> Promise:
         ds = self.decisions
         return calibrate(raw, np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
                          np.array([d.expected for d in ds]), self.fallback_sd)
+
+
+def _decision(values: list[Any]) -> Decision:
+    filled: list[Any] = [math.nan if v is None else v for v in values]
+    return Decision(*filled)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _best_tuning(gains: np.ndarray, counts: np.ndarray) -> int:

@@ -32,6 +32,11 @@ class Scope:
             return False
         return self.as_of is None or (end is not None and end < self.as_of)
 
+    def key(self) -> str:
+        """A stable text key of the scope (stored checks are per scope)."""
+        return "|".join(["" if v is None else str(v) for v in (self.symbol, self.timeframe)]
+                        + [str(self.pool), "" if self.as_of is None else self.as_of.isoformat()])
+
     def describe(self, windows: int) -> dict[str, Any]:
         return {"symbol": self.symbol, "timeframe": self.timeframe,
                 "pooled": self.pool or self.symbol is None, "as_of": None if self.as_of is None else

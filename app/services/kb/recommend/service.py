@@ -8,7 +8,7 @@ from app.db import Database
 from app.db.trials import kb_revision
 from app.services.kb.recommend.answer import Recommendation
 from app.services.kb.recommend.cache import DEFAULT_CACHE, TrialCache
-from app.services.kb.recommend.evaluate import walk_forward_check
+from app.services.kb.recommend.evaluate import stored_check
 from app.services.kb.recommend.expected import choose_by_expectation
 from app.services.kb.recommend.nearest import nearest_trials
 from app.services.kb.recommend.query import RecommendQuery
@@ -26,5 +26,7 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
         return nearest
     if "out_of_distribution" in nearest.reasons:
         return replace(nearest, method=query.method)  # an abstention of the method asked for
-    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision, query.scope)
-    return choose_by_expectation(evidence, query, nearest, await walk_forward_check(evidence))
+    scope = query.scope
+    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision, scope)
+    check = await stored_check(db, query.workspace_id, query.strategy_name, scope, evidence)
+    return choose_by_expectation(evidence, query, nearest, check)

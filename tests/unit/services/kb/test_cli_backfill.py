@@ -303,7 +303,7 @@ async def test_bad_input(cli, make_workspace) -> None:
         (["--workspace-id", ws, "--batch-size", "x"], "whole number"),
         (["--workspace-id", ws, "--experiment-type", "grid"], "unknown experiment type"),
         (["--workspace-id", ws, "--max-drawdown", "25"], "fraction"),
-        ([], "required"),
+        ([], "which workspace?"),
     ]:
         code, out, err = await cli("backfill-candidacy", *argv)
         assert code == 2, argv
