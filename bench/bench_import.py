@@ -81,7 +81,7 @@ async def main() -> None:
             started = time.perf_counter()
             table, mapping = load_file(folder / name, None, {}, {})
             read = time.perf_counter() - started
-            report = await import_frame(db, ws, table, mapping, source=name, dry_run=False)
+            report = (await import_frame(db, ws, table, mapping, source=name, dry_run=False)).to_dict()
             total = time.perf_counter() - started
             print(f"{name:<13} {report['rows']:,} rows: imported {report['imported']:,}, present "
                   f"{report['already_present']:,}, invalid {report['invalid']:,}; read {read:.2f}s, "
@@ -90,7 +90,7 @@ async def main() -> None:
         started = time.perf_counter()
         table, mapping, counts = study_frame(storage, "bench", None)
         read = time.perf_counter() - started
-        report = await import_frame(db, uuid.uuid4(), table, mapping, source="optuna:bench", dry_run=False)
+        report = (await import_frame(db, uuid.uuid4(), table, mapping, source="optuna:bench", dry_run=False)).to_dict()
         total = time.perf_counter() - started
         print(f"optuna study  {counts['trials']:,} trials: imported {report['imported']:,}; read {read:.2f}s, "
               f"total {total:.2f}s = {report['rows'] / total:,.0f} rows/s")

@@ -12,6 +12,9 @@ BENCH_BARS (default 100000 hourly bars, about 48,000 runs) and BENCH_SEEDS (defa
 
 from __future__ import annotations
 
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import env_int, fresh_database, run
 
+from app.db import with_database
+from app.db.embedded import database_url
 from app.db.runs import copy_runs
 from app.db.workspaces import ensure_workspace
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
@@ -120,6 +125,31 @@ async def one_seed(seed: int, bars: int) -> None:
         print("   confidence tercile realised: " + ", ".join(
             f"{k} {v['realised']:.3f} (conf {v['mean_confidence']:.2f})" for k, v in cal.items() if v["decisions"]))
     await db.close()
+    cli_latency(f"kb_bench_recommend_{seed}", ws, len(rows))
+
+
+def _time_kb(url: str, argv: list[str], times: int) -> list[float]:
+    env = {**os.environ, "DATABASE_URL": url}
+    out = []
+    for _ in range(times):
+        t = time.monotonic()
+        subprocess.run([sys.executable, "-m", "app.services.kb.cli", *argv], env=env, check=True, capture_output=True)
+        out.append(time.monotonic() - t)
+    return out
+
+
+def cli_latency(name: str, ws: uuid.UUID, runs: int) -> None:
+    """Wall time of a `kb recommend` process against a `kb status` process on the same
+    workspace, after the first recommend of this revision stored its walk-forward check."""
+    url = with_database(database_url(), name)
+    status = ["status", "--workspace-id", str(ws), "--json"]
+    for strategy in GRIDS:
+        rec = ["recommend", "--workspace-id", str(ws), "--strategy", strategy, "--tags", "uptrend", "--json"]
+        first = _time_kb(url, rec, 1)[0]
+        r, s = _time_kb(url, rec, 5), _time_kb(url, status, 5)
+        print(f"   CLI {strategy} ({runs:,} runs): first recommend {first:.2f}s (replays and stores the check); "
+              f"then recommend median {statistics.median(r):.2f}s vs status {statistics.median(s):.2f}s "
+              f"= {statistics.median(r) / statistics.median(s):.2f}x")
 
 
 async def main() -> None:

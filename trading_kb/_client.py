@@ -82,8 +82,8 @@ class KnowledgeBase:
 
         async def run() -> dict[str, Any]:
             workspace_id = await self._workspace(workspace, create=True)
-            return await import_frame(self._session.db, workspace_id, frame, mapping, source=source.strip(),
-                                      dry_run=dry_run)
+            return (await import_frame(self._session.db, workspace_id, frame, mapping, source=source.strip(),
+                                       dry_run=dry_run)).to_dict()
 
         return self._session.call(run)
 

@@ -226,7 +226,8 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         frame = pd.DataFrame.from_records(body.runs) if body.runs else pd.DataFrame({"strategy_name": []})
         mapping = resolve_mapping([str(c) for c in frame.columns], {}, {})
         workspace_id = await resolve_workspace(db, body.ref, create=True)
-        return await import_frame(db, workspace_id, frame, mapping, source=body.source, dry_run=body.dry_run)
+        return (await import_frame(db, workspace_id, frame, mapping, source=body.source,
+                                   dry_run=body.dry_run)).to_dict()
 
     @app.post("/kb/sync", dependencies=auth)
     async def sync_route(body: SyncRequest, db: DB) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from app.db.embedded import kb_home
 from app.db.workspaces import reset_workspace, workspace_job
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.importing.service import import_frame, load_file
+from app.services.kb.importing.service import ImportReport, import_frame, load_file
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, recommend
 from app.services.kb.regime.ohlcv import load_ohlcv
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_demo, database="migrate")
 
 
-async def load_demo(db: Database, workspace_id: uuid.UUID, runs_csv: Path) -> dict[str, Any]:
+async def load_demo(db: Database, workspace_id: uuid.UUID, runs_csv: Path) -> ImportReport:
     """Reset the demo workspace and import its runs from the CSV export, as a user would."""
     async with db.acquire() as conn, conn.transaction():
         await reset_workspace(conn, workspace_id, "demo")
@@ -82,7 +82,7 @@ async def _demo(db: Database, args: argparse.Namespace) -> int:
     runs_csv = write_runs_csv(runs, folder)
     echo(f"demo workspace {workspace_id}: {len(runs)} runs over {', '.join(SYMBOLS)}; OHLCV at {ohlcv_path}")
     echo(f"$ kb import {runs_csv} --workspace-id {workspace_id}")
-    echo(import_report(await load_demo(db, workspace_id, runs_csv)))
+    echo(import_report((await load_demo(db, workspace_id, runs_csv)).to_dict()))
     data = load_ohlcv(ohlcv_path)
     limit = len(runs)
     for dry in (True, False):

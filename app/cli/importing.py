@@ -75,11 +75,12 @@ async def _run(db: Database, args: argparse.Namespace, frame: Any, mapping: Any,
     started = getattr(args, "started", time.monotonic())
     progress = Progress("import")
     try:
-        report = await import_frame(db, args.workspace_id, frame, mapping, source=source, dry_run=args.dry_run,
-                                    progress=progress)
+        done = await import_frame(db, args.workspace_id, frame, mapping, source=source, dry_run=args.dry_run,
+                                  progress=progress)
     finally:
         progress.close()
     elapsed = time.monotonic() - started
+    report = done.to_dict()
     report["elapsed_s"] = round(elapsed, 3)
     report["rows_per_s"] = round(report["rows"] / max(elapsed, 1e-9), 1)
     return report

@@ -93,9 +93,9 @@ async def _import_all(db: Database, workspace_id: uuid.UUID, files: tuple[Path, 
     for path in files:
         frame, mapping = load_file(path.expanduser(), None, {}, {})
         report = await import_frame(db, workspace_id, frame, mapping, source=path.name, dry_run=False)
-        out.append({"file": str(path), "rows": report["rows"], "imported": report["imported"],
-                    "already_present": report["already_present"], "invalid": report["invalid"],
-                    "invalid_by_reason": report["invalid_by_reason"]})
+        out.append({"file": str(path), "rows": report.rows, "imported": report.imported,
+                    "already_present": report.already_present, "invalid": report.invalid,
+                    "invalid_by_reason": report.invalid_by_reason})
     return out
 
 

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +23,58 @@ ERRORS_LISTED = 1000
 CHUNK_ROWS = 10_000
 
 
+@dataclass(frozen=True)
+class ImportReport:
+    """One import: rows read, written, already present, refused (with row numbers and
+    reasons), notes on kept rows, the mapping used, and how many attempts a lost
+    connection cost."""
+
+    workspace_id: uuid.UUID
+    source: str
+    dry_run: bool
+    rows: int
+    valid: int
+    imported: int
+    invalid_by_reason: dict[str, int]
+    notes: dict[str, int]
+    errors: list[tuple[int, str]]
+    invalid: int
+    mapping: dict[str, Any]
+    retried: int = 0
+
+    @property
+    def already_present(self) -> int:
+        return self.valid - self.imported
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"workspace_id": str(self.workspace_id), "source": self.source, "dry_run": self.dry_run,
+               "rows": self.rows, "valid": self.valid, "imported": self.imported,
+               "already_present": self.already_present, "invalid": self.invalid,
+               "invalid_by_reason": self.invalid_by_reason, "notes": self.notes,
+               "errors": [{"row": row, "reason": reason} for row, reason in self.errors[:ERRORS_LISTED]],
+               "mapping": self.mapping}
+        if self.retried:
+            out["retried"] = self.retried
+        return out
+
+
 async def import_frame(db: Database, workspace_id: uuid.UUID, frame: pd.DataFrame, mapping: Mapping, *,
                        source: str, dry_run: bool, progress: Callable[[int, int], None] | None = None,
-                       first_row: int = 1) -> dict[str, Any]:
+                       first_row: int = 1) -> ImportReport:
     """Import the rows of `frame` as mapped; bad rows are reported, the rest written, in
     one transaction. A lost connection imports again from the start: rows a lost COMMIT
     acknowledgement did write then count as already present (the report says so)."""
-    retried = 0
+    async def attempt(n: int) -> ImportReport:
+        report = await _import_once(db, workspace_id, frame, mapping, source=source, dry_run=dry_run,
+                                    progress=progress, first_row=first_row)
+        return replace(report, retried=n)
 
-    async def attempt(n: int) -> dict[str, Any]:
-        nonlocal retried
-        retried = n
-        return await _import_once(db, workspace_id, frame, mapping, source=source, dry_run=dry_run,
-                                  progress=progress, first_row=first_row)
-
-    report = await retrying("importing runs", attempt)
-    if retried:
-        report["retried"] = retried
-    return report
+    return await retrying("importing runs", attempt)
 
 
 async def _import_once(db: Database, workspace_id: uuid.UUID, frame: pd.DataFrame, mapping: Mapping, *,
                        source: str, dry_run: bool, progress: Callable[[int, int], None] | None,
-                       first_row: int) -> dict[str, Any]:
+                       first_row: int) -> ImportReport:
     """Chunks are checked in a worker thread while the database writes the previous one."""
     total = len(frame)
     starts = list(range(0, total, CHUNK_ROWS)) or [0]
@@ -69,20 +99,8 @@ async def _import_once(db: Database, workspace_id: uuid.UUID, frame: pd.DataFram
                 progress(min(start + CHUNK_ROWS, total), total)
         new = await out.new_rows()
     reasons = Counter(_reason_kind(reason) for _, reason in errors)
-    return {
-        "workspace_id": str(workspace_id),
-        "source": source,
-        "dry_run": dry_run,
-        "rows": total,
-        "valid": valid,
-        "imported": new,
-        "already_present": valid - new,
-        "invalid": len(errors),
-        "invalid_by_reason": dict(reasons.most_common()),
-        "notes": dict(notes),
-        "errors": [{"row": row, "reason": reason} for row, reason in errors[:ERRORS_LISTED]],
-        "mapping": mapping.describe(),
-    }
+    return ImportReport(workspace_id, source, dry_run, total, valid, new, dict(reasons.most_common()), dict(notes),
+                        errors, len(errors), mapping.describe())
 
 
 def _reason_kind(reason: str) -> str:
