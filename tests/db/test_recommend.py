@@ -177,3 +177,21 @@ async def test_runs_without_trades_are_evidence_with_sharpe_zero(db, make_worksp
     assert result.evidence_skipped == {"no_sharpe": 1}
     sharpe = await db.fetch("SELECT sharpe FROM kb_evidence WHERE workspace_id = $1", ws)
     assert sorted(r["sharpe"] for r in sharpe) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+
+
+async def test_bar_sizes_are_never_mixed(cli, db, make_workspace, insert_runs) -> None:
+    ws = await make_workspace()
+    hourly = _windows(ws, 12, lambda name, up, w: 1.0)
+    daily = _windows(ws, 12, lambda name, up, w: 2.0)
+    for row in daily:
+        row["dataset_meta"] = {**row["dataset_meta"], "timeframe": "1d"}
+        row["created_at"] = row["created_at"] + timedelta(days=2)
+    await insert_runs(hourly + daily)
+    await ingest(db, ws)
+    for argv in (("evaluate", "--workspace-id", ws, "--strategy", "s"),
+                 ("recommend", "--workspace-id", ws, "--strategy", "s", "--tags", "uptrend")):
+        code, _, err = await cli(*argv)
+        assert code == 2 and "several bar sizes (1d, 1h)" in err and "--timeframe" in err, err
+        code, out, err = await cli(*argv, "--timeframe", "1d", "--json")
+        assert code == 0, err
+        assert orjson.loads(out)["scope"]["timeframe"] == "1d"

@@ -86,7 +86,7 @@ def test_walk_forward_uses_only_windows_that_ended_before_each_decision() -> Non
 
 def _outcome(window: int, regime: float, glob: float, estimate: float = 1.0) -> Outcome:
     return Outcome(window, np.array([True]), np.array([0]), np.array([estimate]), np.array([regime]), 1, 0.0,
-                   glob, 0.0, 0.0, max(regime, glob))
+                   glob, 0.0, 0.0, max(regime, glob), 0.0)
 
 
 def test_nested_rule_conditions_only_after_a_gain_beyond_one_se() -> None:
@@ -106,22 +106,25 @@ def test_nested_rule_conditions_only_after_a_gain_beyond_one_se() -> None:
 def test_calibration_pays_back_the_winners_curse() -> None:
     raw = np.full(50, 2.0) + np.linspace(-0.1, 0.1, 50)
     realised = np.full(50, 0.5)
-    promise = calibrate(2.0, raw, realised, realised, 1.0)
+    promise = calibrate(2.0, raw, realised, realised, 1.0, prior=0.0)
     assert promise.expected == pytest.approx(0.5)  # the slope is 0: expected is what such answers realised
     residuals = np.linspace(-1, 1, 50)
-    promise = calibrate(0.0, np.zeros(50), residuals, np.zeros(50), 1.0)
+    promise = calibrate(0.0, np.zeros(50), residuals, np.zeros(50), 1.0, prior=0.0)
     assert promise.low == pytest.approx(np.quantile(residuals, 0.1))
     assert promise.high == pytest.approx(np.quantile(residuals, 0.9))
     assert promise.confidence == pytest.approx((25 + 1) / 52)  # P(Sharpe > 0) from the residuals
-    early = calibrate(1.0, np.array([1.0]), np.array([0.0]), np.array([1.0]), 1.0)
-    assert 0.0 < early.expected < 1.0  # too few pairs for a slope: shrunk toward what was realised
+    # No track record: the promise is the no-skill prior (what an average tested set realised),
+    # whatever the raw estimate; one earlier answer moves it toward what answers realised.
+    assert calibrate(3.0, np.zeros(0), np.zeros(0), np.zeros(0), 1.0, prior=0.5).expected == 0.5
+    early = calibrate(3.0, np.array([3.0]), np.array([0.0]), np.array([0.5]), 1.0, prior=0.5)
+    assert early.expected == pytest.approx(0.5 * 10 / 11)
     assert MIN_CALIBRATION == 10
 
 
 def test_model_promise_uses_every_decision() -> None:
-    model = Model((Tuning(),), (), Tuning(), True, float("nan"), float("nan"), 2.0)
+    model = Model((Tuning(),), (), Tuning(), True, float("nan"), float("nan"), 2.0, prior=0.4)
     promise = model.promise(1.0)
-    assert promise.expected == 1.0 and promise.low == pytest.approx(1.0 - 1.2816 * 2.0)
+    assert promise.expected == 0.4 and promise.low == pytest.approx(0.4 - 1.2816 * 2.0)
     assert len(TUNINGS) > DEFAULT_TUNING and TUNINGS[DEFAULT_TUNING] == Tuning(k=20, shrink=4.0)
 
 

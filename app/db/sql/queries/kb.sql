@@ -141,8 +141,9 @@ WITH windows AS (
 SELECT t.id, t.sharpe, t.timeframe, t.dsr, (r.regime_oos ->> 'n_bars') AS n_bars, w.n_sets, w.sharpe_var
 FROM kb_trials t
 JOIN kb_evidence e ON e.workspace_id = t.workspace_id AND e.source_run_id = t.source_run_id
-JOIN windows w ON w.strategy_name = e.strategy_name AND w.symbol IS NOT DISTINCT FROM e.symbol
-              AND w.timeframe IS NOT DISTINCT FROM e.timeframe AND w.oos_start = e.oos_start
+-- Plain equalities (NULL symbol or bar size as '') so the join can hash instead of looping.
+JOIN windows w ON w.strategy_name = e.strategy_name AND coalesce(w.symbol, '') = coalesce(e.symbol, '')
+              AND coalesce(w.timeframe, '') = coalesce(e.timeframe, '') AND w.oos_start = e.oos_start
               AND w.oos_end = e.oos_end
 JOIN backtest_runs r ON r.id = t.source_run_id AND r.workspace_id = t.workspace_id
 WHERE t.workspace_id = $1 AND t.archived_at IS NULL

@@ -21,7 +21,14 @@ from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.nested import Model, replay
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.report import summarize
-from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, walk_forward
+from app.services.kb.recommend.walkforward import (
+    DEFAULT_TUNING,
+    TUNINGS,
+    global_stats,
+    no_skill_prior,
+    sums_of,
+    walk_forward,
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,9 @@ class WalkForwardCheck:
 def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
     """The nested walk-forward replay of one strategy's evidence and its report."""
     spread = float(np.std(matrix.cell_sharpe)) if len(matrix.cell_sharpe) > 1 else 1.0
-    model = replay(walk_forward(matrix, TUNINGS), TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread)
+    everything = global_stats(matrix, *sums_of(matrix, np.arange(matrix.n_windows)), TUNINGS[0].haircut)
+    model = replay(walk_forward(matrix, TUNINGS), TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread,
+                   no_skill_prior(everything))
     return WalkForwardCheck(model, summarize(matrix, model))
 
 
@@ -53,6 +62,8 @@ async def stored_check(db: Database, workspace_id: uuid.UUID, strategy: str, sco
     """The check of this matrix: from memory, else the one stored for its KB revision and
     scope (so a new `kb recommend` process replays nothing), else computed and stored."""
     if "check" in m.memo:
+        return await walk_forward_check(m)
+    if scope.as_of is not None:  # a one-off look at the past (a backtest of the KB): kept in memory only
         return await walk_forward_check(m)
     key = scope.key()
     found = await load_walkforward(db, workspace_id, strategy, key, m.revision)
@@ -93,6 +104,7 @@ async def evaluate(db: Database, workspace_id: uuid.UUID, strategy: str, cache: 
     await require_workspace(db, workspace_id)
     scope = scope or Scope()
     matrix = await (cache or DEFAULT_CACHE).evidence.get(db, workspace_id, strategy, scope=scope)
+    matrix.require_one_bar_size(strategy)
     check = await stored_check(db, workspace_id, strategy, scope, matrix)
     return Evaluation(workspace_id, strategy, scope.describe(matrix.n_windows), matrix.n_windows, matrix.n_sets,
                       round(float(matrix.ex_ante.mean()), 4) if matrix.n_windows else None, check.summary,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import BadInput
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.scaling import RobustScale
 from app.services.kb.regime.snapshot import FEATURE_NAMES
@@ -41,8 +42,17 @@ class EvidenceMatrix:
     scaling: RobustScale
     scaled_features: np.ndarray  # (features - center) / scale, computed once per load
     squared_norms: np.ndarray  # per window, of scaled_features (fast distances)
+    # Bar sizes of the windows (None: runs that record none); more than one is never mixed.
+    timeframes: frozenset[str | None] = frozenset()
     # Query-independent results derived from this matrix (all-history stats), built on first use.
     memo: dict[Any, Any] = field(default_factory=dict)
+
+    def require_one_bar_size(self, strategy: str) -> None:
+        """Refuse to compare windows of different bar sizes (the caller passes --timeframe)."""
+        known = sorted(str(t) for t in self.timeframes if t is not None)
+        if len(known) > 1:  # runs that record no bar size cannot be told apart and are not refused
+            raise BadInput(f"the evidence of {strategy!r} has several bar sizes ({', '.join(known)}): pass "
+                           "--timeframe (API: timeframe); bar sizes are never mixed")
 
     @property
     def n_windows(self) -> int:
@@ -89,6 +99,7 @@ def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> 
     oos_tags: list[tuple[str, ...]] = []
     starts: list[int] = []
     ends: list[int] = []
+    timeframes: set[str | None] = set()
     for r in rows:
         if scope is not None and not scope.admits(r["symbol"], r["timeframe"], r["oos_end"]):
             continue
@@ -105,6 +116,7 @@ def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> 
             ex_ante.append(use_pre)
             tags.append(tuple(r["pre_tags"] if use_pre else r["oos_tags"]))
             oos_tags.append(tuple(r["oos_tags"]))
+            timeframes.add(r["timeframe"])
             starts.append(to_ns(r["oos_start"]))
             ends.append(to_ns(r["oos_end"]))
         s = sets.get(r["params"])
@@ -130,4 +142,4 @@ def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> 
         np.array([s for _, s in order], dtype=np.int64),
         np.array([cells[c][0] / cells[c][1] for c in order], dtype=float), [cells[c][2] for c in order],
         features, np.array(ex_ante, dtype=bool), tags, oos_tags, np.array(starts, dtype=np.int64),
-        np.array(ends, dtype=np.int64), scaling, scaled, (scaled * scaled).sum(axis=1))
+        np.array(ends, dtype=np.int64), scaling, scaled, (scaled * scaled).sum(axis=1), frozenset(timeframes))

@@ -10,7 +10,9 @@ At each decision (the start of a window with enough earlier windows):
    MIN_RULE_DECISIONS earlier decisions the regime choice is used unchecked;
 3. the raw expected Sharpe of the answer is calibrated by a line fitted on the earlier
    answers' (expected, realised) pairs, slope clipped to [0, 1] (empirical-Bayes
-   shrinkage toward their mean realised Sharpe: the winner's curse is paid back);
+   shrinkage toward their mean realised Sharpe: the winner's curse is paid back); with
+   fewer than MIN_CALIBRATION earlier answers the promise is the no-skill prior (the
+   mean Sharpe of the sets that may be recommended) moved toward those answers' mean;
 4. the 80% interval is split-conformal: the 10% and 90% quantiles of the earlier answers'
    realised-minus-calibrated residuals; `confidence` is the share of those residuals that
    would leave the answer's Sharpe above zero, i.e. P(realised Sharpe > 0).
@@ -59,20 +61,23 @@ class Promise:
 
 
 def calibrate(raw: float, past_raw: np.ndarray, past_realised: np.ndarray, past_cal: np.ndarray,
-              fallback_sd: float) -> Promise:
-    """The promise for an answer whose method expects `raw`, from earlier answers only."""
+              fallback_sd: float, prior: float) -> Promise:
+    """The promise for an answer whose method expects `raw`, from earlier answers only.
+    `prior` is the no-skill expectation: the mean all-history Sharpe of the sets that may
+    be recommended. Until MIN_CALIBRATION earlier answers show how raw estimates relate to
+    what was realised, the promise is that prior moved toward the earlier answers' mean."""
     n = len(past_raw)
+    base = prior if np.isfinite(prior) else 0.0
     if n >= MIN_CALIBRATION and np.isfinite(raw):
         mx, my = float(past_raw.mean()), float(past_realised.mean())
         var = float(((past_raw - mx) ** 2).mean())
         slope = float(((past_raw - mx) * (past_realised - my)).mean()) / var if var > 1e-12 else 0.0
         expected = my + min(max(slope, 0.0), 1.0) * (raw - mx)
     elif n >= 1:
-        # Too few pairs for a slope: shrink toward what earlier answers realised.
-        w, past = n / (n + MIN_CALIBRATION), float(past_realised.mean())
-        expected = (1 - w) * (raw if np.isfinite(raw) else past) + w * past
+        w = n / (n + MIN_CALIBRATION)
+        expected = (1 - w) * base + w * float(past_realised.mean())
     else:
-        expected = raw if np.isfinite(raw) else 0.0
+        expected = base
     residuals = past_realised - past_cal
     if len(residuals) >= MIN_CALIBRATION:
         lo_q, hi_q = np.quantile(residuals, [(1 - COVERAGE) / 2, (1 + COVERAGE) / 2])
@@ -116,6 +121,7 @@ class Model:
     uplift: float  # regime-conditioned choice over the global best, over every decision
     uplift_se: float
     fallback_sd: float
+    prior: float = 0.0  # the no-skill expectation now (see `calibrate`)
 
     @property
     def checked(self) -> bool:
@@ -130,7 +136,7 @@ class Model:
                           for d in self.decisions],
             "tuning": [self.tuning.k, self.tuning.shrink, self.tuning.haircut], "conditioned": self.conditioned,
             "uplift": _finite_or_none(self.uplift), "uplift_se": _finite_or_none(self.uplift_se),
-            "fallback_sd": self.fallback_sd}).decode()
+            "fallback_sd": self.fallback_sd, "prior": _finite_or_none(self.prior)}).decode()
 
     @classmethod
     def from_json(cls, text: str) -> Model:
@@ -140,12 +146,13 @@ class Model:
                    tuple(_decision(d) for d in data["decisions"]),
                    Tuning(*data["tuning"]), bool(data["conditioned"]),
                    nan if data["uplift"] is None else data["uplift"],
-                   nan if data["uplift_se"] is None else data["uplift_se"], data["fallback_sd"])
+                   nan if data["uplift_se"] is None else data["uplift_se"], data["fallback_sd"],
+                   0.0 if data.get("prior") is None else data["prior"])
 
     def promise(self, raw: float) -> Promise:
         ds = self.decisions
         return calibrate(raw, np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
-                         np.array([d.expected for d in ds]), self.fallback_sd)
+                         np.array([d.expected for d in ds]), self.fallback_sd, self.prior)
 
 
 def _decision(values: list[Any]) -> Decision:
@@ -175,7 +182,7 @@ def _rule(diffs: np.ndarray) -> tuple[bool, float, float]:
 
 
 def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, end_ns: np.ndarray,
-           start_ns: np.ndarray, fallback_sd: float) -> Model:
+           start_ns: np.ndarray, fallback_sd: float, prior_now: float = 0.0) -> Model:
     """Decisions in time order, each from earlier decisions only, and the model as of now."""
     n_t = len(tunings)
     made: list[Decision] = []
@@ -195,7 +202,7 @@ def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, e
         chosen = int(o.chosen[t]) if conditioned else o.global_best
         raw = float(o.estimate[t]) if conditioned else o.global_mean
         promise = calibrate(raw, np.array([d.raw_expected for d in prior]), np.array([d.realised for d in prior]),
-                            np.array([d.expected for d in prior]), fallback_sd)
+                            np.array([d.expected for d in prior]), fallback_sd, o.prior)
         made.append(Decision(o.window, t, conditioned, chosen, o.global_best, raw, promise.expected, promise.low,
                              promise.high, promise.confidence,
                              float(o.realised[t]) if conditioned else o.realised_global, o.realised_global,
@@ -203,12 +210,12 @@ def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, e
         done_end.append(int(end_ns[o.window]))
         gains_hist = np.vstack([gains_hist, np.where(o.ok, o.realised - o.realised_global, 0.0)])
         ok_hist = np.vstack([ok_hist, o.ok])
-    return _now(tunings, default, tuple(made), gains_hist, ok_hist, fallback_sd)
+    return _now(tunings, default, tuple(made), gains_hist, ok_hist, fallback_sd, prior_now)
 
 
 def _now(tunings: tuple[Tuning, ...], default: int, made: tuple[Decision, ...], gains_hist: np.ndarray,
-         ok_hist: np.ndarray, fallback_sd: float) -> Model:
+         ok_hist: np.ndarray, fallback_sd: float, prior: float) -> Model:
     t = _best_tuning((gains_hist * ok_hist).sum(axis=0), ok_hist.sum(axis=0)) if made else -1
     t = default if t < 0 else t
     conditioned, uplift, se = _rule(np.array([d.realised_regime - d.realised_global for d in made]))
-    return Model(tunings, made, tunings[t], conditioned, uplift, se, fallback_sd)
+    return Model(tunings, made, tunings[t], conditioned, uplift, se, fallback_sd, prior)

@@ -28,5 +28,6 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
         return replace(nearest, method=query.method)  # an abstention of the method asked for
     scope = query.scope
     evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision, scope)
+    evidence.require_one_bar_size(query.strategy_name)
     check = await stored_check(db, query.workspace_id, query.strategy_name, scope, evidence)
     return choose_by_expectation(evidence, query, nearest, check)

@@ -158,6 +158,13 @@ class Outcome:
     realised_median: float
     realised_random: float
     realised_oracle: float
+    prior: float  # mean all-history Sharpe of the sets that may be recommended, as of the decision
+
+
+def no_skill_prior(g: GlobalStats) -> float:
+    """What a set drawn from those that may be recommended realised on average so far."""
+    means = g.mean[g.candidates]
+    return float(np.mean(means)) if len(means) else 0.0
 
 
 def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
@@ -208,5 +215,5 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome
         realised = row[chosen]
         out.append(Outcome(j, np.isfinite(realised), chosen, estimate, np.nan_to_num(realised), gb,
                            float(g.mean[gb]), float(row[gb]), float(row[median_set]), float(np.mean(row[cand])),
-                           float(np.nanmax(row))))
+                           float(np.nanmax(row)), no_skill_prior(g)))
     return out
