@@ -107,3 +107,7 @@ async def load_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str,
 async def save_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str, scope_key: str, revision: int,
                            model: str, summary: str) -> None:
     await db.execute(q("save_walkforward"), workspace_id, strategy, scope_key, revision, model, summary)
+
+
+async def analyze_kb_tables(conn: Conn) -> None:
+    await conn.execute(q("analyze_kb_tables"))

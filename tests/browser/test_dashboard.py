@@ -167,8 +167,7 @@ async def _check_views(page: Page, base: str, workspace: uuid.UUID, prefix: str)
         for name in ("breakout", "mean_rev", "trend_follow"):
             if view in ("coverage", "strategy"):
                 assert name in text
-            if view in ("overview", "coverage", "strategy", "evaluation"):  # gate shows no per-strategy figure
-                assert name in content, (view, name)
+            assert name in content, (view, name)
         if view == "overview":  # found as text, not only drawn: the chart's table names each strategy
             assert "trend_follow" in await page.text_content("table[data-chart='chart-trials']")
         if view == "strategy":

@@ -90,13 +90,15 @@ async def gate(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
     await require_workspace(db, workspace_id)
     funnel = await reads.run_funnel(db, workspace_id)
     latest = await reads.latest_candidacy(db, workspace_id)
-    trials = sum((await reads.trials_per_strategy(db, workspace_id)).values())
+    per_strategy = await reads.trials_per_strategy(db, workspace_id)
+    trials = sum(per_strategy.values())
     return {"workspace_id": str(workspace_id),
             "funnel": [{"stage": "runs", "n": funnel["runs"]},
                        {"stage": "test variants", "n": funnel["test_variants"]},
                        {"stage": "completed test variants", "n": funnel["completed"]},
                        {"stage": "candidate or promoted", "n": funnel["eligible"]},
                        {"stage": "KB trials", "n": trials}],
+            "trials_by_strategy": per_strategy,
             "latest_candidacy": latest}
 
 

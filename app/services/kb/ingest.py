@@ -233,7 +233,9 @@ async def ingest(
         result.skipped += len(found) - inserted - updated
         if progress is not None:
             progress(result.scanned, result.scanned)
-    archived, stale, deflated = await retrying("archiving trials", lambda _: _finish(db, workspace_id, dry_run))
+    written = result.inserted + result.updated + result.evidence
+    archived, stale, deflated = await retrying("archiving trials",
+                                               lambda _: _finish(db, workspace_id, dry_run, written))
     result.archived, result.dsr_updated = archived, deflated
     result.evidence += stale
     result.elapsed_s = time.monotonic() - started
@@ -261,11 +263,18 @@ async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]
     return inserted, updated, changed
 
 
-async def _finish(db: Database, workspace_id: uuid.UUID, dry_run: bool) -> tuple[int, int, int]:
+# After this many rows written, statistics are refreshed before the queries that follow
+# (a bulk load into a fresh table would otherwise be planned as if the table were empty).
+ANALYZE_AFTER_ROWS = 1000
+
+
+async def _finish(db: Database, workspace_id: uuid.UUID, dry_run: bool, written: int) -> tuple[int, int, int]:
     """Trials archived, stale evidence removed and DSR values written, in one transaction."""
     async with db.acquire() as conn:
         if dry_run:
             return await trials.count_stale_trials(conn, workspace_id), 0, 0
+        if written >= ANALYZE_AFTER_ROWS:
+            await trials.analyze_kb_tables(conn)
         async with conn.transaction():
             archived = await trials.archive_stale_trials(conn, workspace_id)
             stale = await trials.delete_stale_evidence(conn, workspace_id)

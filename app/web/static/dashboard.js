@@ -274,6 +274,8 @@
     draw("chart-funnel", { type: "bar", data: { labels: data.funnel.map((f) => f.stage),
       datasets: [{ label: "runs", data: data.funnel.map((f) => f.n), backgroundColor: "#2f5bd3" }] },
     options: { indexAxis: "y", plugins: { legend: { display: false } } } });
+    $("#gate-strategies tbody").replaceChildren(...Object.entries(data.trials_by_strategy || {}).map(([name, n]) =>
+      make("tr", {}, make("td", { text: name }), make("td", { class: "num", text: fmt(n, 0) }))));
     const latest = data.latest_candidacy;
     const reasons = latest ? Object.entries(latest.counts.reasons || {}).sort((a, b) => b[1] - a[1]) : [];
     draw("chart-reasons", { type: "bar", data: { labels: reasons.map((r) => r[0]),

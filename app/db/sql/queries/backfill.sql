@@ -74,8 +74,8 @@ SELECT t.id, t.sharpe, t.n_bars, t.dataset_meta ->> 'timeframe' AS timeframe, co
 FROM target t
 JOIN backtest_runs s ON s.workspace_id = $1 AND s.strategy_name = t.strategy_name
      AND s.run_kind = 'test_variant' AND s.status IN ('completed', 'success')
-     AND s.dataset_meta ->> 'symbol' IS NOT DISTINCT FROM t.dataset_meta ->> 'symbol'
-     AND s.dataset_meta ->> 'timeframe' IS NOT DISTINCT FROM t.dataset_meta ->> 'timeframe'
+     AND coalesce(s.dataset_meta ->> 'symbol', '') = coalesce(t.dataset_meta ->> 'symbol', '')
+     AND coalesce(s.dataset_meta ->> 'timeframe', '') = coalesce(t.dataset_meta ->> 'timeframe', '')
      AND s.dataset_meta ->> 'oos_start' = t.dataset_meta ->> 'oos_start'
      AND s.dataset_meta ->> 'oos_end' = t.dataset_meta ->> 'oos_end'
 GROUP BY t.id, t.sharpe, t.n_bars, t.dataset_meta ->> 'timeframe'

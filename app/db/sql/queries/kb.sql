@@ -131,22 +131,23 @@ WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL
 -- Per active trial: its Sharpe, bar size, bars in its OOS window (from the OOS snapshot),
 -- and over every completed run of its strategy on the same window (same symbol, bar size,
 -- OOS start and end): how many parameter sets were tried and the variance of their Sharpe.
-WITH windows AS (
-    SELECT strategy_name, symbol, timeframe, oos_start, oos_end,
-           count(DISTINCT params) AS n_sets, coalesce(var_samp(sharpe), 0) AS sharpe_var
+-- Window functions over one scan of the evidence, then key lookups: no join whose plan
+-- depends on statistics a fresh bulk load has not gathered yet.
+WITH ranked AS (
+    SELECT source_run_id, sharpe, strategy_name, symbol, timeframe, oos_start, oos_end,
+           dense_rank() OVER (PARTITION BY strategy_name, symbol, timeframe, oos_start, oos_end
+                              ORDER BY params) AS set_rank
     FROM kb_evidence
     WHERE workspace_id = $1 AND oos_start IS NOT NULL
-    GROUP BY strategy_name, symbol, timeframe, oos_start, oos_end
+), stats AS (
+    SELECT source_run_id, max(set_rank) OVER w AS n_sets, coalesce(var_samp(sharpe) OVER w, 0) AS sharpe_var
+    FROM ranked
+    WINDOW w AS (PARTITION BY strategy_name, symbol, timeframe, oos_start, oos_end)
 )
-SELECT t.id, t.sharpe, t.timeframe, t.dsr, (r.regime_oos ->> 'n_bars') AS n_bars, w.n_sets, w.sharpe_var
-FROM kb_trials t
-JOIN kb_evidence e ON e.workspace_id = t.workspace_id AND e.source_run_id = t.source_run_id
--- Plain equalities (NULL symbol or bar size as '') so the join can hash instead of looping.
-JOIN windows w ON w.strategy_name = e.strategy_name AND coalesce(w.symbol, '') = coalesce(e.symbol, '')
-              AND coalesce(w.timeframe, '') = coalesce(e.timeframe, '') AND w.oos_start = e.oos_start
-              AND w.oos_end = e.oos_end
-JOIN backtest_runs r ON r.id = t.source_run_id AND r.workspace_id = t.workspace_id
-WHERE t.workspace_id = $1 AND t.archived_at IS NULL
+SELECT t.id, t.sharpe, t.timeframe, t.dsr, (r.regime_oos ->> 'n_bars') AS n_bars, s.n_sets, s.sharpe_var
+FROM stats s
+JOIN kb_trials t ON t.workspace_id = $1 AND t.source_run_id = s.source_run_id AND t.archived_at IS NULL
+JOIN backtest_runs r ON r.workspace_id = $1 AND r.id = t.source_run_id
 
 -- name: update_trial_dsr
 UPDATE kb_trials t
@@ -166,3 +167,7 @@ VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
 ON CONFLICT (workspace_id, strategy_name, scope_key) DO UPDATE
 SET revision = EXCLUDED.revision, model = EXCLUDED.model, summary = EXCLUDED.summary, computed_at = now()
 WHERE w.revision <= EXCLUDED.revision
+
+-- name: analyze_kb_tables
+-- Fresh statistics after a large ingest, so the queries that follow it plan on real sizes.
+ANALYZE kb_evidence, kb_trials

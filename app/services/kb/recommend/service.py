@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from app.db import Database
@@ -20,14 +21,16 @@ async def recommend(db: Database, query: RecommendQuery, cache: TrialCache | Non
     trials' parameters (`nearest`). Both list the nearest trials as `supporting_trials`."""
     cache = cache or DEFAULT_CACHE
     revision = await kb_revision(db, query.workspace_id)
-    trials = await cache.get(db, query.workspace_id, query.strategy_name, revision)
-    nearest = nearest_trials(trials, query)
+    scope = query.scope
     if query.method == "median":
-        return nearest
+        return nearest_trials(await cache.get(db, query.workspace_id, query.strategy_name, revision), query)
+    # Both matrices load at once: their queries and builds overlap.
+    trials, evidence = await asyncio.gather(
+        cache.get(db, query.workspace_id, query.strategy_name, revision),
+        cache.evidence.get(db, query.workspace_id, query.strategy_name, revision, scope))
+    nearest = nearest_trials(trials, query)
     if "out_of_distribution" in nearest.reasons:
         return replace(nearest, method=query.method)  # an abstention of the method asked for
-    scope = query.scope
-    evidence = await cache.evidence.get(db, query.workspace_id, query.strategy_name, revision, scope)
     evidence.require_one_bar_size(query.strategy_name)
     check = await stored_check(db, query.workspace_id, query.strategy_name, scope, evidence)
     return choose_by_expectation(evidence, query, nearest, check)
