@@ -80,7 +80,7 @@ async def main() -> None:
         started = time.perf_counter()
         out = await recommend(db, RecommendQuery(ws, "strat", regime=RegimeSnapshot.from_dict(r)), cache)
         samples.append(time.perf_counter() - started)
-    assert out["status"] in ("ok", "degraded", "none")
+    assert out.status in ("ok", "degraded", "none")
     print(f"recommend in process over {trials:,} trials: {percentiles(samples)}")
 
     with socket.socket() as s:
