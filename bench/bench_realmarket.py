@@ -380,8 +380,12 @@ def evaluate_claims(kb: Kb, ws: str, runs: list[SeriesRun], pool: bool) -> tuple
     help_text = kb.help_text("evaluate")
     by_series = "--symbol" in help_text and "--timeframe" in help_text
     for strategy in GRIDS:
-        code, body, err = kb.run("evaluate", "--workspace-id", ws, "--strategy", strategy, "--json")
-        per_strategy[strategy] = _claim(body) if code == 0 and isinstance(body, dict) else {"error": err.strip()}
+        # One claim per bar size, pooled over its instruments: the KB never mixes bar sizes.
+        for tf in sorted({r.spec.timeframe for r in runs}):
+            code, body, err = kb.run("evaluate", "--workspace-id", ws, "--strategy", strategy, "--timeframe", tf,
+                                     "--json")
+            per_strategy[f"{strategy}@{tf}"] = (
+                _claim(body) if code == 0 and isinstance(body, dict) else {"error": err.strip()})
         if by_series:
             for r in runs:
                 code, body, err = kb.run("evaluate", "--workspace-id", ws, "--strategy", strategy,
