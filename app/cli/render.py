@@ -268,7 +268,7 @@ def recommend_report(r: dict[str, Any]) -> str:
              f"{'Strategy:':<16}{r['query']['strategy_name']}",
              f"{'Regime tags:':<16}{', '.join(r['query']['tags']) or '(none)'}",
              f"{'Status:':<16}{r['status']}", f"{'Method:':<16}{r.get('method', '-')}",
-             f"{'Confidence:':<16}{r['confidence']:.2f}",
+             f"{'Confidence:':<16}{r['confidence']:.2f}" + (" (P(next Sharpe > 0))" if "confidence_means" in r else ""),
              f"{'Considered:':<16}{r['considered']}", f"{'Supporting:':<16}{len(r['supporting_trials'])}"]
     if r["params"]:
         lines.append("Parameters:")
@@ -277,12 +277,17 @@ def recommend_report(r: dict[str, Any]) -> str:
     expected = r.get("expected_sharpe")
     if expected is not None:
         low, high = r.get("interval") or (None, None)
-        lines.append(f"{'Expected Sharpe:':<16}{_fmt(expected)} [{_fmt(low)}, {_fmt(high)}]")
+        lines.append(f"{'Expected Sharpe:':<16}{_fmt(expected)} [{_fmt(low)}, {_fmt(high)}] (80% interval)")
     best = r.get("global_best")
     if best:
         lines.append(f"{'Global best:':<16}{best['params']} (expected {_fmt(best.get('expected_sharpe'))})")
     for alt in (r.get("runner_ups") or [])[:3]:
         lines.append(f"  runner-up      {alt['params']} (expected {_fmt(alt.get('expected_sharpe'))})")
+    scope = r.get("scope")
+    if scope:
+        pooled = "pooled instruments" if scope["pooled"] else str(scope["symbol"])
+        lines.append(f"{'Evidence:':<16}{scope['windows']} windows ({pooled}, bar size {scope['timeframe'] or 'any'}"
+                     + (f", before {scope['as_of']}" if scope["as_of"] else "") + ")")
     if r["reasons"]:
         lines.append(f"{'Reasons:':<16}{', '.join(r['reasons'])}")
     for action in r["suggested_actions"]:

@@ -49,6 +49,17 @@ def _evidence(m: EvidenceMatrix, scores: Scores, chosen: int, tags_only: bool) -
     }
 
 
+def _runner_ups(m: EvidenceMatrix, scores: Scores, model: Model, ranked: list[int],
+                chosen: int) -> list[dict[str, Any]]:
+    """The next sets by the same criterion as the answer: the regime ranking when the answer
+    conditions on the regime, else the all-history ranking that picked the global best."""
+    if model.conditioned:
+        return [_set(m, s, scores, model) for s in ranked if s != chosen][:RUNNER_UPS]
+    finite = np.flatnonzero(np.isfinite(scores.global_score))
+    order = finite[np.argsort(-scores.global_score[finite], kind="stable")]
+    return [_set(m, int(s), scores, model, float(scores.global_mean[s])) for s in order if s != chosen][:RUNNER_UPS]
+
+
 # Reasons of the nearest-trials answer that do not hold for an answer from evidence:
 # its support is counted in windows of evidence, not in trials shown.
 SHOWN_ONLY = ("few_supporting_trials", "insufficient_support")
@@ -105,7 +116,7 @@ def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery, nearest: Rec
         tuple(reasons), tuple(actions), nearest.query, "expected", nearest.param_spread,
         expected=ExpectedChoice(
             chosen_set["expected_sharpe"], chosen_set["interval"],
-            [_set(m, s, scores, model) for s in ranked[1:1 + RUNNER_UPS] if s != chosen][:RUNNER_UPS],
+            _runner_ups(m, scores, model, ranked, chosen),
             _set(m, global_best, scores, model, float(scores.global_mean[global_best])), model.conditioned,
             evidence, check.summary,
             extra={"raw_expected_sharpe": rounded(raw), "confidence_means": CONFIDENCE_MEANS, "scope": scope}))
