@@ -41,10 +41,14 @@ def epoch_to_ns(values: np.ndarray) -> np.ndarray:
     return out
 
 
+# "No time known" in int64 nanosecond arrays (times before 1970 are negative, so not -1).
+UNKNOWN_NS = -(2**63)
+
+
 def to_ns(value: datetime | None) -> int:
-    """Epoch nanoseconds of an aware datetime (microsecond precision, as stored); -1 for None."""
+    """Epoch nanoseconds of an aware datetime (microsecond precision, as stored); UNKNOWN_NS for None."""
     if value is None:
-        return -1
+        return UNKNOWN_NS
     return int(value.timestamp() * 1e6) * 1000
 
 

@@ -34,7 +34,7 @@ from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from app.services.kb.recommend.evaluate import evaluate
 from app.services.kb.recommend.query import Scope as EvidenceScope
 from app.services.kb.regime.features import MIN_EFFECTIVE_BARS, current_regime
-from app.services.kb.regime.ohlcv import frame_series
+from app.services.kb.regime.ohlcv import frame_series, series_bar_seconds, timeframe_label
 from app.services.kb.regime.snapshot import RegimeSnapshot, parse_regime_snapshot
 from app.services.kb.status import workspace_status
 from app.services.kb.sync import SyncOptions, sync
@@ -123,7 +123,9 @@ def _regime_from_request(body: RecommendRequest) -> RegimeSnapshot | None:
         frame["timestamp"] = [b.timestamp.isoformat() for b in body.ohlcv]
         try:
             series = frame_series(frame, symbol=body.symbol, label="ohlcv rows")
-            return current_regime(series, timeframe=body.timeframe, source="api")
+            seconds = series_bar_seconds(series)
+            timeframe = body.timeframe or (timeframe_label(seconds) if seconds else None)
+            return current_regime(series, timeframe=timeframe, source="api")
         except BadInput as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
     return None

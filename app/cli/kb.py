@@ -18,7 +18,7 @@ from app.services.kb.recommend.evaluate import evaluate
 from app.services.kb.recommend.expected import RUNNER_UPS
 from app.services.kb.recommend.query import Scope
 from app.services.kb.regime.features import current_regime
-from app.services.kb.regime.ohlcv import load_ohlcv
+from app.services.kb.regime.ohlcv import check_timeframe, load_ohlcv
 from app.services.kb.regime.snapshot import RegimeSnapshot
 from app.services.kb.status import workspace_status
 from app.services.kb.synthetic.seed import seed_runs
@@ -101,6 +101,8 @@ def regime_from_ohlcv(path: str, symbol: str | None, timeframe: str | None) -> R
     data = load_ohlcv(path, symbol=symbol)
     if len(data.series) != 1:
         raise BadInput(f"OHLCV file {path} holds {len(data.series)} symbols: pass --symbol")
+    # The bar size is the file's own unless given (and then checked): it scopes the evidence.
+    timeframe, _ = check_timeframe(data, timeframe)
     return current_regime(next(iter(data.series.values())), timeframe=timeframe, source="recommend")
 
 

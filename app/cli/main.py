@@ -70,9 +70,13 @@ async def dispatch(args: argparse.Namespace) -> int:
 
 async def _workspace(db: Database, args: argparse.Namespace) -> uuid.UUID:
     """The workspace a command names with `--workspace` (a name or an id) or `--workspace-id`."""
+    ref: str | uuid.UUID | None = args.workspace if args.workspace is not None else args.workspace_id
     if args.workspace is not None and args.workspace_id is not None:
-        raise BadInput("give --workspace or --workspace-id, not both")
-    ref = args.workspace if args.workspace is not None else args.workspace_id
+        # An option on the command line wins over the other's environment twin.
+        given = {a.split("=", 1)[0] for a in getattr(args, "argv", [])}
+        if ("--workspace" in given) == ("--workspace-id" in given):
+            raise BadInput("give --workspace or --workspace-id, not both")
+        ref = args.workspace if "--workspace" in given else args.workspace_id
     if ref is None:
         raise BadInput("which workspace? give --workspace NAME (see `kb workspaces`) or --workspace-id UUID")
     return await resolve_workspace(db, ref, create=args.workspace_create)

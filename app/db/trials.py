@@ -3,6 +3,7 @@ ingest, recommend, evaluate and status code runs on them."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,6 +13,8 @@ import asyncpg
 
 from app.db.connector import Conn, Database, affected
 from app.db.sql import q, unnest_columns
+
+log = logging.getLogger(__name__)
 
 Record = asyncpg.Record
 # Row tuples for the unnest writes are built in the order the SQL names its columns.
@@ -105,8 +108,15 @@ async def load_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str,
 
 
 async def save_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str, scope_key: str, revision: int,
-                           model: str, summary: str) -> None:
-    await db.execute(q("save_walkforward"), workspace_id, strategy, scope_key, revision, model, summary)
+                           model: str, summary: str) -> bool:
+    """Store a check; best effort: a read-only database (a standby, a read-only role) still
+    answers, it only replays again next time. Returns whether it was stored."""
+    try:
+        await db.execute(q("save_walkforward"), workspace_id, strategy, scope_key, revision, model, summary)
+    except asyncpg.exceptions.ReadOnlySQLTransactionError:
+        log.info("database is read-only: walk-forward check of %s not stored", strategy)
+        return False
+    return True
 
 
 async def analyze_kb_tables(conn: Conn) -> None:

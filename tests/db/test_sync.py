@@ -80,3 +80,20 @@ async def test_workspace_names_resolve_or_fail_with_one_line(cli, tmp_path) -> N
     assert [w["name"] for w in orjson.loads(out)].count("team-a") == 1
     code, _, err = await cli("sync", "--workspace", "team-a", "--ohlcv", tmp_path / "missing")
     assert code == 2 and "does not exist" in err
+
+
+async def test_an_option_on_the_command_line_beats_the_other_options_twin(cli, make_workspace, monkeypatch) -> None:
+    ws = await make_workspace("team-b")
+    monkeypatch.setenv("KB_WORKSPACE_ID", "7f1e8e7a-0000-4000-8000-000000000001")
+    code, out, err = await cli("status", "--workspace", "team-b", "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["workspace_id"] == str(ws)
+
+
+def test_price_files_name_their_symbol() -> None:
+    from pathlib import Path
+
+    from app.services.kb.sync import symbol_of_file
+
+    names = ["SPY.csv", "spy_1d.parquet", "BRK-B.csv", "EUR_USD.csv", "eurusd-4h.csv"]
+    assert [symbol_of_file(Path(n)) for n in names] == ["SPY", "SPY", "BRK-B", "EUR_USD", "EURUSD"]

@@ -153,3 +153,28 @@ def test_the_model_round_trips_through_its_stored_form() -> None:
     for a, b in zip(back.decisions, model.decisions, strict=True):
         assert np.allclose(np.array(astuple(a), dtype=float), np.array(astuple(b), dtype=float), equal_nan=True)
     assert back.promise(0.7) == model.promise(0.7)
+
+
+def test_no_decision_reads_its_own_window_or_a_later_eligibility() -> None:
+    # Without an ex-ante snapshot, a window's features describe the window scored: no decision there.
+    rows = _world(40)
+    for r in rows:
+        r["pre_features"] = None
+    assert walk_forward(build_matrix(rows, 1), (Tuning(k=5, shrink=1.0),)) == []
+    # Set C always earns most but reaches the KB only in the last window: no earlier decision may pick it.
+    rows = _world(40)
+    for w in range(40):
+        up = (w // 3) % 2 == 0
+        rows.append({**_row(w, '{"set":"C"}', 5.0, UP if up else DOWN), "eligible": w == 39})
+    m = build_matrix(rows, 1)
+    c = m.set_keys.index('{"set":"C"}')
+    outcomes = walk_forward(m, (Tuning(k=5, shrink=1.0),))
+    assert outcomes and all(o.global_best != c and o.chosen[0] != c for o in outcomes)
+
+
+def test_windows_before_1970_count() -> None:
+    rows = _world(40)
+    for r in rows:
+        for key in ("oos_start", "oos_end"):
+            r[key] = r[key].replace(year=1960)
+    assert len(walk_forward(build_matrix(rows, 1), (Tuning(k=5, shrink=1.0),))) >= 20  # as many as in 2024

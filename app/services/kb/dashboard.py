@@ -11,6 +11,7 @@ import orjson
 from app.db import Database, ledger
 from app.db import dashboard as reads
 from app.db.workspaces import require_workspace
+from app.errors import BadInput
 from app.services.kb.recommend.evaluate import evaluate
 from app.services.kb.regime.tags import REGIME_TAGS
 from app.services.kb.status import workspace_status
@@ -102,6 +103,15 @@ async def gate(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
             "latest_candidacy": latest}
 
 
+async def _evaluation(db: Database, workspace_id: uuid.UUID, strategy: str) -> dict[str, Any]:
+    """A strategy's evaluation for the report; one whose evidence has several bar sizes is
+    said so (the report has no bar size to choose)."""
+    try:
+        return (await evaluate(db, workspace_id, strategy)).to_dict()
+    except BadInput as exc:
+        return {"strategy_name": strategy, "decisions": 0, "reasons": [str(exc)]}
+
+
 async def report_data(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
     """Everything the dashboard shows for one workspace, for the self-contained report."""
     cover = await coverage(db, workspace_id)
@@ -112,5 +122,5 @@ async def report_data(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
         "coverage": cover,
         "strategies": {s: await strategy_points(db, workspace_id, s) for s in strategies},
         "gate": await gate(db, workspace_id),
-        "evaluations": {s: (await evaluate(db, workspace_id, s)).to_dict() for s in strategies},
+        "evaluations": {s: await _evaluation(db, workspace_id, s) for s in strategies},
     }

@@ -168,14 +168,17 @@ def trial_from_row(row: Record, run: ParsedRun) -> tuple[TrialRow | None, str | 
         except BadTimestamp:
             ts_end = None
     m = extracted.metrics
+    # One spelling of a symbol for trials and evidence alike (the scope compares them).
+    symbol = run.symbol.strip().upper() if run.symbol is not None else None
     content = orjson.dumps(
-        [row["strategy_name"], run.symbol, run.timeframe, row["experiment_type"], run.params_key, m.sharpe_oos,
+        [row["strategy_name"], symbol, run.timeframe, row["experiment_type"], run.params_key, m.sharpe_oos,
          extracted.return_frac, m.max_dd_frac_oos, extracted.win_rate, extracted.profit_factor,
          m.n_trades_oos, run.features, run.tags, run.pre_features, run.pre_tags, regime.get("ts_end"),
          row["kb_status"]]
     )
     return TrialRow(
-        run_id=row["id"], strategy=row["strategy_name"], symbol=run.symbol, timeframe=run.timeframe,
+        run_id=row["id"], strategy=row["strategy_name"],
+        symbol=symbol, timeframe=run.timeframe,
         experiment_type=row["experiment_type"], params=run.params_key, sharpe=m.sharpe_oos,
         return_frac=extracted.return_frac, max_dd_frac=m.max_dd_frac_oos,
         win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
@@ -279,7 +282,7 @@ async def _finish(db: Database, workspace_id: uuid.UUID, dry_run: bool, written:
             archived = await trials.archive_stale_trials(conn, workspace_id)
             stale = await trials.delete_stale_evidence(conn, workspace_id)
             deflated = await _deflate(conn, workspace_id)
-            if archived or stale:
+            if archived or stale or deflated:
                 await trials.bump_revision(conn, workspace_id)
     return archived, stale, deflated
 

@@ -8,6 +8,7 @@ changes nothing and its summary says so."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -24,9 +25,11 @@ from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
 from app.services.kb.importing.service import import_frame, load_file
 from app.services.kb.ingest import ingest
 from app.services.kb.regime.ohlcv import check_timeframe, load_ohlcv
+from app.services.kb.runs.deflated import periods_per_year
 from app.services.kb.runs.scan import Hooks
 from app.services.kb.workspaces import resolve_workspace
 
+_BAR_SIZE_SUFFIX = re.compile(r"(.+?)[_\-. ](\d*[A-Za-z])")
 OHLCV_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson", ".parquet", ".pq")
 NO_LIMIT = 2**62
 HooksFor = Callable[[str], Hooks]
@@ -78,8 +81,13 @@ def ohlcv_files(paths: tuple[Path, ...]) -> list[Path]:
 
 
 def symbol_of_file(path: Path) -> str:
-    """A price file without a symbol column names its symbol: `SPY.csv`, `spy_1d.parquet`."""
-    return path.stem.replace("-", "_").split("_")[0].strip().upper()
+    """A price file without a symbol column names its symbol: `SPY.csv`, `spy_1d.parquet`
+    (a trailing bar size is dropped), `BRK-B.csv`, `EUR_USD.csv`."""
+    stem = path.stem.strip()
+    match = _BAR_SIZE_SUFFIX.fullmatch(stem)
+    if match and periods_per_year(match.group(2)) is not None:
+        stem = match.group(1)
+    return stem.upper()
 
 
 def _counts(result: BackfillResult) -> dict[str, Any]:
@@ -103,24 +111,24 @@ async def _regimes(db: Database, workspace_id: uuid.UUID, files: list[Path], bat
                    hooks: HooksFor) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """A regime backfill per symbol that has runs without a snapshot and a price file."""
     pending = await runs.runs_without_regime_by_symbol(db, workspace_id)
-    by_symbol: dict[str, tuple[Path, bool]] = {}
+    # A symbol may have a file per bar size: each runs its backfill (runs of another bar
+    # size are skipped there as timeframe_mismatch and computed by their own file).
+    by_symbol: dict[str, list[tuple[Path, bool]]] = {}
     for path in files:
         data = load_ohlcv(path)
         names = [str(s).upper() for s in data.series] if data.has_symbol_column else [symbol_of_file(path)]
         for name in names:
-            by_symbol.setdefault(name, (path, data.has_symbol_column))
+            by_symbol.setdefault(name, []).append((path, data.has_symbol_column))
     done = []
     for symbol, count in pending.items():
-        if symbol is None or symbol not in by_symbol:
-            continue
-        path, has_column = by_symbol[symbol]
-        data = load_ohlcv(path, symbol=symbol if has_column else None)
-        timeframe, bar_seconds = check_timeframe(data, None)
-        opts = RegimeOptions(workspace_id=workspace_id, symbol=symbol, timeframe=timeframe, limit=NO_LIMIT,
-                             batch_size=batch_size)
-        result = await backfill_regime(db, opts, data, bar_seconds, hooks(f"regime {symbol}"))
-        done.append({"symbol": symbol, "file": str(path), "timeframe": timeframe, "pending": count,
-                     **_counts(result)})
+        for path, has_column in by_symbol.get(symbol or "", []):
+            data = load_ohlcv(path, symbol=symbol if has_column else None)
+            timeframe, bar_seconds = check_timeframe(data, None)
+            opts = RegimeOptions(workspace_id=workspace_id, symbol=symbol, timeframe=timeframe, limit=NO_LIMIT,
+                                 batch_size=batch_size)
+            result = await backfill_regime(db, opts, data, bar_seconds, hooks(f"regime {symbol} {timeframe}"))
+            done.append({"symbol": symbol, "file": str(path), "timeframe": timeframe, "pending": count,
+                         **_counts(result)})
     missing = {str(s or "(no symbol)"): n for s, n in pending.items() if s is None or s not in by_symbol}
     return done, missing
 

@@ -33,11 +33,12 @@ class EvidenceMatrix:
     cell_set: np.ndarray
     cell_sharpe: np.ndarray  # mean OOS Sharpe of the set's runs in the window
     cell_run: list[uuid.UUID]  # one run per cell
+    cell_eligible: np.ndarray  # a run of the set reached the KB in this window
     features: np.ndarray  # windows x d (raw)
     ex_ante: np.ndarray  # per window: features are ex-ante (else OOS)
     tags: list[tuple[str, ...]]  # per window, of the snapshot matched
     oos_tags: list[tuple[str, ...]]
-    start_ns: np.ndarray  # per window OOS start (ns), -1 unknown
+    start_ns: np.ndarray  # per window OOS start (ns), UNKNOWN_NS unknown
     end_ns: np.ndarray
     scaling: RobustScale
     scaled_features: np.ndarray  # (features - center) / scale, computed once per load
@@ -126,10 +127,11 @@ def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> 
         eligible[s] = eligible[s] or bool(r["eligible"])
         cell = cells.get((w, s))
         if cell is None:
-            cells[(w, s)] = [float(r["sharpe"]), 1, r["source_run_id"]]
+            cells[(w, s)] = [float(r["sharpe"]), 1, r["source_run_id"], bool(r["eligible"])]
         else:
             cell[0] += float(r["sharpe"])
             cell[1] += 1
+            cell[3] = cell[3] or bool(r["eligible"])
     order = sorted(cells)
     cell_window = np.array([w for w, _ in order], dtype=np.int64)
     ptr = np.searchsorted(cell_window, np.arange(len(windows) + 1)).astype(np.int64)
@@ -141,5 +143,6 @@ def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> 
         revision, list(sets), np.array(eligible, dtype=bool), ptr,
         np.array([s for _, s in order], dtype=np.int64),
         np.array([cells[c][0] / cells[c][1] for c in order], dtype=float), [cells[c][2] for c in order],
+        np.array([cells[c][3] for c in order], dtype=bool),
         features, np.array(ex_ante, dtype=bool), tags, oos_tags, np.array(starts, dtype=np.int64),
         np.array(ends, dtype=np.int64), scaling, scaled, (scaled * scaled).sum(axis=1), frozenset(timeframes))

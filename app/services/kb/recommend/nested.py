@@ -43,7 +43,7 @@ def block_se(diff: np.ndarray, blocks: int = BLOCKS) -> float:
     the spread of the means of `blocks` consecutive blocks."""
     if len(diff) < 2:
         return math.nan
-    size = max(len(diff) // blocks, 1)
+    size = math.ceil(len(diff) / blocks)
     means = np.array([diff[i:i + size].mean() for i in range(0, len(diff), size)])
     if len(means) < 2:
         return math.nan

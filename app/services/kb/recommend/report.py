@@ -4,13 +4,14 @@ procedure realised, against the baselines, with its promises checked."""
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
 
 from app.numbers import rounded
 from app.services.kb.recommend.evidence import EvidenceMatrix
-from app.services.kb.recommend.nested import COVERAGE, MIN_RULE_DECISIONS, Decision, Model, block_se
+from app.services.kb.recommend.nested import BLOCKS, COVERAGE, MIN_RULE_DECISIONS, Decision, Model, block_se
 from app.services.kb.recommend.walkforward import MIN_PRIOR_WINDOWS
 
 RELIABILITY_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -73,7 +74,7 @@ def summarize(m: EvidenceMatrix, model: Model) -> dict[str, Any]:
                             "oracle": _mean(ds, "realised_oracle")},
         "regime_choice_realised": _mean(ds, "realised_regime"),
         "uplift": rounded(float(diff.mean())), "uplift_se": rounded(block_se(diff)),
-        "blocks": min(len(ds), 10), "hit_rate": rounded(float((diff >= 0).mean())),
+        "blocks": math.ceil(len(ds) / math.ceil(len(ds) / BLOCKS)), "hit_rate": rounded(float((diff >= 0).mean())),
         "per_regime": {tag: {"decisions": len(sub), "recommend": _mean(sub, "realised"),
                              "global_best": _mean(sub, "realised_global")} for tag, sub in sorted(per_tag.items())},
         "calibration": _terciles(ds),

@@ -23,6 +23,7 @@ import numpy as np
 
 from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.scaling import rms_distances
+from app.timestamps import UNKNOWN_NS
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,13 @@ def sums_of(m: EvidenceMatrix, windows: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def global_stats(m: EvidenceMatrix, n: np.ndarray, total: np.ndarray, squares: np.ndarray,
-                 haircut: float) -> GlobalStats:
+                 haircut: float, eligible: np.ndarray | None = None) -> GlobalStats:
+    """`eligible`: the sets that reached the KB in the windows summed (default: in any window)."""
     mean = np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0)
     var = np.divide(squares, n, out=np.zeros(len(n)), where=n > 0) - np.nan_to_num(mean) ** 2
     pooled = float(np.mean(var[n > 1])) if (n > 1).any() else 1.0
     pooled_sd = math.sqrt(max(pooled, 1e-6))
-    candidates = m.eligible & (n > 0)
+    candidates = (m.eligible if eligible is None else eligible) & (n > 0)
     n_tried = max(int(candidates.sum()), 1)
     z = haircut * math.sqrt(2.0 * math.log(n_tried)) if n_tried > 1 else 0.0
     se = pooled_sd / np.sqrt(np.maximum(n, 1.0))
@@ -169,7 +171,9 @@ def no_skill_prior(g: GlobalStats) -> float:
 
 def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
     """Replay history for several tunings at once: one decision at the start of each
-    window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order.
+    window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order. Only
+    windows with an ex-ante snapshot are decided: an OOS snapshot describes the very
+    window the decision is scored on, which no one knew at its start.
     Distances, the all-history figures and the baselines are computed once per decision;
     only the local scores depend on the tuning."""
     out: list[Outcome] = []
@@ -177,22 +181,26 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome
         return out
     haircut = tunings[0].haircut
     max_k = max(t.k for t in tunings)
-    known = np.flatnonzero(m.start_ns >= 0)
+    known = np.flatnonzero((m.start_ns != UNKNOWN_NS) & m.ex_ante)
     order = known[np.argsort(m.start_ns[known], kind="stable")]
-    ended = np.flatnonzero(m.end_ns >= 0)
+    ended = np.flatnonzero(m.end_ns != UNKNOWN_NS)
     by_end = ended[np.argsort(m.end_ns[ended], kind="stable")]
     # A window where fewer than two sets were tested cannot tell one choice from another.
     comparable = m.tested() >= 2
     n, total, squares = np.zeros(m.n_sets), np.zeros(m.n_sets), np.zeros(m.n_sets)
+    # Sets that reached the KB in a window that has ended: only those may be chosen then.
+    eligible = np.zeros(m.n_sets, dtype=bool)
     seen = 0
     for j in order.tolist():
         while seen < len(by_end) and m.end_ns[by_end[seen]] < m.start_ns[j]:
             row_n, row_sum, row_sq = sums_of(m, by_end[seen:seen + 1])
             n, total, squares = n + row_n, total + row_sum, squares + row_sq
+            cells = m.cells(by_end[seen:seen + 1])
+            eligible[m.cell_set[cells][m.cell_eligible[cells]]] = True
             seen += 1
         if not comparable[j] or seen < MIN_PRIOR_WINDOWS:
             continue
-        g = global_stats(m, n, total, squares, haircut)
+        g = global_stats(m, n, total, squares, haircut, eligible)
         if not np.isfinite(g.score).any():
             continue
         row = m.row(j)

@@ -319,10 +319,14 @@ _DAY_NS = 86_400 * 1_000_000_000
 def bar_seconds_of(data: OhlcvData) -> int | None:
     """The file's bar size: the median gap between bars of its longest series (None
     with fewer than 3 bars)."""
-    longest = max(data.series.values(), key=len)
-    if len(longest) < 3:
+    return series_bar_seconds(max(data.series.values(), key=len))
+
+
+def series_bar_seconds(series: Series) -> int | None:
+    """The median gap between a series' bars in seconds (None with fewer than 3 bars)."""
+    if len(series) < 3:
         return None
-    return max(1, round(float(np.median(np.diff(longest.ts))) / 1e9))
+    return max(1, round(float(np.median(np.diff(series.ts))) / 1e9))
 
 
 def timeframe_label(seconds: int) -> str:
