@@ -205,9 +205,14 @@ def sync_report(r: dict[str, Any]) -> str:
     for symbol, n in r["symbols_without_ohlcv"].items():
         lines.append(f"regime {symbol}: {n:,} run(s) without a snapshot and no OHLCV file given")
     c, i = r["candidacy"], r["ingest"]
-    lines += [f"candidacy: {c['scanned']:,} scanned, {c['updated']:,} became candidates",
-              f"ingest: {i['inserted']:,} trials added, {i['updated']:,} updated, {i['archived']:,} archived, "
-              f"{i['evidence']:,} evidence rows changed", THIN,
+    if c:
+        lines.append(f"candidacy: {c['scanned']:,} scanned, {c['updated']:,} became candidates")
+    if i:
+        lines.append(f"ingest: {i['inserted']:,} trials added, {i['updated']:,} updated, {i['archived']:,} archived, "
+                     f"{i['evidence']:,} evidence rows changed")
+    if r.get("interrupted"):
+        lines.append("Stopped early: committed work is kept; run the same kb sync again to finish.")
+    lines += [THIN,
               "Changed: " + ("yes" if r["changed"] else "nothing (the KB was already up to date)"),
               _label("Elapsed", f"{r['elapsed_s']:.2f}s"), RULE]
     return "\n".join(lines)

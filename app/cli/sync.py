@@ -42,10 +42,10 @@ async def cmd_sync(db: Database, args: argparse.Namespace) -> int:
 
     stop.install()
     try:
-        result = await sync(db, opts, hooks)
+        result = await sync(db, opts, hooks, should_stop=stop)
     finally:
         stop.uninstall()
         if bars:
             bars[-1].close()
     render.show(args.json, result.to_dict(), render.sync_report)
-    return 0
+    return 130 if result.interrupted else 0

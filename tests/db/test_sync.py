@@ -97,3 +97,21 @@ def test_price_files_name_their_symbol() -> None:
 
     names = ["SPY.csv", "spy_1d.parquet", "BRK-B.csv", "EUR_USD.csv", "eurusd-4h.csv"]
     assert [symbol_of_file(Path(n)) for n in names] == ["SPY", "SPY", "BRK-B", "EUR_USD", "EURUSD"]
+
+
+async def test_a_stopped_sync_keeps_its_work_and_the_next_one_finishes(db, tmp_path) -> None:
+    from pathlib import Path
+
+    from app.services.kb.sync import SyncOptions, sync
+
+    prices = tmp_path / "aaa_1h.csv"
+    ohlcv_frame(START, 2900, seed=1).to_csv(prices, index=False)
+    sweep = tmp_path / "sweep.csv"
+    _sweep(("AAA",), windows=6).to_csv(sweep, index=False)
+    answers = iter([False, True])  # held at a known point: the stop is asked for after the regime step
+    opts = SyncOptions(workspace="stop-test", ohlcv=(Path(prices),), imports=(Path(sweep),))
+    first = await sync(db, opts, should_stop=lambda: next(answers, True))
+    assert first.interrupted and first.regime[0]["updated"] == 18 and first.candidacy == {} and first.ingest == {}
+    second = await sync(db, SyncOptions(workspace="stop-test", ohlcv=(Path(prices),)))
+    assert not second.interrupted and second.regime == [] and second.candidacy["updated"] > 0
+    assert second.ingest["inserted"] == second.candidacy["updated"]

@@ -52,18 +52,20 @@ class SyncResult:
     candidacy: dict[str, Any]
     ingest: dict[str, Any]
     elapsed_s: float = 0.0
+    interrupted: bool = False  # stopped (Ctrl-C) between or inside steps; run sync again to finish
     changed: bool = field(init=False)
 
     def __post_init__(self) -> None:
         moved = (sum(i["imported"] for i in self.imports) + sum(r["updated"] for r in self.regime)
-                 + self.candidacy["updated"] + self.ingest["inserted"] + self.ingest["updated"]
-                 + self.ingest["archived"] + self.ingest["evidence"])
+                 + self.candidacy.get("updated", 0) + self.ingest.get("inserted", 0) + self.ingest.get("updated", 0)
+                 + self.ingest.get("archived", 0) + self.ingest.get("evidence", 0))
         object.__setattr__(self, "changed", moved > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"workspace_id": str(self.workspace_id), "changed": self.changed, "imports": self.imports,
                 "regime": self.regime, "symbols_without_ohlcv": self.symbols_without_ohlcv,
-                "candidacy": self.candidacy, "ingest": self.ingest, "elapsed_s": round(self.elapsed_s, 3)}
+                "candidacy": self.candidacy, "ingest": self.ingest, "interrupted": self.interrupted,
+                "elapsed_s": round(self.elapsed_s, 3)}
 
 
 def ohlcv_files(paths: tuple[Path, ...]) -> list[Path]:
@@ -133,19 +135,33 @@ async def _regimes(db: Database, workspace_id: uuid.UUID, files: list[Path], bat
     return done, missing
 
 
-async def sync(db: Database, opts: SyncOptions, hooks: HooksFor | None = None) -> SyncResult:
-    """Import, regime backfill per symbol with prices, candidacy, ingest; see the module."""
+async def sync(db: Database, opts: SyncOptions, hooks: HooksFor | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> SyncResult:
+    """Import, regime backfill per symbol with prices, candidacy, ingest; see the module.
+    `should_stop` is polled between batches and between steps: committed work is kept and
+    the result says `interrupted`."""
     started = time.monotonic()
-    hooks = hooks or (lambda _: Hooks())
+    hooks = hooks or (lambda _: Hooks(should_stop=should_stop))
     files = ohlcv_files(opts.ohlcv)  # every path checked before any write
     for path in opts.imports:
         if not path.expanduser().is_file():
             raise BadInput(f"import file {path} does not exist")
     workspace_id = await resolve_workspace(db, opts.workspace, create=bool(opts.imports))
     imported = await _import_all(db, workspace_id, opts.imports)
+
+    def stopped(**done: Any) -> SyncResult:
+        return SyncResult(workspace_id, imported, done.get("regime", []), done.get("missing", {}),
+                          done.get("candidacy", {}), {}, time.monotonic() - started, interrupted=True)
+
+    if should_stop():
+        return stopped()
     regime, missing = await _regimes(db, workspace_id, files, opts.batch_size, hooks)
+    if should_stop() or any(r["status"] == "interrupted" for r in regime):
+        return stopped(regime=regime, missing=missing)
     cand = await backfill_candidacy(db, CandidacyOptions(workspace_id=workspace_id, limit=NO_LIMIT,
                                                          batch_size=opts.batch_size), hooks("candidacy"))
+    if should_stop() or cand.status == "interrupted":
+        return stopped(regime=regime, missing=missing, candidacy=_counts(cand))
     ing = await ingest(db, workspace_id)
     return SyncResult(workspace_id, imported, regime, missing, _counts(cand),
                       {k: v for k, v in ing.to_dict().items() if k not in ("workspace_id", "dry_run")},
