@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.auth import SESSION_COOKIE, api_token, require_token, session_value, token_matches
 from app.api.deps import DB, StrategyName
 from app.services.kb import dashboard
+from app.services.kb.workspaces import list_workspaces
 from app.web import CONTENT_TYPES, asset, dashboard_page
 
 NO_STORE = {"cache-control": "no-store"}
@@ -75,7 +76,7 @@ def _data_routes() -> APIRouter:
     @data.get("/kb/workspaces")
     async def workspaces_route(db: DB) -> list[dict[str, Any]]:
         """Workspaces, newest first, with their run and trial counts (the dashboard's chooser)."""
-        return await dashboard.workspaces(db)
+        return await list_workspaces(db, 200)
 
     @data.get("/kb/dashboard/overview")
     async def overview_route(workspace_id: uuid.UUID, db: DB) -> JSONResponse:

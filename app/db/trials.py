@@ -93,6 +93,10 @@ async def trial_window_stats(conn: Conn, workspace_id: uuid.UUID) -> list[Record
     return list(await conn.fetch(q("trial_window_stats"), workspace_id))
 
 
+async def trials_awaiting_dsr(conn: Conn, workspace_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval(q("trials_awaiting_dsr"), workspace_id))
+
+
 async def update_trial_dsr(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> int:
     """Write (trial id, dsr, inputs JSON) rows; returns how many were written."""
     if not rows:

@@ -15,15 +15,10 @@ from app.errors import BadInput
 from app.services.kb.recommend.evaluate import evaluate
 from app.services.kb.regime.tags import REGIME_TAGS
 from app.services.kb.status import workspace_status
-from app.services.kb.workspaces import list_workspaces
 
 THIN_TRIALS = 5  # fewer trials than this in a cell is a thin spot; none is a blind spot
 MAX_POINTS = 4000  # points per strategy chart; more are sampled
 BUCKETS = ("uptrend", "downtrend", "trending", "flat")  # the trend of a window, for colouring
-
-
-async def workspaces(db: Database, limit: int = 200) -> list[dict[str, Any]]:
-    return await list_workspaces(db, limit)
 
 
 async def overview(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:

@@ -129,17 +129,13 @@ def evidence_skip_reason(row: Record, run: ParsedRun) -> str | None:
     return None
 
 
-def evidence_row(row: Record, run: ParsedRun) -> EvidenceRow | None:
-    """One completed test variant as an evidence row, or None when it says nothing usable
-    (see `evidence_skip_reason`)."""
+def evidence_row(row: Record, run: ParsedRun) -> EvidenceRow:
+    """A completed test variant as an evidence row (the caller checked `evidence_skip_reason`)."""
     m = run.extracted.metrics
-    if evidence_skip_reason(row, run) is not None or m is None:
-        return None
+    assert m is not None and run.features is not None
     sharpe = 0.0 if m.sharpe_oos is None else float(m.sharpe_oos)
     window = extract_windows(run.meta, run.params).oos
-    symbol = run.symbol.strip().upper() if run.symbol is not None else None
-    assert run.features is not None  # evidence_skip_reason checked it
-    ev = EvidenceRow(row["id"], row["strategy_name"], symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
+    ev = EvidenceRow(row["id"], row["strategy_name"], run.symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
                      window.start if window else None, window.end if window else None, run.pre_features,
                      run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
     # The hash covers the values as before (everything but the id and the hash itself).
@@ -168,17 +164,15 @@ def trial_from_row(row: Record, run: ParsedRun) -> tuple[TrialRow | None, str | 
         except BadTimestamp:
             ts_end = None
     m = extracted.metrics
-    # One spelling of a symbol for trials and evidence alike (the scope compares them).
-    symbol = run.symbol.strip().upper() if run.symbol is not None else None
     content = orjson.dumps(
-        [row["strategy_name"], symbol, run.timeframe, row["experiment_type"], run.params_key, m.sharpe_oos,
+        [row["strategy_name"], run.symbol, run.timeframe, row["experiment_type"], run.params_key, m.sharpe_oos,
          extracted.return_frac, m.max_dd_frac_oos, extracted.win_rate, extracted.profit_factor,
          m.n_trades_oos, run.features, run.tags, run.pre_features, run.pre_tags, regime.get("ts_end"),
          row["kb_status"]]
     )
     return TrialRow(
         run_id=row["id"], strategy=row["strategy_name"],
-        symbol=symbol, timeframe=run.timeframe,
+        symbol=run.symbol, timeframe=run.timeframe,
         experiment_type=row["experiment_type"], params=run.params_key, sharpe=m.sharpe_oos,
         return_frac=extracted.return_frac, max_dd_frac=m.max_dd_frac_oos,
         win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
@@ -281,7 +275,10 @@ async def _finish(db: Database, workspace_id: uuid.UUID, dry_run: bool, written:
         async with conn.transaction():
             archived = await trials.archive_stale_trials(conn, workspace_id)
             stale = await trials.delete_stale_evidence(conn, workspace_id)
-            deflated = await _deflate(conn, workspace_id)
+            # DSR depends only on trials and evidence: recomputed when they changed, or when
+            # some trial was never evaluated (a workspace ingested before DSR existed).
+            stale_dsr = written or archived or stale or await trials.trials_awaiting_dsr(conn, workspace_id)
+            deflated = await _deflate(conn, workspace_id) if stale_dsr else 0
             if archived or stale or deflated:
                 await trials.bump_revision(conn, workspace_id)
     return archived, stale, deflated
@@ -305,14 +302,14 @@ def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow],
                 result.scanned += 1
                 _count_error(result, INVALID_PARAMS, row["id"])
             continue
-        ev = evidence_row(row, run)
-        if ev is not None:
+        why = evidence_skip_reason(row, run)
+        if why is None:
+            ev = evidence_row(row, run)
             evidence.append(ev)
             if ev.n_trades == 0 and run.extracted.metrics is not None and run.extracted.metrics.sharpe_oos is None:
                 result.evidence_notes[NO_TRADES] = result.evidence_notes.get(NO_TRADES, 0) + 1
         elif row["run_kind"] == "test_variant":
-            why = evidence_skip_reason(row, run)
-            result.evidence_skipped[str(why)] = result.evidence_skipped.get(str(why), 0) + 1
+            result.evidence_skipped[why] = result.evidence_skipped.get(why, 0) + 1
         if row["kb_status"] not in ELIGIBLE:
             continue  # evidence only
         result.scanned += 1
@@ -324,6 +321,9 @@ def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow],
     return found, evidence
 
 
+_NO_DSR = {"unavailable": "bars of the OOS window, bar size or Sharpe unknown"}
+
+
 async def _deflate(conn: Conn, workspace_id: uuid.UUID) -> int:
     """Each active trial's deflated Sharpe ratio, from its window's sets and their spread
     (after the evidence of this ingest is in); only changed values are written."""
@@ -331,8 +331,9 @@ async def _deflate(conn: Conn, workspace_id: uuid.UUID) -> int:
     for r in await trials.trial_window_stats(conn, workspace_id):
         found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
         value = None if found is None else round(found.dsr, 6)
-        if value != r["dsr"]:
-            inputs = None if found is None else orjson.dumps(found.to_dict()).decode()
+        if value != r["dsr"] or not r["evaluated"]:
+            # A trial whose DSR cannot be computed is marked evaluated all the same.
+            inputs = orjson.dumps(found.to_dict() if found is not None else _NO_DSR).decode()
             changed.append((r["id"], value, inputs))
     return await trials.update_trial_dsr(conn, workspace_id, changed)
 

@@ -144,10 +144,15 @@ WITH ranked AS (
     FROM ranked
     WINDOW w AS (PARTITION BY strategy_name, symbol, timeframe, oos_start, oos_end)
 )
-SELECT t.id, t.sharpe, t.timeframe, t.dsr, (r.regime_oos ->> 'n_bars') AS n_bars, s.n_sets, s.sharpe_var
+SELECT t.id, t.sharpe, t.timeframe, t.dsr, t.dsr_inputs IS NOT NULL AS evaluated,
+       (r.regime_oos ->> 'n_bars') AS n_bars, s.n_sets, s.sharpe_var
 FROM stats s
 JOIN kb_trials t ON t.workspace_id = $1 AND t.source_run_id = s.source_run_id AND t.archived_at IS NULL
 JOIN backtest_runs r ON r.workspace_id = $1 AND r.id = t.source_run_id
+
+-- name: trials_awaiting_dsr
+SELECT EXISTS (SELECT 1 FROM kb_trials
+               WHERE workspace_id = $1 AND archived_at IS NULL AND dsr_inputs IS NULL)
 
 -- name: update_trial_dsr
 UPDATE kb_trials t

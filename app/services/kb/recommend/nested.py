@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -149,10 +150,16 @@ class Model:
                    nan if data["uplift_se"] is None else data["uplift_se"], data["fallback_sd"],
                    0.0 if data.get("prior") is None else data["prior"])
 
-    def promise(self, raw: float) -> Promise:
+    @cached_property
+    def _history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw expected, realised, calibrated expected) of every decision, built once: each
+        answer asks for several promises (the answer, its runner-ups, the global best)."""
         ds = self.decisions
-        return calibrate(raw, np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
-                         np.array([d.expected for d in ds]), self.fallback_sd, self.prior)
+        return (np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
+                np.array([d.expected for d in ds]))
+
+    def promise(self, raw: float) -> Promise:
+        return calibrate(raw, *self._history, self.fallback_sd, self.prior)
 
 
 def _decision(values: list[Any]) -> Decision:

@@ -193,10 +193,14 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome
     seen = 0
     for j in order.tolist():
         while seen < len(by_end) and m.end_ns[by_end[seen]] < m.start_ns[j]:
-            row_n, row_sum, row_sq = sums_of(m, by_end[seen:seen + 1])
-            n, total, squares = n + row_n, total + row_sum, squares + row_sq
-            cells = m.cells(by_end[seen:seen + 1])
-            eligible[m.cell_set[cells][m.cell_eligible[cells]]] = True
+            # A set appears once per window, so the window's cells add in place.
+            w = int(by_end[seen])
+            cells = slice(int(m.ptr[w]), int(m.ptr[w + 1]))
+            sets, values = m.cell_set[cells], m.cell_sharpe[cells]
+            n[sets] += 1.0
+            total[sets] += values
+            squares[sets] += values * values
+            eligible[sets[m.cell_eligible[cells]]] = True
             seen += 1
         if not comparable[j] or seen < MIN_PRIOR_WINDOWS:
             continue

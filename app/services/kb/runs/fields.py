@@ -69,7 +69,7 @@ class ParsedRun:
     pre_tags: list[str]
     tags_literal: str
     pre_tags_literal: str
-    symbol: str | None
+    symbol: str | None  # stripped and upper-cased: one spelling for trials, evidence and scopes
     timeframe: str | None
 
 
@@ -81,4 +81,4 @@ def parse_run(row: Any) -> ParsedRun:
     return ParsedRun(
         extract_metrics(row["summary"], row["trade_count"]), meta, params, params_key(params), regime, pre,
         feature_array(regime), feature_array(pre), tags, pre_tags, pg_array(tags), pg_array(pre_tags),
-        symbol if isinstance(symbol, str) else None, timeframe if isinstance(timeframe, str) else None)
+        symbol.strip().upper() if isinstance(symbol, str) else None, timeframe if isinstance(timeframe, str) else None)
