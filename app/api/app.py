@@ -205,8 +205,8 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
     """The KB's JSON routes: ingest, recommend, import, status, evaluate, the ledger."""
     @app.post("/kb/trials/ingest", dependencies=auth)
     async def ingest_route(body: IngestRequest, db: DB) -> dict[str, Any]:
-        result = await ingest(db, await resolve_workspace(db, body.ref), since=body.since, dry_run=body.dry_run)
-        return result.to_dict()
+        workspace_id = await resolve_workspace(db, body.ref)
+        return (await ingest(db, workspace_id, since=body.since, dry_run=body.dry_run, full=body.full)).to_dict()
 
     @app.post("/kb/trials/recommend", dependencies=auth)
     async def recommend_route(body: RecommendRequest, db: DB, cache: Cache) -> Response:
@@ -217,7 +217,7 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
             workspace_id=await resolve_workspace(db, body.ref), strategy_name=body.strategy_name, regime=regime,
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown,
-            method=body.method, pool=body.pool, as_of=body.as_of), cache)
+            method=body.method, pool=body.pool, as_of=body.as_of), cache, wait_for_check=body.wait_for_check)
         return Response(orjson.dumps(result.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json")
 

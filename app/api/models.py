@@ -45,6 +45,7 @@ class IngestRequest(WorkspaceRef):
     model_config = ConfigDict(extra="forbid")
     since: datetime | None = None
     dry_run: bool = False
+    full: bool = False  # every run again, not only those written since the last ingest
 
     _since_range = field_validator("since")(_in_range)
 
@@ -76,6 +77,9 @@ class RecommendRequest(WorkspaceRef):
     method: str = Field(default="expected", pattern="^(expected|median)$")
     pool: bool = False
     as_of: datetime | None = None
+    # False: while the walk-forward check of a new KB revision runs, answer with the last
+    # finished one (the answer's walk_forward says which revision it is of).
+    wait_for_check: bool = False
 
     _as_of_range = field_validator("as_of")(_in_range)
 

@@ -30,6 +30,8 @@ def register(sub: Any) -> None:
     workspace_options(p)
     opt(p, "--since", type=since_arg, default=None, help="only runs created at/after this date")
     opt(p, "--dry-run", action="store_true", default=False, help="count what would change, write nothing")
+    opt(p, "--full", action="store_true", default=False,
+        help="read every run again, not only those written since the last ingest")
     opt(p, "--batch-size", type=positive(50_000), default=1000, help="trials per commit (default 1000)")
     opt(p, "--json", action="store_true", default=False, help="print the report as JSON")
     p.set_defaults(handler=cmd_ingest)
@@ -117,7 +119,7 @@ def _query_regime(args: argparse.Namespace) -> RegimeSnapshot | None:
 async def cmd_ingest(db: Database, args: argparse.Namespace) -> int:
     progress = Progress("ingest")
     try:
-        result = await ingest(db, args.workspace_id, since=args.since, dry_run=args.dry_run,
+        result = await ingest(db, args.workspace_id, since=args.since, dry_run=args.dry_run, full=args.full,
                               batch_size=args.batch_size, progress=progress)
     finally:
         progress.close()

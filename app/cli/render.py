@@ -229,7 +229,9 @@ def workspaces_text(items: list[dict[str, Any]]) -> str:
 
 
 def ingest_report(r: IngestResult) -> str:
-    lines = [RULE, "KB INGEST REPORT", RULE, _label("Workspace", r.workspace_id), _label("Dry Run", r.dry_run), THIN,
+    mode = "incremental (runs written since the last ingest)" if r.mode == "incremental" else "full (every run)"
+    lines = [RULE, "KB INGEST REPORT", RULE, _label("Workspace", r.workspace_id), _label("Dry Run", r.dry_run),
+             _label("Read", mode), THIN,
              _label("Scanned", r.scanned), _label("Inserted", r.inserted), _label("Updated", r.updated),
              _label("Skipped", f"{r.skipped} (unchanged)"), _label("Archived", r.archived),
              _label("Evidence", r.evidence)]

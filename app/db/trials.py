@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,16 +32,52 @@ async def kb_revision(db: Database | Conn, workspace_id: uuid.UUID) -> int:
     return int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
 
 
-async def bump_revision(conn: Conn, workspace_id: uuid.UUID) -> None:
-    await conn.execute(q("bump_trial_revision"), workspace_id)
+async def begin_write(conn: Conn, workspace_id: uuid.UUID) -> int:
+    """Inside a transaction: wait for the workspace's other KB writers, and return the
+    revision this write stamps on the rows it changes."""
+    return int(await conn.fetchval(q("begin_kb_write"), workspace_id))
 
 
-async def load_trials(db: Database, workspace_id: uuid.UUID, strategy: str) -> list[Record]:
-    return list(await db.fetch(q("load_trials"), workspace_id, strategy))
+async def bump_revision(conn: Conn, workspace_id: uuid.UUID, revision: int, strategies: Iterable[str] = (),
+                        reset: Iterable[str] = ()) -> None:
+    """Move the workspace, and the strategies changed, to this write's revision; `reset`:
+    the strategies whose rows already there changed or left (their caches rebuild)."""
+    await conn.execute(q("bump_trial_revision"), workspace_id, revision)
+    changed = sorted(set(strategies) | set(reset))
+    if changed:
+        await conn.execute(q("bump_strategy_revisions"), workspace_id, revision, changed, sorted(set(reset)))
 
 
-async def load_evidence(db: Database, workspace_id: uuid.UUID, strategy: str) -> list[Record]:
-    return list(await db.fetch(q("load_evidence"), workspace_id, strategy))
+async def strategy_revision(db: Database | Conn, workspace_id: uuid.UUID, strategy: str) -> tuple[int, int]:
+    """A strategy's (revision, reset revision): (0, 0) before anything was written."""
+    row = await db.fetchrow(q("strategy_revision"), workspace_id, strategy)
+    return (0, 0) if row is None else (int(row["revision"]), int(row["reset_revision"]))
+
+
+async def load_snapshot(db: Database, query: str, workspace_id: uuid.UUID, strategy: str,
+                        after: int) -> tuple[int, int, list[Record]]:
+    """A strategy's (revision, reset revision) and its rows written after revision `after`
+    (-1: all), read in one snapshot: the rows are exactly those of that revision."""
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        revision, reset = await strategy_revision(conn, workspace_id, strategy)
+        if reset > after >= 0:
+            after = -1  # rows already loaded changed or left since: everything again
+        rows = await conn.fetch(q(query), workspace_id, strategy, after)
+        return revision, (-1 if after < 0 else after), list(rows)
+
+
+async def load_trials(db: Database, workspace_id: uuid.UUID, strategy: str,
+                      after: int = -1) -> tuple[int, int, list[Record]]:
+    return await load_snapshot(db, "load_trials", workspace_id, strategy, after)
+
+
+async def load_evidence(db: Database, workspace_id: uuid.UUID, strategy: str,
+                        after: int = -1) -> tuple[int, int, list[Record]]:
+    return await load_snapshot(db, "load_evidence", workspace_id, strategy, after)
+
+
+async def trial_dsr(db: Database, workspace_id: uuid.UUID, trial_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    return {r["id"]: r["dsr"] for r in await db.fetch(q("trial_details"), workspace_id, trial_ids)}
 
 
 async def ingest_page(conn: Conn, workspace_id: uuid.UUID, after: tuple[datetime, uuid.UUID],
@@ -49,32 +85,58 @@ async def ingest_page(conn: Conn, workspace_id: uuid.UUID, after: tuple[datetime
     return list(await conn.fetch(q("select_ingest_page"), workspace_id, after[0], after[1], size))
 
 
+async def changed_runs_page(conn: Conn, workspace_id: uuid.UUID, snapshot: str, after: tuple[str, uuid.UUID],
+                            size: int) -> list[Record]:
+    """Runs written by transactions that `snapshot` did not see, keyset on (kb_xid, id)."""
+    return list(await conn.fetch(q("select_changed_runs_page"), workspace_id, snapshot, after[0], after[1], size))
+
+
+async def current_snapshot(db: Database | Conn) -> str:
+    return str(await db.fetchval(q("current_snapshot")))
+
+
+async def ingest_snapshot(db: Database | Conn, workspace_id: uuid.UUID) -> str | None:
+    """The snapshot the workspace's last complete ingest read under (None: never ingested)."""
+    value = await db.fetchval(q("ingest_snapshot"), workspace_id)
+    return None if value is None else str(value)
+
+
+async def save_ingest_snapshot(conn: Conn, workspace_id: uuid.UUID, snapshot: str) -> None:
+    await conn.execute(q("save_ingest_snapshot"), workspace_id, snapshot)
+
+
 async def existing_trial_hashes(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> dict[Any, Record]:
     return {r["source_run_id"]: r for r in await conn.fetch(q("existing_trial_hashes"), workspace_id, run_ids)}
 
 
-async def upsert_trials(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> list[Record]:
-    return list(await conn.fetch(q("upsert_trials"), workspace_id, *columns_of(rows)))
+async def upsert_trials(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]],
+                        revision: int) -> list[Record]:
+    """Rows (inserted, strategy_name, old_strategy) of the trials inserted or changed."""
+    return list(await conn.fetch(q("upsert_trials"), workspace_id, *columns_of(rows), revision))
 
 
-async def upsert_evidence(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Insert or update evidence rows (unchanged ones are skipped); returns how many changed."""
+async def upsert_evidence(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]],
+                          revision: int) -> list[Record]:
+    """Insert or update evidence rows (unchanged ones are skipped); rows as `upsert_trials`."""
     if not rows:
-        return 0
-    return len(await conn.fetch(q("upsert_evidence"), workspace_id, *columns_of(rows)))
+        return []
+    return list(await conn.fetch(q("upsert_evidence"), workspace_id, *columns_of(rows), revision))
 
 
-async def delete_stale_evidence(conn: Conn, workspace_id: uuid.UUID) -> int:
-    """Evidence whose run no longer qualifies (not completed, or its regime removed)."""
-    return affected(await conn.execute(q("delete_stale_evidence"), workspace_id))
+async def delete_stale_evidence(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID] | None) -> int:
+    """Evidence whose run no longer qualifies (not completed, or its regime removed), of
+    these runs (None: of every run)."""
+    return affected(await conn.execute(q("delete_stale_evidence"), workspace_id, run_ids))
 
 
 async def count_stale_trials(conn: Conn, workspace_id: uuid.UUID) -> int:
     return int(await conn.fetchval(q("count_stale_trials"), workspace_id))
 
 
-async def archive_stale_trials(conn: Conn, workspace_id: uuid.UUID) -> int:
-    return affected(await conn.execute(q("archive_stale_trials"), workspace_id))
+async def archive_stale_trials(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID] | None) -> list[str]:
+    """Archive the trials of these runs (None: of every run) that left the KB; returns the
+    strategy of each trial archived."""
+    return [r["strategy_name"] for r in await conn.fetch(q("archive_stale_trials"), workspace_id, run_ids)]
 
 
 async def status_counts(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]:
@@ -89,8 +151,9 @@ async def status_counts(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]
         }
 
 
-async def trial_window_stats(conn: Conn, workspace_id: uuid.UUID) -> list[Record]:
-    return list(await conn.fetch(q("trial_window_stats"), workspace_id))
+async def trial_window_stats(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID] | None) -> list[Record]:
+    """Per active trial in the windows of these runs (None: in every window), its window's figures."""
+    return list(await conn.fetch(q("trial_window_stats"), workspace_id, run_ids))
 
 
 async def trials_awaiting_dsr(conn: Conn, workspace_id: uuid.UUID) -> bool:
@@ -104,11 +167,11 @@ async def update_trial_dsr(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[t
     return affected(await conn.execute(q("update_trial_dsr"), workspace_id, *columns_of(rows)))
 
 
-async def load_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str, scope_key: str,
-                           revision: int) -> tuple[str, str] | None:
-    """The stored check of this revision and scope, as (model JSON, summary JSON)."""
-    row = await db.fetchrow(q("load_walkforward"), workspace_id, strategy, scope_key, revision)
-    return None if row is None else (row["model"], row["summary"])
+async def load_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str,
+                           scope_key: str) -> tuple[int, str, str] | None:
+    """The newest stored check of this scope, as (revision, model JSON, summary JSON)."""
+    row = await db.fetchrow(q("load_walkforward"), workspace_id, strategy, scope_key)
+    return None if row is None else (int(row["revision"]), row["model"], row["summary"])
 
 
 async def save_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str, scope_key: str, revision: int,

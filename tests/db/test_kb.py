@@ -16,7 +16,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from app.db.sql import q
+from app.db import trials as trials_db
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, aggregate_params, recommend
 from app.services.kb.regime import compute_regime_snapshot
@@ -69,8 +69,10 @@ async def test_ingest_is_idempotent_and_archives_rejected(db, make_workspace, in
     first = await ingest(db, ws)
     assert (first.inserted, first.updated, first.skipped, first.errors) == (12, 0, 0, 1)
     assert first.error_examples == {"invalid_summary": [str(rows[-1]["id"])]}
-    again = await ingest(db, ws)
-    assert (again.inserted, again.updated, again.skipped, again.archived) == (0, 0, 12, 0)
+    again = await ingest(db, ws)  # nothing was written since: nothing is read
+    assert (again.mode, again.scanned, again.inserted, again.updated, again.archived) == ("incremental", 0, 0, 0, 0)
+    full = await ingest(db, ws, full=True)
+    assert (full.mode, full.inserted, full.updated, full.skipped, full.archived) == ("full", 0, 0, 12, 0)
     dry = await ingest(db, ws, dry_run=True)
     assert (dry.inserted, dry.updated) == (0, 0)
     trial = await db.fetchrow("SELECT * FROM kb_trials WHERE source_run_id = $1", rows[0]["id"])
@@ -80,8 +82,8 @@ async def test_ingest_is_idempotent_and_archives_rejected(db, make_workspace, in
     await db.execute("UPDATE backtest_runs SET kb_status = 'rejected' WHERE id = $1", rows[1]["id"])
     await db.execute("UPDATE backtest_runs SET kb_status = 'promoted' WHERE id = $1", rows[2]["id"])
     assert (await ingest(db, ws, dry_run=True)).archived == 1
-    third = await ingest(db, ws)
-    assert (third.updated, third.archived, third.skipped) == (1, 1, 10)
+    third = await ingest(db, ws)  # reads the two runs changed, not the workspace
+    assert (third.scanned, third.updated, third.archived, third.skipped) == (1, 1, 1, 0)
     assert (await kb_status(db, ws)).to_dict()["active_trials"] == 11
 
 
@@ -111,14 +113,14 @@ async def test_concurrent_cold_requests_share_one_trial_load(db, make_workspace,
                        for i in range(30)])
     await ingest(db, ws)
     loads = 0
-    fetch = db.fetch
+    load = trials_db.load_snapshot
 
-    async def counting_fetch(query, *args):
+    async def counting_load(db, query, *args):
         nonlocal loads
-        loads += query == q("load_trials")
-        return await fetch(query, *args)
+        loads += query == "load_trials"
+        return await load(db, query, *args)
 
-    monkeypatch.setattr(db, "fetch", counting_fetch)
+    monkeypatch.setattr(trials_db, "load_snapshot", counting_load)
     cache = TrialCache()
     results = await asyncio.gather(*(recommend(db, RecommendQuery(ws, "s", tags=("uptrend",), top_k=5), cache)
                                      for _ in range(50)))

@@ -1,17 +1,18 @@
 """Ingest: candidate and promoted runs become KB trials; runs that left the KB are archived.
 
 Idempotent: each trial carries a hash of its content, so a rerun inserts what is new,
-updates what changed and skips the rest. Runs are read in keyset pages and written in
+updates what changed and skips the rest. Incremental: after the first pass, an ingest
+reads only the runs written since the last one read (by transaction, so a run written
+during an ingest is read by the next). Runs are read in keyset pages and written in
 set-based batches, one transaction each.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -21,16 +22,23 @@ import orjson
 from app.db import Database, trials
 from app.db.connector import Conn
 from app.db.retry import retrying
-from app.db.trials import EVIDENCE_COLUMNS, TRIAL_COLUMNS, Record
+from app.db.trials import Record
 from app.db.workspaces import require_workspace
 from app.far_time import INVALID_CREATED_AT, FarTime
+from app.services.kb.ingest_rows import (
+    ELIGIBLE,
+    NO_TRADES,
+    EvidenceRow,
+    TrialRow,
+    evidence_row,
+    evidence_skip_reason,
+    trial_from_row,
+)
 from app.services.kb.runs.deflated import window_dsr
-from app.services.kb.runs.fields import ParsedRun, parse_run
+from app.services.kb.runs.fields import parse_run
 from app.services.kb.runs.scan import keyset_start
-from app.services.kb.runs.windows import BadTimestamp, extract_windows, parse_timestamp
 
 INVALID_PARAMS = "invalid_params"
-ELIGIBLE = ("candidate", "promoted")
 
 
 @dataclass
@@ -49,143 +57,13 @@ class IngestResult:
     evidence_notes: dict[str, int] = field(default_factory=dict)
     evidence_skipped: dict[str, int] = field(default_factory=dict)
     dsr_updated: int = 0
+    mode: str = "full"  # or "incremental": only the runs changed since the last ingest were read
     # Pages written again after a lost connection: their rows may count as unchanged the second time.
     retried_pages: int = 0
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in self.__dict__.items()}
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One KB trial as written; `row()` orders it as the database's unnest columns."""
-
-    run_id: uuid.UUID
-    strategy: str
-    symbol: str | None
-    timeframe: str | None
-    experiment_type: str | None
-    params: str
-    sharpe: float | None
-    return_frac: float | None
-    max_dd_frac: float | None
-    win_rate: float | None
-    profit_factor: float | None
-    n_trades: int
-    features: str | None
-    tags: str
-    pre_features: str | None
-    pre_tags: str
-    ts_end: datetime | None
-    kb_status: str
-    content_hash: str
-
-    def row(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in TRIAL_COLUMNS)
-
-
-@dataclass(frozen=True)
-class EvidenceRow:
-    """One completed test variant with a regime as performance evidence."""
-
-    run_id: uuid.UUID
-    strategy: str
-    symbol: str | None
-    timeframe: str | None
-    params: str
-    sharpe: float
-    n_trades: int
-    oos_start: datetime | None
-    oos_end: datetime | None
-    pre_features: str | None
-    oos_features: str
-    pre_tags: str
-    oos_tags: str
-    eligible: bool
-    content_hash: str = ""
-
-    def row(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in EVIDENCE_COLUMNS)
-
-
-NO_TRADES = "no_trades_sharpe_0"
-
-
-def evidence_skip_reason(row: Record, run: ParsedRun) -> str | None:
-    """Why a completed test variant is not evidence (None: it is). A run that made no
-    trade and has no Sharpe counts, with Sharpe 0: it stayed flat in that window."""
-    m = run.extracted.metrics
-    if row["run_kind"] != "test_variant":
-        return "not_test_variant"
-    if m is None:
-        return str(run.extracted.reason)
-    if not row["strategy_name"]:
-        return "missing_strategy"
-    if run.features is None:
-        return "no_regime"
-    if m.sharpe_oos is None and m.n_trades_oos > 0:
-        return "no_sharpe"
-    return None
-
-
-def evidence_row(row: Record, run: ParsedRun) -> EvidenceRow:
-    """A completed test variant as an evidence row (the caller checked `evidence_skip_reason`)."""
-    m = run.extracted.metrics
-    assert m is not None and run.features is not None
-    sharpe = 0.0 if m.sharpe_oos is None else float(m.sharpe_oos)
-    window = extract_windows(run.meta, run.params).oos
-    ev = EvidenceRow(row["id"], row["strategy_name"], run.symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
-                     window.start if window else None, window.end if window else None, run.pre_features,
-                     run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
-    # The hash covers the values as before (everything but the id and the hash itself).
-    values = ev.row()[1:-1]
-    return replace(ev, content_hash=hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32])
-
-
-def _fraction(value: float | None) -> float | None:
-    # win rates arrive as 0.55 or 55; store fractions
-    if value is None:
-        return None
-    return value / 100.0 if value > 1.0 else value
-
-
-def trial_from_row(row: Record, run: ParsedRun) -> tuple[TrialRow | None, str | None]:
-    extracted = run.extracted
-    if extracted.metrics is None:
-        return None, str(extracted.reason)
-    if not row["strategy_name"]:
-        return None, "missing_strategy"
-    regime = run.regime
-    ts_end = None
-    if regime.get("ts_end"):
-        try:
-            ts_end = parse_timestamp(regime["ts_end"])
-        except BadTimestamp:
-            ts_end = None
-    m = extracted.metrics
-    content = orjson.dumps(
-        [row["strategy_name"], run.symbol, run.timeframe, row["experiment_type"], run.params_key, m.sharpe_oos,
-         extracted.return_frac, m.max_dd_frac_oos, extracted.win_rate, extracted.profit_factor,
-         m.n_trades_oos, run.features, run.tags, run.pre_features, run.pre_tags, regime.get("ts_end"),
-         row["kb_status"]]
-    )
-    return TrialRow(
-        run_id=row["id"], strategy=row["strategy_name"],
-        symbol=run.symbol, timeframe=run.timeframe,
-        experiment_type=row["experiment_type"], params=run.params_key, sharpe=m.sharpe_oos,
-        return_frac=extracted.return_frac, max_dd_frac=m.max_dd_frac_oos,
-        win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
-        n_trades=m.n_trades_oos, features=run.features, tags=run.tags_literal, pre_features=run.pre_features,
-        pre_tags=run.pre_tags_literal, ts_end=ts_end,
-        kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32],
-    ), None
-
-
-async def _write(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]) -> tuple[int, int]:
-    rows = await trials.upsert_trials(conn, workspace_id, [t.row() for t in found])
-    inserted = sum(1 for r in rows if r["inserted"])
-    return inserted, len(rows) - inserted
 
 
 async def _preview(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]) -> tuple[int, int]:
@@ -196,68 +74,121 @@ async def _preview(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]) -
     return inserted, updated
 
 
+@dataclass(frozen=True)
+class Pass:
+    """Which runs an ingest reads: every selected run (`full`, keyset on created_at), or
+    the runs changed since the workspace's last ingest (keyset on their transaction id)."""
+
+    workspace_id: uuid.UUID
+    snapshot: str  # taken before the first read: what the next ingest starts from
+    previous: str | None  # the last ingest's snapshot (None: a full pass)
+    size: int
+
+    @property
+    def mode(self) -> str:
+        return "full" if self.previous is None else "incremental"
+
+    def start(self, since: datetime | None) -> tuple[Any, uuid.UUID]:
+        return keyset_start(since) if self.previous is None else ("0", uuid.UUID(int=0))
+
+    async def read(self, db: Database, cursor: tuple[Any, uuid.UUID], _attempt: int) -> list[Record]:
+        async with db.acquire() as conn:
+            if self.previous is None:
+                return await trials.ingest_page(conn, self.workspace_id, cursor, self.size)
+            return await trials.changed_runs_page(conn, self.workspace_id, self.previous, cursor, self.size)
+
+    def after(self, page: list[Record]) -> tuple[Any, uuid.UUID]:
+        last = page[-1]
+        return (last["created_at"], last["id"]) if self.previous is None else (last["kb_xid"], last["id"])
+
+
 async def ingest(
     db: Database,
     workspace_id: uuid.UUID,
     *,
     since: datetime | None = None,
     dry_run: bool = False,
+    full: bool = False,
     batch_size: int = 1000,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
+    """Ingest the runs changed since the workspace's last ingest (all of them the first
+    time, with `full`, or from `since`)."""
     started = time.monotonic()
     await require_workspace(db, workspace_id)
     result = IngestResult(workspace_id, dry_run)
-    cursor = keyset_start(since)
+    snapshot = await trials.current_snapshot(db)
+    previous = None if full or since is not None else await trials.ingest_snapshot(db, workspace_id)
+    scan = Pass(workspace_id, snapshot, previous, batch_size)
+    result.mode = scan.mode
+    touched: list[uuid.UUID] = []
+    cursor = scan.start(since)
     while True:
-        page = await retrying("reading runs to ingest", partial(_read_page, db, workspace_id, cursor, batch_size))
+        page = await retrying("reading runs to ingest", partial(scan.read, db, cursor))
         if not page:
             break
-        cursor = (page[-1]["created_at"], page[-1]["id"])
-        found, evidence = _classify(page, result)
+        cursor = scan.after(page)
+        found, evidence = _classify(page, result, incremental=previous is not None)
+        gone = [r["id"] for r in page] if previous is not None else []
 
-        async def write(attempt: int, found: list[TrialRow] = found, evidence: list[EvidenceRow] = evidence
-                        ) -> tuple[int, int, int]:
+        async def write(attempt: int, found: list[TrialRow] = found, evidence: list[EvidenceRow] = evidence,
+                        gone: list[uuid.UUID] = gone) -> Written:
             # A page is idempotent (content hashes): after a lost connection it is simply written again.
             result.retried_pages += int(attempt > 0)
             async with db.acquire() as conn:
-                return await _write_page(conn, workspace_id, found, evidence, dry_run)
+                return await _write_page(conn, workspace_id, found, evidence, gone, dry_run)
 
-        inserted, updated, changed = await retrying("writing trials", write)
-        result.evidence += changed
-        result.inserted += inserted
-        result.updated += updated
-        result.skipped += len(found) - inserted - updated
+        done = await retrying("writing trials", write)
+        result.evidence += done.evidence + done.evidence_removed
+        result.inserted += done.inserted
+        result.updated += done.updated
+        result.archived += done.archived
+        result.skipped += len(found) - done.inserted - done.updated
+        touched.extend(r["id"] for r in page)
         if progress is not None:
             progress(result.scanned, result.scanned)
-    written = result.inserted + result.updated + result.evidence
-    archived, stale, deflated = await retrying("archiving trials",
-                                               lambda _: _finish(db, workspace_id, dry_run, written))
-    result.archived, result.dsr_updated = archived, deflated
+    written = result.inserted + result.updated + result.evidence + result.archived
+    keep = None if dry_run or since is not None else snapshot
+    archived, stale, deflated = await retrying(
+        "archiving trials", lambda _: _finish(db, scan, dry_run, written, None if previous is None else touched, keep))
+    result.archived += archived
+    result.dsr_updated = deflated
     result.evidence += stale
     result.elapsed_s = time.monotonic() - started
     return result
 
 
-async def _read_page(db: Database, workspace_id: uuid.UUID, cursor: tuple[datetime, uuid.UUID],
-                     size: int, _attempt: int) -> list[Record]:
-    async with db.acquire() as conn:
-        return await trials.ingest_page(conn, workspace_id, cursor, size)
+@dataclass(frozen=True)
+class Written:
+    inserted: int = 0
+    updated: int = 0
+    evidence: int = 0  # evidence rows inserted or changed
+    archived: int = 0
+    evidence_removed: int = 0
 
 
 async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow], evidence: list[EvidenceRow],
-                      dry_run: bool) -> tuple[int, int, int]:
-    """Trials inserted and updated, evidence rows changed (a dry run counts trials only)."""
+                      gone: list[uuid.UUID], dry_run: bool) -> Written:
+    """One page in one transaction: trials and evidence upserted, and (incremental) the
+    trials and evidence of the page's runs that left the KB archived and removed. The
+    strategies changed move to this write's revision (a dry run counts trials only)."""
     if dry_run:
-        return (*(await _preview(conn, workspace_id, found)), 0) if found else (0, 0, 0)
-    if not (found or evidence):
-        return 0, 0, 0
+        return Written(*(await _preview(conn, workspace_id, found))) if found else Written()
+    if not (found or evidence or gone):
+        return Written()
     async with conn.transaction():
-        inserted, updated = await _write(conn, workspace_id, found) if found else (0, 0)
-        changed = await trials.upsert_evidence(conn, workspace_id, [e.row() for e in evidence])
-        if inserted or updated or changed:
-            await trials.bump_revision(conn, workspace_id)
-    return inserted, updated, changed
+        revision = await trials.begin_write(conn, workspace_id)
+        rows = await trials.upsert_trials(conn, workspace_id, [t.row() for t in found], revision) if found else []
+        changed = await trials.upsert_evidence(conn, workspace_id, [e.row() for e in evidence], revision)
+        archived = await trials.archive_stale_trials(conn, workspace_id, gone) if gone else []
+        removed = await trials.delete_stale_evidence(conn, workspace_id, gone) if gone else 0
+        strategies = {r["strategy_name"] for r in (*rows, *changed)}
+        reset = {s for r in (*rows, *changed) if not r["inserted"] for s in (r["strategy_name"], r["old_strategy"])
+                 if s is not None} | set(archived)
+        if strategies or reset:
+            await trials.bump_revision(conn, workspace_id, revision, strategies, reset)
+    inserted = sum(1 for r in rows if r["inserted"])
+    return Written(inserted, len(rows) - inserted, len(changed), len(archived), removed)
 
 
 # After this many rows written, statistics are refreshed before the queries that follow
@@ -265,31 +196,51 @@ async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]
 ANALYZE_AFTER_ROWS = 1000
 
 
-async def _finish(db: Database, workspace_id: uuid.UUID, dry_run: bool, written: int) -> tuple[int, int, int]:
-    """Trials archived, stale evidence removed and DSR values written, in one transaction."""
+async def _finish(db: Database, scan: Pass, dry_run: bool, written: int, touched: list[uuid.UUID] | None,
+                  keep: str | None) -> tuple[int, int, int]:
+    """A full pass's archive of trials and removal of stale evidence, then the DSR of the
+    windows touched (every window after a full pass), in one transaction; the snapshot the
+    next ingest starts from is stored with them."""
+    workspace_id = scan.workspace_id
     async with db.acquire() as conn:
         if dry_run:
             return await trials.count_stale_trials(conn, workspace_id), 0, 0
         if written >= ANALYZE_AFTER_ROWS:
             await trials.analyze_kb_tables(conn)
         async with conn.transaction():
-            archived = await trials.archive_stale_trials(conn, workspace_id)
-            stale = await trials.delete_stale_evidence(conn, workspace_id)
+            revision = await trials.begin_write(conn, workspace_id)
+            archived = await trials.archive_stale_trials(conn, workspace_id, None) if touched is None else []
+            stale = await trials.delete_stale_evidence(conn, workspace_id, None) if touched is None else 0
             # DSR depends only on trials and evidence: recomputed when they changed, or when
             # some trial was never evaluated (a workspace ingested before DSR existed).
-            stale_dsr = written or archived or stale or await trials.trials_awaiting_dsr(conn, workspace_id)
-            deflated = await _deflate(conn, workspace_id) if stale_dsr else 0
-            if archived or stale or deflated:
-                await trials.bump_revision(conn, workspace_id)
-    return archived, stale, deflated
+            awaiting = await trials.trials_awaiting_dsr(conn, workspace_id)
+            stale_dsr = written or archived or stale or awaiting
+            deflated = await _deflate(conn, workspace_id, None if awaiting else touched) if stale_dsr else 0
+            if archived:
+                await trials.bump_revision(conn, workspace_id, revision, archived, archived)
+            elif stale or deflated:
+                await trials.bump_revision(conn, workspace_id, revision)
+            if keep is not None:
+                await trials.save_ingest_snapshot(conn, workspace_id, keep)
+    return len(archived), stale, deflated
 
 
-def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow], list[EvidenceRow]]:
+def _selected(row: Record) -> bool:
+    """A run a full pass reads: completed, and eligible or a test variant with a regime."""
+    return row["status"] in ("completed", "success") and (
+        row["kb_status"] in ELIGIBLE or (row["run_kind"] == "test_variant" and row["regime_oos"] is not None))
+
+
+def _classify(page: list[Record], result: IngestResult,
+              incremental: bool = False) -> tuple[list[TrialRow], list[EvidenceRow]]:
     """A page of runs as trials (candidate and promoted runs) and evidence (every completed
-    test variant with a regime); runs that cannot be read are counted with their reason."""
+    test variant with a regime); runs that cannot be read are counted with their reason.
+    An incremental page also holds runs a full pass does not read: they are left out here."""
     found: list[TrialRow] = []
     evidence: list[EvidenceRow] = []
     for row in page:
+        if incremental and not _selected(row):
+            continue
         if isinstance(row["created_at"], FarTime):
             if row["kb_status"] in ELIGIBLE:
                 result.scanned += 1
@@ -324,11 +275,11 @@ def _classify(page: list[Record], result: IngestResult) -> tuple[list[TrialRow],
 _NO_DSR = {"unavailable": "bars of the OOS window, bar size or Sharpe unknown"}
 
 
-async def _deflate(conn: Conn, workspace_id: uuid.UUID) -> int:
+async def _deflate(conn: Conn, workspace_id: uuid.UUID, touched: list[uuid.UUID] | None) -> int:
     """Each active trial's deflated Sharpe ratio, from its window's sets and their spread
     (after the evidence of this ingest is in); only changed values are written."""
     changed = []
-    for r in await trials.trial_window_stats(conn, workspace_id):
+    for r in await trials.trial_window_stats(conn, workspace_id, touched):
         found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
         value = None if found is None else round(found.dsr, 6)
         if value != r["dsr"] or not r["evaluated"]:

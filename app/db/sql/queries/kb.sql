@@ -1,7 +1,7 @@
 -- name: select_ingest_page
 -- One pass for trials (candidate and promoted runs) and performance evidence (every
 -- completed test variant with a regime, whatever its kb_status).
-SELECT id, created_at, run_kind, strategy_name, experiment_type, kb_status, trade_count,
+SELECT id, created_at, run_kind, status, strategy_name, experiment_type, kb_status, trade_count,
        params::text AS params, dataset_meta::text AS dataset_meta, summary::text AS summary,
        regime_oos::text AS regime_oos, regime_pre::text AS regime_pre
 FROM backtest_runs
@@ -12,6 +12,30 @@ WHERE workspace_id = $1
 ORDER BY created_at, id
 LIMIT $4
 
+-- name: select_changed_runs_page
+-- The runs written by transactions the snapshot $2 did not see (committed after the last
+-- ingest read under it), whatever their status: a run that left the KB is among them.
+SELECT id, created_at, run_kind, status, strategy_name, experiment_type, kb_status, trade_count,
+       params::text AS params, dataset_meta::text AS dataset_meta, summary::text AS summary,
+       regime_oos::text AS regime_oos, regime_pre::text AS regime_pre, kb_xid::text AS kb_xid
+FROM backtest_runs
+WHERE workspace_id = $1
+  AND kb_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(kb_xid, $2::text::pg_snapshot)
+  AND (kb_xid, id) > ($3::text::xid8, $4::uuid)
+ORDER BY kb_xid, id
+LIMIT $5
+
+-- name: current_snapshot
+SELECT pg_current_snapshot()::text
+
+-- name: ingest_snapshot
+SELECT snapshot::text FROM kb_ingest_state WHERE workspace_id = $1
+
+-- name: save_ingest_snapshot
+INSERT INTO kb_ingest_state (workspace_id, snapshot, ingested_at) VALUES ($1, $2::text::pg_snapshot, now())
+ON CONFLICT (workspace_id) DO UPDATE SET snapshot = EXCLUDED.snapshot, ingested_at = now()
+
 -- name: existing_trial_hashes
 SELECT source_run_id, content_hash, archived_at IS NOT NULL AS archived
 FROM kb_trials
@@ -19,42 +43,53 @@ WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
 
 -- name: upsert_trials
 -- Inserts new trials, updates changed (or archived) ones; unchanged rows are skipped
--- by the WHERE on the conflict branch and so are not returned.
-INSERT INTO kb_trials AS t (workspace_id, source_run_id, strategy_name, symbol, timeframe, experiment_type,
-                            params, sharpe, return_frac, max_dd_frac, win_rate, profit_factor, n_trades,
-                            regime_features, regime_tags, regime_ts_end, kb_status, content_hash,
-                            regime_pre_features, regime_pre_tags)
-SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.experiment_type, u.params::jsonb, u.sharpe,
-       u.return_frac, u.max_dd_frac, u.win_rate, u.profit_factor, u.n_trades,
-       u.features::float8[], u.tags::text[], u.ts_end, u.kb_status, u.content_hash,
-       u.pre_features::float8[], u.pre_tags::text[]
-FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[],
-            $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[],
-            $17::text[], $18::text[], $19::text[], $20::text[])
-     AS u(run_id, strategy, symbol, timeframe, experiment_type, params, sharpe, return_frac, max_dd_frac,
-          win_rate, profit_factor, n_trades, features, tags, ts_end, kb_status, content_hash, pre_features,
-          pre_tags)
-ON CONFLICT (workspace_id, source_run_id) DO UPDATE
-SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
-    experiment_type = EXCLUDED.experiment_type, params = EXCLUDED.params, sharpe = EXCLUDED.sharpe,
-    return_frac = EXCLUDED.return_frac, max_dd_frac = EXCLUDED.max_dd_frac, win_rate = EXCLUDED.win_rate,
-    profit_factor = EXCLUDED.profit_factor, n_trades = EXCLUDED.n_trades,
-    regime_features = EXCLUDED.regime_features, regime_tags = EXCLUDED.regime_tags,
-    regime_ts_end = EXCLUDED.regime_ts_end, kb_status = EXCLUDED.kb_status,
-    regime_pre_features = EXCLUDED.regime_pre_features, regime_pre_tags = EXCLUDED.regime_pre_tags,
-    content_hash = EXCLUDED.content_hash, updated_at = now(), archived_at = NULL
-WHERE t.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR t.archived_at IS NOT NULL
-RETURNING (xmax = 0) AS inserted
+-- by the WHERE on the conflict branch and so are not returned. Each returned row says
+-- whether it was new and which strategy it belonged to before ($21: the write's revision).
+WITH before AS (
+    SELECT source_run_id, strategy_name FROM kb_trials WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
+), written AS (
+    INSERT INTO kb_trials AS t (workspace_id, source_run_id, strategy_name, symbol, timeframe, experiment_type,
+                                params, sharpe, return_frac, max_dd_frac, win_rate, profit_factor, n_trades,
+                                regime_features, regime_tags, regime_ts_end, kb_status, content_hash,
+                                regime_pre_features, regime_pre_tags, change_revision)
+    SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.experiment_type, u.params::jsonb, u.sharpe,
+           u.return_frac, u.max_dd_frac, u.win_rate, u.profit_factor, u.n_trades,
+           u.features::float8[], u.tags::text[], u.ts_end, u.kb_status, u.content_hash,
+           u.pre_features::float8[], u.pre_tags::text[], $21::bigint
+    FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[],
+                $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[],
+                $17::text[], $18::text[], $19::text[], $20::text[])
+         AS u(run_id, strategy, symbol, timeframe, experiment_type, params, sharpe, return_frac, max_dd_frac,
+              win_rate, profit_factor, n_trades, features, tags, ts_end, kb_status, content_hash, pre_features,
+              pre_tags)
+    ON CONFLICT (workspace_id, source_run_id) DO UPDATE
+    SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
+        experiment_type = EXCLUDED.experiment_type, params = EXCLUDED.params, sharpe = EXCLUDED.sharpe,
+        return_frac = EXCLUDED.return_frac, max_dd_frac = EXCLUDED.max_dd_frac, win_rate = EXCLUDED.win_rate,
+        profit_factor = EXCLUDED.profit_factor, n_trades = EXCLUDED.n_trades,
+        regime_features = EXCLUDED.regime_features, regime_tags = EXCLUDED.regime_tags,
+        regime_ts_end = EXCLUDED.regime_ts_end, kb_status = EXCLUDED.kb_status,
+        regime_pre_features = EXCLUDED.regime_pre_features, regime_pre_tags = EXCLUDED.regime_pre_tags,
+        content_hash = EXCLUDED.content_hash, updated_at = now(), archived_at = NULL,
+        change_revision = EXCLUDED.change_revision
+    WHERE t.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR t.archived_at IS NOT NULL
+    RETURNING source_run_id, strategy_name, (xmax = 0) AS inserted
+)
+SELECT w.inserted, w.strategy_name, b.strategy_name AS old_strategy
+FROM written w LEFT JOIN before b USING (source_run_id)
 
 -- name: archive_stale_trials
--- Trials whose run left the KB (rejected, undone, no longer completed).
+-- Trials whose run left the KB (rejected, undone, no longer completed); $2: only these
+-- runs (NULL: every run of the workspace). Returns the strategy of each archived trial.
 UPDATE kb_trials t
 SET archived_at = now(), updated_at = now()
 FROM backtest_runs r
 WHERE t.workspace_id = $1
   AND t.archived_at IS NULL
-  AND r.id = t.source_run_id
+  AND ($2::uuid[] IS NULL OR t.source_run_id = ANY($2::uuid[]))
+  AND r.workspace_id = $1 AND r.id = t.source_run_id
   AND (r.kb_status NOT IN ('candidate', 'promoted') OR r.status NOT IN ('completed', 'success'))
+RETURNING t.strategy_name
 
 -- name: count_stale_trials
 SELECT count(*)
@@ -62,18 +97,44 @@ FROM kb_trials t JOIN backtest_runs r ON r.id = t.source_run_id
 WHERE t.workspace_id = $1 AND t.archived_at IS NULL
   AND (r.kb_status NOT IN ('candidate', 'promoted') OR r.status NOT IN ('completed', 'success'))
 
+-- name: begin_kb_write
+-- Serialises a workspace's KB writers (the row lock lasts until commit) and returns the
+-- revision this write stamps on its rows: revisions follow commit order.
+INSERT INTO kb_trial_revisions AS r (workspace_id, revision, updated_at) VALUES ($1, 0, now())
+ON CONFLICT (workspace_id) DO UPDATE SET revision = r.revision
+RETURNING nextval('kb_revision_seq') AS revision
+
 -- name: bump_trial_revision
-INSERT INTO kb_trial_revisions (workspace_id, revision, updated_at) VALUES ($1, nextval('kb_revision_seq'), now())
-ON CONFLICT (workspace_id) DO UPDATE SET revision = EXCLUDED.revision, updated_at = now()
+-- $2: the write's revision (from begin_kb_write).
+UPDATE kb_trial_revisions SET revision = greatest(revision, $2::bigint), updated_at = now() WHERE workspace_id = $1
+
+-- name: bump_strategy_revisions
+-- The strategies a write changed move to its revision; those in $4 (rows already there
+-- changed or left) also reset: a cached matrix older than that is rebuilt.
+INSERT INTO kb_strategy_revisions AS s (workspace_id, strategy_name, revision, reset_revision)
+SELECT $1, u.strategy, $2::bigint, CASE WHEN u.strategy = ANY($4::text[]) THEN $2::bigint ELSE 0 END
+FROM unnest($3::text[]) AS u(strategy)
+ON CONFLICT (workspace_id, strategy_name) DO UPDATE
+SET revision = greatest(s.revision, EXCLUDED.revision),
+    reset_revision = CASE WHEN s.strategy_name = ANY($4::text[]) THEN EXCLUDED.revision ELSE s.reset_revision END
+
+-- name: strategy_revision
+SELECT revision, reset_revision FROM kb_strategy_revisions WHERE workspace_id = $1 AND strategy_name = $2
 
 -- name: trial_revision
 SELECT revision FROM kb_trial_revisions WHERE workspace_id = $1
 
 -- name: load_trials
+-- Active trials of a strategy written after revision $3 (-1: all of them).
 SELECT id, source_run_id, symbol, timeframe, regime_features, regime_tags, sharpe, return_frac, max_dd_frac,
-       n_trades, kb_status, params::text AS params, win_rate, profit_factor, dsr
+       n_trades, kb_status, params::text AS params
 FROM kb_trials
-WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL
+WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL AND change_revision > $3
+
+-- name: trial_details
+-- What an answer shows of its supporting trials beyond the cached matrix: the DSR, which
+-- every ingest may recompute.
+SELECT id, dsr FROM kb_trials WHERE workspace_id = $1 AND id = ANY($2::uuid[])
 
 -- name: status_runs_by_kb_status
 SELECT kb_status, count(*) AS n, count(*) FILTER (WHERE regime_oos IS NOT NULL) AS with_regime
@@ -94,51 +155,69 @@ GROUP BY 1 ORDER BY 1
 SELECT count(*) FROM kb_trials WHERE workspace_id = $1 AND archived_at IS NOT NULL
 
 -- name: upsert_evidence
-INSERT INTO kb_evidence AS e (workspace_id, source_run_id, strategy_name, symbol, timeframe, params, sharpe,
-                              n_trades, oos_start, oos_end, pre_features, oos_features, pre_tags, oos_tags,
-                              eligible, content_hash)
-SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.params::jsonb, u.sharpe, u.n_trades, u.oos_start,
-       u.oos_end, u.pre_features::float8[], u.oos_features::float8[], u.pre_tags::text[], u.oos_tags::text[],
-       u.eligible, u.content_hash
-FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::bigint[],
-            $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[],
-            $15::bool[], $16::text[])
-     AS u(run_id, strategy, symbol, timeframe, params, sharpe, n_trades, oos_start, oos_end, pre_features,
-          oos_features, pre_tags, oos_tags, eligible, content_hash)
-ON CONFLICT (workspace_id, source_run_id) DO UPDATE
-SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
-    params = EXCLUDED.params, sharpe = EXCLUDED.sharpe, n_trades = EXCLUDED.n_trades,
-    oos_start = EXCLUDED.oos_start, oos_end = EXCLUDED.oos_end, pre_features = EXCLUDED.pre_features,
-    oos_features = EXCLUDED.oos_features, pre_tags = EXCLUDED.pre_tags, oos_tags = EXCLUDED.oos_tags,
-    eligible = EXCLUDED.eligible, content_hash = EXCLUDED.content_hash
-WHERE e.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-RETURNING 1
+-- Inserts or updates evidence rows (unchanged ones are skipped); as upsert_trials, each
+-- returned row says whether it was new and its strategy before ($17: the write's revision).
+WITH before AS (
+    SELECT source_run_id, strategy_name FROM kb_evidence WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
+), written AS (
+    INSERT INTO kb_evidence AS e (workspace_id, source_run_id, strategy_name, symbol, timeframe, params, sharpe,
+                                  n_trades, oos_start, oos_end, pre_features, oos_features, pre_tags, oos_tags,
+                                  eligible, content_hash, change_revision)
+    SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.params::jsonb, u.sharpe, u.n_trades, u.oos_start,
+           u.oos_end, u.pre_features::float8[], u.oos_features::float8[], u.pre_tags::text[], u.oos_tags::text[],
+           u.eligible, u.content_hash, $17::bigint
+    FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::bigint[],
+                $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[],
+                $15::bool[], $16::text[])
+         AS u(run_id, strategy, symbol, timeframe, params, sharpe, n_trades, oos_start, oos_end, pre_features,
+              oos_features, pre_tags, oos_tags, eligible, content_hash)
+    ON CONFLICT (workspace_id, source_run_id) DO UPDATE
+    SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
+        params = EXCLUDED.params, sharpe = EXCLUDED.sharpe, n_trades = EXCLUDED.n_trades,
+        oos_start = EXCLUDED.oos_start, oos_end = EXCLUDED.oos_end, pre_features = EXCLUDED.pre_features,
+        oos_features = EXCLUDED.oos_features, pre_tags = EXCLUDED.pre_tags, oos_tags = EXCLUDED.oos_tags,
+        eligible = EXCLUDED.eligible, content_hash = EXCLUDED.content_hash,
+        change_revision = EXCLUDED.change_revision
+    WHERE e.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+    RETURNING source_run_id, strategy_name, (xmax = 0) AS inserted
+)
+SELECT w.inserted, w.strategy_name, b.strategy_name AS old_strategy
+FROM written w LEFT JOIN before b USING (source_run_id)
 
 -- name: delete_stale_evidence
 -- Evidence whose run no longer qualifies (not completed, or its regime was removed).
+-- $2: only these runs (NULL: every run of the workspace).
 DELETE FROM kb_evidence e
 USING backtest_runs r
-WHERE e.workspace_id = $1 AND r.id = e.source_run_id
+WHERE e.workspace_id = $1
+  AND ($2::uuid[] IS NULL OR e.source_run_id = ANY($2::uuid[]))
+  AND r.workspace_id = $1 AND r.id = e.source_run_id
   AND (r.status NOT IN ('completed', 'success') OR r.regime_oos IS NULL)
 
 -- name: load_evidence
 SELECT source_run_id, symbol, timeframe, params::text AS params, sharpe, oos_start, oos_end,
        pre_features, oos_features, pre_tags, oos_tags, eligible
 FROM kb_evidence
-WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL
+WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL AND change_revision > $3
 
 -- name: trial_window_stats
 -- Per active trial: its Sharpe, bar size, bars in its OOS window (from the OOS snapshot),
 -- and over every completed run of its strategy on the same window (same symbol, bar size,
 -- OOS start and end): how many parameter sets were tried and the variance of their Sharpe.
 -- Window functions over one scan of the evidence, then key lookups: no join whose plan
--- depends on statistics a fresh bulk load has not gathered yet.
-WITH ranked AS (
+-- depends on statistics a fresh bulk load has not gathered yet. $2: only the windows of
+-- these runs (NULL: every window).
+WITH touched AS (
+    SELECT DISTINCT strategy_name, symbol, timeframe, oos_start, oos_end
+    FROM kb_evidence
+    WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
+), ranked AS (
     SELECT source_run_id, sharpe, strategy_name, symbol, timeframe, oos_start, oos_end,
            dense_rank() OVER (PARTITION BY strategy_name, symbol, timeframe, oos_start, oos_end
                               ORDER BY params) AS set_rank
-    FROM kb_evidence
+    FROM kb_evidence e
     WHERE workspace_id = $1 AND oos_start IS NOT NULL
+      AND ($2::uuid[] IS NULL OR (strategy_name, symbol, timeframe, oos_start, oos_end) IN (SELECT * FROM touched))
 ), stats AS (
     SELECT source_run_id, max(set_rank) OVER w AS n_sets, coalesce(var_samp(sharpe) OVER w, 0) AS sharpe_var
     FROM ranked
@@ -161,9 +240,9 @@ FROM unnest($2::uuid[], $3::float8[], $4::text[]) AS u(id, dsr, inputs)
 WHERE t.workspace_id = $1 AND t.id = u.id
 
 -- name: load_walkforward
-SELECT model::text AS model, summary::text AS summary
+SELECT revision, model::text AS model, summary::text AS summary
 FROM kb_walkforward
-WHERE workspace_id = $1 AND strategy_name = $2 AND scope_key = $3 AND revision = $4
+WHERE workspace_id = $1 AND strategy_name = $2 AND scope_key = $3
 
 -- name: save_walkforward
 -- Keeps the newest revision's check (a slower writer of an older revision does not overwrite it).

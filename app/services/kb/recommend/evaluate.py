@@ -21,22 +21,17 @@ from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.nested import Model, replay
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.report import summarize
-from app.services.kb.recommend.walkforward import (
-    DEFAULT_TUNING,
-    TUNINGS,
-    global_stats,
-    no_skill_prior,
-    sums_of,
-    walk_forward,
-)
+from app.services.kb.recommend.decisions import walk_forward
+from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, global_stats, no_skill_prior, sums_of
 
 
 @dataclass(frozen=True)
 class WalkForwardCheck:
-    """The nested replay of one matrix and its report."""
+    """The nested replay of one matrix (of strategy revision `revision`) and its report."""
 
     model: Model
     summary: dict[str, Any]
+    revision: int = 0
 
 
 def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
@@ -45,7 +40,7 @@ def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
     everything = global_stats(matrix, *sums_of(matrix, np.arange(matrix.n_windows)), TUNINGS[0].haircut)
     model = replay(walk_forward(matrix, TUNINGS), TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread,
                    no_skill_prior(everything))
-    return WalkForwardCheck(model, summarize(matrix, model))
+    return WalkForwardCheck(model, summarize(matrix, model), matrix.revision)
 
 
 async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:
@@ -58,23 +53,39 @@ async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:
 
 
 async def stored_check(db: Database, workspace_id: uuid.UUID, strategy: str, scope: Scope,
-                       m: EvidenceMatrix) -> WalkForwardCheck:
-    """The check of this matrix: from memory, else the one stored for its KB revision and
-    scope (so a new `kb recommend` process replays nothing), else computed and stored."""
-    if "check" in m.memo:
+                       m: EvidenceMatrix, stale_ok: bool = False) -> WalkForwardCheck:
+    """The check of this matrix: from memory, else the one stored for its revision and
+    scope (so a new `kb recommend` process replays nothing), else computed and stored.
+    `stale_ok`: while that computation runs, the last finished check (of an earlier
+    revision, from memory or the database) is returned instead of waiting for it."""
+    if "check" not in m.memo and scope.as_of is None:
+        found = await load_walkforward(db, workspace_id, strategy, scope.key())
+        if found is not None and found[0] == m.revision:
+            done: asyncio.Future[WalkForwardCheck] = asyncio.get_running_loop().create_future()
+            done.set_result(_stored(found))
+            m.memo.setdefault("check", done)
+        else:
+            if found is not None:
+                m.memo.setdefault("previous_check", _stored(found))
+            m.memo.setdefault("check", asyncio.ensure_future(_compute_and_store(db, workspace_id, strategy, scope, m)))
+    elif "check" not in m.memo:  # a one-off look at the past (a backtest of the KB): kept in memory only
         return await walk_forward_check(m)
-    if scope.as_of is not None:  # a one-off look at the past (a backtest of the KB): kept in memory only
-        return await walk_forward_check(m)
-    key = scope.key()
-    found = await load_walkforward(db, workspace_id, strategy, key, m.revision)
-    if found is not None:
-        check = WalkForwardCheck(Model.from_json(found[0]), orjson.loads(found[1]))
-        done: asyncio.Future[WalkForwardCheck] = asyncio.get_running_loop().create_future()
-        done.set_result(check)
-        m.memo.setdefault("check", done)
-        return await walk_forward_check(m)
-    check = await walk_forward_check(m)
-    await save_walkforward(db, workspace_id, strategy, key, m.revision, check.model.to_json(),
+    task = m.memo["check"]
+    if stale_ok and not task.done() and "previous_check" in m.memo:
+        previous: WalkForwardCheck = m.memo["previous_check"]
+        return previous
+    result: WalkForwardCheck = await asyncio.shield(task)
+    return result
+
+
+def _stored(found: tuple[int, str, str]) -> WalkForwardCheck:
+    return WalkForwardCheck(Model.from_json(found[1]), orjson.loads(found[2]), found[0])
+
+
+async def _compute_and_store(db: Database, workspace_id: uuid.UUID, strategy: str, scope: Scope,
+                             m: EvidenceMatrix) -> WalkForwardCheck:
+    check = await asyncio.to_thread(evaluate_matrix, m)
+    await save_walkforward(db, workspace_id, strategy, scope.key(), m.revision, check.model.to_json(),
                            orjson.dumps(check.summary).decode())
     return check
 

@@ -15,6 +15,7 @@ import numpy as np
 from app.errors import BadInput
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.scaling import RobustScale
+from app.services.kb.recommend.trial_matrix import uuid_at, uuid_halves
 from app.services.kb.regime.snapshot import FEATURE_NAMES
 from app.timestamps import to_ns
 
@@ -32,7 +33,7 @@ class EvidenceMatrix:
     ptr: np.ndarray  # per window: offset of its first cell (n_windows + 1)
     cell_set: np.ndarray
     cell_sharpe: np.ndarray  # mean OOS Sharpe of the set's runs in the window
-    cell_run: list[uuid.UUID]  # one run per cell
+    cell_run: np.ndarray  # one run per cell, its id as two 64-bit halves
     cell_eligible: np.ndarray  # a run of the set reached the KB in this window
     features: np.ndarray  # windows x d (raw)
     ex_ante: np.ndarray  # per window: features are ex-ante (else OOS)
@@ -47,6 +48,13 @@ class EvidenceMatrix:
     timeframes: frozenset[str | None] = frozenset()
     # Query-independent results derived from this matrix (all-history stats), built on first use.
     memo: dict[Any, Any] = field(default_factory=dict)
+    index: EvidenceIndex | None = None
+    raw_cells: Any = None  # the cells as sums and counts, for appends
+    windows: Any = None  # the per-window columns, for appends
+
+    @property
+    def window_labels(self) -> list[str]:
+        return list(self.windows.labels) if self.windows is not None else [""] * self.n_windows
 
     def require_one_bar_size(self, strategy: str) -> None:
         """Refuse to compare windows of different bar sizes (the caller passes --timeframe)."""
@@ -84,23 +92,39 @@ class EvidenceMatrix:
     def run_of(self, w: int, s: int) -> uuid.UUID | None:
         lo, hi = int(self.ptr[w]), int(self.ptr[w + 1])
         hits = np.flatnonzero(self.cell_set[lo:hi] == s)
-        return self.cell_run[lo + int(hits[0])] if len(hits) else None
+        return uuid_at(self.cell_run, lo + int(hits[0])) if len(hits) else None
 
 
-def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> EvidenceMatrix:
-    """The matrix of the evidence rows the scope admits (all of them without one)."""
-    windows: dict[tuple[Any, ...], int] = {}
-    sets: dict[str, int] = {}
-    # (window, set) -> [sum, count, a run]; repeated runs of one set in one window average.
-    cells: dict[tuple[int, int], list[Any]] = {}
-    eligible: list[bool] = []
-    feats: list[Any] = []
-    ex_ante: list[bool] = []
-    tags: list[tuple[str, ...]] = []
-    oos_tags: list[tuple[str, ...]] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    timeframes: set[str | None] = set()
+@dataclass
+class EvidenceIndex:
+    """Window and set codes given so far: shared by a matrix and those appended from it
+    (codes only grow, so an older matrix's codes stay valid)."""
+
+    windows: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    sets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Rows:
+    """Evidence rows mapped to (window, set) codes, with the windows they opened."""
+
+    window_code: list[int] = field(default_factory=list)
+    set_code: list[int] = field(default_factory=list)
+    sharpe: list[float] = field(default_factory=list)
+    run: list[uuid.UUID] = field(default_factory=list)
+    eligible: list[bool] = field(default_factory=list)
+    feats: list[Any] = field(default_factory=list)
+    ex_ante: list[bool] = field(default_factory=list)
+    tags: list[tuple[str, ...]] = field(default_factory=list)
+    oos_tags: list[tuple[str, ...]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    timeframes: set[str | None] = field(default_factory=set)
+
+
+def _collect(rows: list[Any], scope: Scope | None, index: EvidenceIndex) -> _Rows:
+    out = _Rows()
     for r in rows:
         if scope is not None and not scope.admits(r["symbol"], r["timeframe"], r["oos_end"]):
             continue
@@ -110,39 +134,113 @@ def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> 
             continue
         key = (r["symbol"], r["timeframe"], r["oos_start"], r["oos_end"]) if r["oos_start"] is not None \
             else ("run", r["source_run_id"])
-        w = windows.get(key)
+        w = index.windows.get(key)
         if w is None:
-            w = windows[key] = len(windows)
-            feats.append(vector)
-            ex_ante.append(use_pre)
-            tags.append(tuple(r["pre_tags"] if use_pre else r["oos_tags"]))
-            oos_tags.append(tuple(r["oos_tags"]))
-            timeframes.add(r["timeframe"])
-            starts.append(to_ns(r["oos_start"]))
-            ends.append(to_ns(r["oos_end"]))
-        s = sets.get(r["params"])
+            w = index.windows[key] = len(index.windows)
+            out.feats.append(vector)
+            out.ex_ante.append(use_pre)
+            out.tags.append(tuple(r["pre_tags"] if use_pre else r["oos_tags"]))
+            out.oos_tags.append(tuple(r["oos_tags"]))
+            out.timeframes.add(r["timeframe"])
+            out.starts.append(to_ns(r["oos_start"]))
+            out.ends.append(to_ns(r["oos_end"]))
+            out.labels.append("|".join(str(k) for k in key))
+        s = index.sets.get(r["params"])
         if s is None:
-            s = sets[r["params"]] = len(sets)
-            eligible.append(False)
-        eligible[s] = eligible[s] or bool(r["eligible"])
-        cell = cells.get((w, s))
-        if cell is None:
-            cells[(w, s)] = [float(r["sharpe"]), 1, r["source_run_id"], bool(r["eligible"])]
-        else:
-            cell[0] += float(r["sharpe"])
-            cell[1] += 1
-            cell[3] = cell[3] or bool(r["eligible"])
-    order = sorted(cells)
-    cell_window = np.array([w for w, _ in order], dtype=np.int64)
-    ptr = np.searchsorted(cell_window, np.arange(len(windows) + 1)).astype(np.int64)
-    n_w = len(windows)
-    features = np.array(feats, dtype=float).reshape(n_w, len(FEATURE_NAMES))
-    scaling = RobustScale.fit(features)
-    scaled = scaling.apply(features)
+            s = index.sets[r["params"]] = len(index.sets)
+        out.window_code.append(w)
+        out.set_code.append(s)
+        out.sharpe.append(float(r["sharpe"]))
+        out.run.append(r["source_run_id"])
+        out.eligible.append(bool(r["eligible"]))
+    return out
+
+
+@dataclass
+class _Cells:
+    """Cells before they are grouped by window: repeated runs of one set in one window
+    average (sum and count kept, so later runs add in)."""
+
+    window: np.ndarray
+    set: np.ndarray
+    sum: np.ndarray
+    count: np.ndarray
+    run: np.ndarray  # (n, 2) uint64 halves of one run's id
+    eligible: np.ndarray
+
+    def merged(self, other: _Cells, n_sets: int) -> _Cells:
+        """Both, with cells of the same (window, set) combined; this one's come first."""
+        both = _Cells(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in _CELL_FIELDS))
+        key = both.window * max(n_sets, 1) + both.set
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
+        if not len(key):
+            return both
+        at = order[first]
+        return _Cells(both.window[at], both.set[at], np.add.reduceat(both.sum[order], first),
+                      np.add.reduceat(both.count[order], first), both.run[at],
+                      np.logical_or.reduceat(both.eligible[order], first))
+
+
+_CELL_FIELDS = ("window", "set", "sum", "count", "run", "eligible")
+
+
+def _cells_of(rows: _Rows) -> _Cells:
+    return _Cells(np.array(rows.window_code, dtype=np.int64), np.array(rows.set_code, dtype=np.int64),
+                  np.array(rows.sharpe, dtype=float), np.ones(len(rows.window_code), dtype=np.int64),
+                  uuid_halves(rows.run), np.array(rows.eligible, dtype=bool))
+
+
+def _assemble(cells: _Cells, windows: _Windows, index: EvidenceIndex, revision: int) -> EvidenceMatrix:
+    n_w, n_s = len(windows.starts), len(index.sets)
+    ptr = np.searchsorted(cells.window, np.arange(n_w + 1)).astype(np.int64)
+    eligible = np.zeros(n_s, dtype=bool)
+    eligible[cells.set[cells.eligible]] = True
+    scaling = RobustScale.fit(windows.features)
+    scaled = scaling.apply(windows.features)
     return EvidenceMatrix(
-        revision, list(sets), np.array(eligible, dtype=bool), ptr,
-        np.array([s for _, s in order], dtype=np.int64),
-        np.array([cells[c][0] / cells[c][1] for c in order], dtype=float), [cells[c][2] for c in order],
-        np.array([cells[c][3] for c in order], dtype=bool),
-        features, np.array(ex_ante, dtype=bool), tags, oos_tags, np.array(starts, dtype=np.int64),
-        np.array(ends, dtype=np.int64), scaling, scaled, (scaled * scaled).sum(axis=1), frozenset(timeframes))
+        revision, list(index.sets), eligible, ptr, cells.set, cells.sum / cells.count, cells.run, cells.eligible,
+        windows.features, windows.ex_ante, windows.tags, windows.oos_tags, windows.starts, windows.ends, scaling,
+        scaled, (scaled * scaled).sum(axis=1), frozenset(windows.timeframes), index=index, raw_cells=cells,
+        windows=windows)
+
+
+@dataclass
+class _Windows:
+    features: np.ndarray
+    ex_ante: np.ndarray
+    tags: list[tuple[str, ...]]
+    oos_tags: list[tuple[str, ...]]
+    starts: np.ndarray
+    ends: np.ndarray
+    labels: list[str]
+    timeframes: frozenset[str | None]
+
+    def __add__(self, rows: _Rows) -> _Windows:
+        feats = np.array(rows.feats, dtype=float).reshape(len(rows.feats), len(FEATURE_NAMES))
+        return _Windows(np.concatenate([self.features, feats]),
+                        np.concatenate([self.ex_ante, np.array(rows.ex_ante, dtype=bool)]),
+                        self.tags + rows.tags, self.oos_tags + rows.oos_tags,
+                        np.concatenate([self.starts, np.array(rows.starts, dtype=np.int64)]),
+                        np.concatenate([self.ends, np.array(rows.ends, dtype=np.int64)]),
+                        self.labels + rows.labels, self.timeframes | rows.timeframes)
+
+
+_NO_WINDOWS = _Windows(np.zeros((0, len(FEATURE_NAMES))), np.zeros(0, dtype=bool), [], [], np.zeros(0, np.int64),
+                       np.zeros(0, np.int64), [], frozenset())
+
+
+def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> EvidenceMatrix:
+    """The matrix of the evidence rows the scope admits (all of them without one)."""
+    index = EvidenceIndex()
+    found = _collect(rows, scope, index)
+    empty = _cells_of(_Rows())
+    return _assemble(empty.merged(_cells_of(found), len(index.sets)), _NO_WINDOWS + found, index, revision)
+
+
+def extend_matrix(m: EvidenceMatrix, rows: list[Any], revision: int, scope: Scope | None = None) -> EvidenceMatrix:
+    """`m` with the evidence written since its revision added (a new matrix: `m` stays
+    valid for the requests still reading it). Equal to a fresh build of all the rows."""
+    found = _collect(rows, scope, m.index)
+    return _assemble(m.raw_cells.merged(_cells_of(found), len(m.index.sets)), m.windows + found, m.index, revision)

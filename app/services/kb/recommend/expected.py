@@ -118,5 +118,5 @@ def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery, nearest: Rec
             chosen_set["expected_sharpe"], chosen_set["interval"],
             _runner_ups(m, scores, model, ranked, chosen),
             _set(m, global_best, scores, model, float(scores.global_mean[global_best])), model.conditioned,
-            evidence, check.summary,
+            evidence, {**check.summary, "kb_revision": check.revision, "stale": check.revision != m.revision},
             extra={"raw_expected_sharpe": rounded(raw), "confidence_means": CONFIDENCE_MEANS, "scope": scope}))

@@ -9,8 +9,6 @@ top trials' parameters: weighted median for numbers, weighted mode otherwise.
 from __future__ import annotations
 
 import math
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,78 +16,14 @@ import orjson
 
 from app.services.kb.recommend.answer import Recommendation
 from app.services.kb.recommend.query import RecommendQuery
-from app.services.kb.recommend.scaling import RobustScale, rms_distances
+from app.services.kb.recommend.scaling import rms_distances
+from app.services.kb.recommend.trial_matrix import TrialMatrix
 from app.services.kb.regime.snapshot import FEATURE_NAMES
 
 W_FEATURES, W_TAGS, W_QUALITY = 0.6, 0.25, 0.15
 OOD_DISTANCE = 3.0  # robust units (IQR-scaled, RMS over features) to the nearest trial
 OK_SUPPORT = 10
 MIN_SUPPORT = 3
-
-
-@dataclass
-class TrialMatrix:
-    revision: int
-    trial_ids: list[uuid.UUID]
-    run_ids: list[uuid.UUID]
-    features: np.ndarray  # n x d, NaN where a trial has no regime
-    has_features: np.ndarray
-    tags: list[frozenset[str]]
-    sharpe: np.ndarray
-    return_frac: np.ndarray
-    max_dd: np.ndarray
-    n_trades: np.ndarray
-    dsr: np.ndarray
-    promoted: np.ndarray
-    symbol: np.ndarray
-    timeframe: np.ndarray
-    params: list[str]
-    scaling: RobustScale
-    quality: np.ndarray
-    scaled: np.ndarray  # (features - center) / scale, computed once per load
-    squared_norms: np.ndarray  # per trial, of `scaled` (fast distances)
-    tag_vocab: dict[str, int]
-    tag_bits: np.ndarray  # one bit per tag in tag_vocab
-    tag_count: np.ndarray
-
-
-def _quality(sharpe: np.ndarray, max_dd: np.ndarray) -> np.ndarray:
-    s = np.clip(np.nan_to_num(sharpe, nan=0.0) / 3.0, 0.0, 1.0)
-    dd = 1.0 - np.clip(np.nan_to_num(max_dd, nan=0.25) / 0.5, 0.0, 1.0)
-    return 0.7 * s + 0.3 * dd
-
-
-def build_trial_matrix(rows: list[Any], revision: int) -> TrialMatrix:
-    n, d = len(rows), len(FEATURE_NAMES)
-    feats = np.full((n, d), np.nan)
-    for i, r in enumerate(rows):
-        if r["regime_features"] is not None and len(r["regime_features"]) == d:
-            feats[i] = r["regime_features"]
-    has = ~np.isnan(feats).any(axis=1)
-    col = lambda name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)  # noqa: E731
-    sharpe, max_dd = col("sharpe"), col("max_dd_frac")
-    scaling = RobustScale.fit(feats[has])
-    scaled = scaling.apply(feats)
-    tag_sets = [frozenset(r["regime_tags"] or ()) for r in rows]
-    vocab = {t: i for i, t in enumerate(sorted(set().union(*tag_sets)))} if tag_sets else {}
-    if len(vocab) > 63:  # bitmasks hold 63 tags; rarer ones beyond that do not count for overlap
-        vocab = dict(list(vocab.items())[:63])
-    bits = np.array([sum(1 << vocab[t] for t in ts if t in vocab) for ts in tag_sets], dtype=np.int64)
-    return TrialMatrix(
-        revision=revision,
-        trial_ids=[r["id"] for r in rows],
-        run_ids=[r["source_run_id"] for r in rows],
-        features=feats, has_features=has,
-        tags=tag_sets,
-        sharpe=sharpe, return_frac=col("return_frac"), max_dd=max_dd, n_trades=col("n_trades"), dsr=col("dsr"),
-        promoted=np.array([r["kb_status"] == "promoted" for r in rows], dtype=bool),
-        symbol=np.array([r["symbol"] or "" for r in rows], dtype=object),
-        timeframe=np.array([r["timeframe"] or "" for r in rows], dtype=object),
-        params=[r["params"] for r in rows],
-        scaling=scaling, quality=_quality(sharpe, max_dd),
-        scaled=scaled, squared_norms=(scaled * scaled).sum(axis=1), tag_vocab=vocab, tag_bits=bits,
-        tag_count=np.bitwise_count(bits).astype(np.float64),
-    )
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -138,18 +72,19 @@ def aggregate_params(params: list[dict[str, Any]], weights: np.ndarray) -> tuple
 def _candidates(matrix: TrialMatrix, query: RecommendQuery) -> np.ndarray:
     """Trials passing the query's quality filters, on its bar size and (unless pooled) its
     instrument: never another bar size, never silently another instrument."""
-    mask = np.ones(len(matrix.trial_ids), dtype=bool)
+    c = matrix.columns
+    mask = np.ones(len(matrix), dtype=bool)
     if query.min_sharpe is not None:
-        mask &= np.nan_to_num(matrix.sharpe, nan=-np.inf) >= query.min_sharpe
+        mask &= np.nan_to_num(c.sharpe, nan=-np.inf) >= query.min_sharpe
     if query.min_trades is not None:
-        mask &= np.nan_to_num(matrix.n_trades, nan=0) >= query.min_trades
+        mask &= np.nan_to_num(c.n_trades, nan=0) >= query.min_trades
     if query.max_drawdown is not None:
-        mask &= np.nan_to_num(matrix.max_dd, nan=0) <= query.max_drawdown
+        mask &= np.nan_to_num(c.max_dd, nan=0) <= query.max_drawdown
     scope = query.scope
     if scope.symbol and not scope.pool:
-        mask &= matrix.symbol == scope.symbol
+        mask &= c.symbol_code == matrix.labels.find(scope.symbol)
     if scope.timeframe:
-        mask &= matrix.timeframe == scope.timeframe
+        mask &= c.timeframe_code == matrix.labels.find(scope.timeframe)
     return mask
 
 
@@ -157,7 +92,7 @@ def _tag_similarity(matrix: TrialMatrix, idx: np.ndarray, query_tags: frozenset[
     """Jaccard overlap of each trial's tags with the query's (tags the KB never saw count in the union)."""
     qbits = sum(1 << matrix.tag_vocab[t] for t in query_tags if t in matrix.tag_vocab)
     unknown = sum(1 for t in query_tags if t not in matrix.tag_vocab)
-    trial_bits = matrix.tag_bits[idx]
+    trial_bits = matrix.tag_bits(idx)
     inter = np.bitwise_count(trial_bits & qbits).astype(np.float64)
     union = np.bitwise_count(trial_bits | qbits).astype(np.float64) + unknown
     return inter / np.maximum(union, 1.0)
@@ -165,14 +100,15 @@ def _tag_similarity(matrix: TrialMatrix, idx: np.ndarray, query_tags: frozenset[
 
 def _supporting(matrix: TrialMatrix, i: int, params: Any, feat_sim: float, tag_sim: float, dist: float | None,
                 score: float) -> dict[str, Any]:
+    c = matrix.columns
     return {
-        "trial_id": str(matrix.trial_ids[i]), "run_id": str(matrix.run_ids[i]),
+        "trial_id": str(matrix.trial_id(i)), "run_id": str(matrix.run_id(i)),
         "similarity": round(feat_sim, 4), "tag_overlap": round(tag_sim, 4),
         "distance": None if dist is None else round(dist, 4), "score": round(score, 4), "params": params,
-        "sharpe": _num(matrix.sharpe[i]), "return_frac": _num(matrix.return_frac[i]),
-        "max_dd_frac": _num(matrix.max_dd[i]), "dsr": _num(matrix.dsr[i]),
-        "n_trades": None if math.isnan(matrix.n_trades[i]) else int(matrix.n_trades[i]),
-        "kb_status": "promoted" if matrix.promoted[i] else "candidate", "regime_tags": sorted(matrix.tags[i]),
+        "sharpe": _num(c.sharpe[i]), "return_frac": _num(c.return_frac[i]),
+        "max_dd_frac": _num(c.max_dd[i]), "dsr": None,  # filled from the database: every ingest may change it
+        "n_trades": None if math.isnan(c.n_trades[i]) else int(c.n_trades[i]),
+        "kb_status": "promoted" if c.promoted[i] else "candidate", "regime_tags": sorted(matrix.tags(i)),
     }
 
 
@@ -227,11 +163,11 @@ def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation
         score = (W_TAGS + W_FEATURES) * tag_sim + W_QUALITY * matrix.quality[idx]
     else:
         score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * matrix.quality[idx]
-    score = score + 1e-9 * matrix.promoted[idx]  # promoted trials win ties
+    score = score + 1e-9 * matrix.columns.promoted[idx]  # promoted trials win ties
     k = min(query.top_k, len(idx))
     top = np.argpartition(-score, k - 1)[:k]
     top = top[np.argsort(-score[top], kind="stable")]
-    chosen_params = [orjson.loads(matrix.params[idx[j]]) for j in top]
+    chosen_params = [orjson.loads(matrix.columns.params[idx[j]]) for j in top]
     params, spread = aggregate_params(chosen_params, np.maximum(score[top], 1e-9))
     status = _support_status(len(top), reasons, actions)
     rel = [min(float(s["relative"]), 1.0) for s in spread.values()]

@@ -21,6 +21,7 @@ At each decision (the start of a window with enough earlier windows):
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import astuple, dataclass
 from functools import cached_property
@@ -190,34 +191,41 @@ def _rule(diffs: np.ndarray) -> tuple[bool, float, float]:
 
 def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, end_ns: np.ndarray,
            start_ns: np.ndarray, fallback_sd: float, prior_now: float = 0.0) -> Model:
-    """Decisions in time order, each from earlier decisions only, and the model as of now."""
-    n_t = len(tunings)
+    """Decisions in time order, each from earlier decisions only (those whose window ended
+    before its start), and the model as of now."""
+    n_t, size = len(tunings), len(outcomes)
     made: list[Decision] = []
-    done_end: list[int] = []  # window end of each decision made, aligned with `made`
-    gains_hist = np.zeros((0, n_t))
-    ok_hist = np.zeros((0, n_t), dtype=bool)
+    pending: list[tuple[int, int]] = []  # (window end, decision) not yet ended
+    ended = np.zeros(size, dtype=bool)
+    # Per decision made: regime uplift, raw and calibrated expectation, realised Sharpe.
+    diffs, raws, cals, reals = (np.zeros(size) for _ in range(4))
+    gain_rows, ok_rows = np.zeros((size, n_t)), np.zeros((size, n_t), dtype=bool)
+    gains, counts = np.zeros(n_t), np.zeros(n_t)  # over the decisions ended so far
     for o in outcomes:
-        earlier = np.array(done_end, dtype=np.int64) < start_ns[o.window] if made else np.zeros(0, dtype=bool)
-        gains = (gains_hist[earlier] * ok_hist[earlier]).sum(axis=0)
-        counts = ok_hist[earlier].sum(axis=0)
-        t = _best_tuning(gains, np.maximum(counts, 0)) if made else -1
+        while pending and pending[0][0] < start_ns[o.window]:
+            i = heapq.heappop(pending)[1]
+            ended[i] = True
+            gains += gain_rows[i] * ok_rows[i]
+            counts += ok_rows[i]
+        t = _best_tuning(gains, counts) if made else -1
         t = default if t < 0 or not o.ok[t] else t
         if not o.ok[t]:
             continue
-        prior = [d for d, e in zip(made, earlier.tolist(), strict=True) if e]
-        conditioned, _, _ = _rule(np.array([d.realised_regime - d.realised_global for d in prior]))
+        n = len(made)
+        prior = ended[:n]
+        conditioned, _, _ = _rule(diffs[:n][prior])
         chosen = int(o.chosen[t]) if conditioned else o.global_best
         raw = float(o.estimate[t]) if conditioned else o.global_mean
-        promise = calibrate(raw, np.array([d.raw_expected for d in prior]), np.array([d.realised for d in prior]),
-                            np.array([d.expected for d in prior]), fallback_sd, o.prior)
+        promise = calibrate(raw, raws[:n][prior], reals[:n][prior], cals[:n][prior], fallback_sd, o.prior)
+        realised = float(o.realised[t]) if conditioned else o.realised_global
         made.append(Decision(o.window, t, conditioned, chosen, o.global_best, raw, promise.expected, promise.low,
-                             promise.high, promise.confidence,
-                             float(o.realised[t]) if conditioned else o.realised_global, o.realised_global,
+                             promise.high, promise.confidence, realised, o.realised_global,
                              o.realised_median, o.realised_random, o.realised_oracle, float(o.realised[t])))
-        done_end.append(int(end_ns[o.window]))
-        gains_hist = np.vstack([gains_hist, np.where(o.ok, o.realised - o.realised_global, 0.0)])
-        ok_hist = np.vstack([ok_hist, o.ok])
-    return _now(tunings, default, tuple(made), gains_hist, ok_hist, fallback_sd, prior_now)
+        diffs[n], raws[n], cals[n], reals[n] = float(o.realised[t]) - o.realised_global, raw, promise.expected, realised
+        gain_rows[n], ok_rows[n] = np.where(o.ok, o.realised - o.realised_global, 0.0), o.ok
+        heapq.heappush(pending, (int(end_ns[o.window]), n))
+    n = len(made)
+    return _now(tunings, default, tuple(made), gain_rows[:n], ok_rows[:n], fallback_sd, prior_now)
 
 
 def _now(tunings: tuple[Tuning, ...], default: int, made: tuple[Decision, ...], gains_hist: np.ndarray,

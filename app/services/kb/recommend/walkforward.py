@@ -9,9 +9,9 @@ penalised by `haircut` x sqrt(2 ln N) standard errors for having tried N sets. O
 that reached the KB are candidates. The global best is the candidate with the best
 penalised all-history mean.
 
-Walk-forward: at the start of each window, score from windows that ended before it,
-for every tuning tried, and read the realised Sharpe of each choice in that window;
-`nested` then decides from those outcomes, each time from earlier decisions only.
+Walk-forward (`decisions`): at the start of each window, score from windows that ended
+before it, for every tuning tried, and read the realised Sharpe of each choice in that
+window; `nested` then decides from those outcomes, each time from earlier decisions only.
 """
 
 from __future__ import annotations
@@ -167,65 +167,3 @@ def no_skill_prior(g: GlobalStats) -> float:
     """What a set drawn from those that may be recommended realised on average so far."""
     means = g.mean[g.candidates]
     return float(np.mean(means)) if len(means) else 0.0
-
-
-def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
-    """Replay history for several tunings at once: one decision at the start of each
-    window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order. Only
-    windows with an ex-ante snapshot are decided: an OOS snapshot describes the very
-    window the decision is scored on, which no one knew at its start.
-    Distances, the all-history figures and the baselines are computed once per decision;
-    only the local scores depend on the tuning."""
-    out: list[Outcome] = []
-    if not tunings:
-        return out
-    haircut = tunings[0].haircut
-    max_k = max(t.k for t in tunings)
-    known = np.flatnonzero((m.start_ns != UNKNOWN_NS) & m.ex_ante)
-    order = known[np.argsort(m.start_ns[known], kind="stable")]
-    ended = np.flatnonzero(m.end_ns != UNKNOWN_NS)
-    by_end = ended[np.argsort(m.end_ns[ended], kind="stable")]
-    # A window where fewer than two sets were tested cannot tell one choice from another.
-    comparable = m.tested() >= 2
-    n, total, squares = np.zeros(m.n_sets), np.zeros(m.n_sets), np.zeros(m.n_sets)
-    # Sets that reached the KB in a window that has ended: only those may be chosen then.
-    eligible = np.zeros(m.n_sets, dtype=bool)
-    seen = 0
-    for j in order.tolist():
-        while seen < len(by_end) and m.end_ns[by_end[seen]] < m.start_ns[j]:
-            # A set appears once per window, so the window's cells add in place.
-            w = int(by_end[seen])
-            cells = slice(int(m.ptr[w]), int(m.ptr[w + 1]))
-            sets, values = m.cell_set[cells], m.cell_sharpe[cells]
-            n[sets] += 1.0
-            total[sets] += values
-            squares[sets] += values * values
-            eligible[sets[m.cell_eligible[cells]]] = True
-            seen += 1
-        if not comparable[j] or seen < MIN_PRIOR_WINDOWS:
-            continue
-        g = global_stats(m, n, total, squares, haircut, eligible)
-        if not np.isfinite(g.score).any():
-            continue
-        row = m.row(j)
-        gb = int(np.argmax(g.score))
-        if not math.isfinite(row[gb]):
-            continue
-        idx = by_end[:seen]
-        d = distances(m, idx, m.scaled_features[j], frozenset(m.tags[j]))
-        near = nearest(d, max_k)
-        near_windows, near_d = idx[near], d[near]
-        cand = np.flatnonzero(np.isfinite(g.score) & np.isfinite(row))
-        by_mean = cand[np.argsort(g.mean[cand], kind="stable")]
-        median_set = int(by_mean[len(by_mean) // 2])
-        chosen = np.zeros(len(tunings), dtype=np.int64)
-        estimate = np.full(len(tunings), np.nan)
-        for i, tuning in enumerate(tunings):
-            sc = local_scores(m, near_windows, near_d, g, tuning)
-            chosen[i] = int(np.argmax(sc.score))
-            estimate[i] = float(sc.estimate[chosen[i]])
-        realised = row[chosen]
-        out.append(Outcome(j, np.isfinite(realised), chosen, estimate, np.nan_to_num(realised), gb,
-                           float(g.mean[gb]), float(row[gb]), float(row[median_set]), float(np.mean(row[cand])),
-                           float(np.nanmax(row)), no_skill_prior(g)))
-    return out

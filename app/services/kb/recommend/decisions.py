@@ -1,0 +1,216 @@
+"""The walk-forward's decisions, one per window, at a cost that does not grow with the
+number of parameter sets.
+
+Windows are taken in start order; before each decision the windows that ended by then
+are added to running per-set figures (`History`). What a decision needs from all sets
+comes from those running figures: the global best from one heap of candidates per
+number of windows tested (within a heap the best mean wins; across heaps the penalty
+differs), the best set outside the near windows from one heap by mean. Only the sets
+tested in the near windows are scored explicitly, for every tuning at once. The choices
+are those of scoring every set (`walkforward.local_scores`); ties go to the lower set.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from app.services.kb.recommend.evidence import EvidenceMatrix
+from app.services.kb.recommend.scaling import rms_distances
+from app.services.kb.recommend.walkforward import MIN_PRIOR_WINDOWS, Outcome, Tuning, nearest
+from app.timestamps import UNKNOWN_NS
+
+
+class History:
+    """Per-set figures over the windows ended so far, kept as running sums. A set is a
+    candidate once it reached the KB in an ended window (it has been tested then)."""
+
+    def __init__(self, n_sets: int, haircut: float) -> None:
+        self.haircut = haircut
+        self.n = np.zeros(n_sets)
+        self.total = np.zeros(n_sets)
+        self.squares = np.zeros(n_sets)
+        self.eligible = np.zeros(n_sets, dtype=bool)
+        self.var_sum, self.var_count = 0.0, 0  # over sets tested in more than one window
+        self.mean_sum, self.candidates = 0.0, 0  # over candidates
+        self.by_n: dict[int, list[tuple[float, int]]] = {}  # candidates by windows tested: (-mean, set)
+        self.by_mean: list[tuple[float, int, int]] = []  # every candidate: (-mean, set, windows tested)
+
+    def mean(self, s: int) -> float:
+        return float(self.total[s] / self.n[s])
+
+    def _var(self, s: int) -> float:
+        return float(self.squares[s] / self.n[s] - (self.total[s] / self.n[s]) ** 2)
+
+    def add(self, sets: np.ndarray, values: np.ndarray, eligible: np.ndarray) -> None:
+        """One ended window's cells (each set at most once)."""
+        for s, v, e in zip(sets.tolist(), values.tolist(), eligible.tolist(), strict=True):
+            was = self.n[s]
+            if was > 1:
+                self.var_sum -= self._var(s)
+            if self.eligible[s]:
+                self.mean_sum -= self.mean(s)
+            self.n[s] = was + 1
+            self.total[s] += v
+            self.squares[s] += v * v
+            if was >= 1:
+                self.var_sum += self._var(s)
+                self.var_count += int(was == 1)
+            if e and not self.eligible[s]:
+                self.eligible[s] = True
+                self.candidates += 1
+            if self.eligible[s]:
+                mean = self.mean(s)
+                self.mean_sum += mean
+                heapq.heappush(self.by_n.setdefault(int(was + 1), []), (-mean, s))
+                heapq.heappush(self.by_mean, (-mean, s, int(was + 1)))
+
+    @property
+    def pooled_sd(self) -> float:
+        return math.sqrt(max(self.var_sum / self.var_count, 1e-6)) if self.var_count else 1.0
+
+    @property
+    def z(self) -> float:
+        n_tried = max(self.candidates, 1)
+        return self.haircut * math.sqrt(2.0 * math.log(n_tried)) if n_tried > 1 else 0.0
+
+    def global_best(self, sd: float, z: float) -> int:
+        """The candidate with the best penalised mean (-1: none)."""
+        best, best_score = -1, -math.inf
+        for count in list(self.by_n):
+            heap = self.by_n[count]
+            while heap and self.n[heap[0][1]] != count:
+                heapq.heappop(heap)  # the set has been tested again since: its entry is stale
+            if not heap:
+                del self.by_n[count]
+                continue
+            s = heap[0][1]
+            score = self.mean(s) - z * (sd / math.sqrt(count))
+            if score > best_score or (score == best_score and s < best):
+                best, best_score = s, score
+        return best
+
+    def best_outside(self, inside: set[int]) -> int:
+        """The candidate with the best mean among those not in `inside` (-1: none)."""
+        held: list[tuple[float, int, int]] = []
+        found = -1
+        while self.by_mean:
+            entry = self.by_mean[0]
+            if self.n[entry[1]] != entry[2]:
+                heapq.heappop(self.by_mean)
+                continue
+            if entry[1] in inside:
+                held.append(heapq.heappop(self.by_mean))
+                continue
+            found = entry[1]
+            break
+        for entry in held:
+            heapq.heappush(self.by_mean, entry)
+        return found
+
+    @property
+    def prior(self) -> float:
+        """The no-skill expectation: mean Sharpe of the candidates so far."""
+        return self.mean_sum / self.candidates if self.candidates else 0.0
+
+
+def _orders(m: EvidenceMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """Decision windows by start and ended windows by end; equal times ordered by window
+    label, so a matrix built in any row order replays the same."""
+    labels = np.array(m.window_labels)
+    rank = np.argsort(np.argsort(labels, kind="stable"), kind="stable")
+    known = np.flatnonzero((m.start_ns != UNKNOWN_NS) & m.ex_ante)
+    order = known[np.lexsort((rank[known], m.end_ns[known], m.start_ns[known]))]
+    ended = np.flatnonzero(m.end_ns != UNKNOWN_NS)
+    by_end = ended[np.lexsort((rank[ended], m.start_ns[ended], m.end_ns[ended]))]
+    return order, by_end
+
+
+def _row(m: EvidenceMatrix, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A window's tested sets (ascending) and their Sharpe."""
+    lo, hi = int(m.ptr[w]), int(m.ptr[w + 1])
+    return m.cell_set[lo:hi], m.cell_sharpe[lo:hi]
+
+
+def _lookup(sets: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Sharpe of each wanted set in a window, NaN where it was not tested."""
+    at = np.minimum(np.searchsorted(sets, wanted), max(len(sets) - 1, 0))
+    hit = (sets[at] == wanted) if len(sets) else np.zeros(len(wanted), dtype=bool)
+    return np.where(hit, values[at] if len(sets) else np.nan, np.nan)
+
+
+def _choices(m: EvidenceMatrix, h: History, near: np.ndarray, near_d: np.ndarray,
+             tunings: tuple[Tuning, ...], sd: float, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per tuning: the set with the best local score and its estimate."""
+    cells = m.cells(near)
+    position = np.repeat(np.arange(len(near)), m.ptr[near + 1] - m.ptr[near])
+    inside, inv = np.unique(m.cell_set[cells], return_inverse=True)
+    values = m.cell_sharpe[cells]
+    mean0 = h.total[inside] / h.n[inside]
+    outside = h.best_outside(set(inside.tolist()))
+    chosen = np.zeros(len(tunings), dtype=np.int64)
+    estimate = np.full(len(tunings), np.nan)
+    for i, tuning in enumerate(tunings):
+        k = min(tuning.k, len(near))
+        bandwidth = max(float(near_d[k - 1]), 1e-6)
+        weight = np.where(position < k, np.exp(-0.5 * (near_d[np.minimum(position, k - 1)] / bandwidth) ** 2), 0.0)
+        wsum = np.bincount(inv, weights=weight, minlength=len(inside))
+        wsharpe = np.bincount(inv, weights=weight * values, minlength=len(inside))
+        w2 = np.bincount(inv, weights=weight * weight, minlength=len(inside))
+        l_mean = np.divide(wsharpe, wsum, out=np.zeros(len(inside)), where=wsum > 0)
+        n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(inside)), where=w2 > 0)
+        est = (n_eff * l_mean + tuning.shrink * mean0) / (n_eff + tuning.shrink)
+        score = np.where(h.eligible[inside], est - z * (sd / np.sqrt(n_eff + tuning.shrink)), -np.inf)
+        best = int(np.argmax(score))
+        chosen[i], estimate[i] = int(inside[best]), float(est[best])
+        if outside >= 0:
+            out_est = (0.0 * 0.0 + tuning.shrink * h.mean(outside)) / (0.0 + tuning.shrink)
+            out_score = out_est - z * (sd / math.sqrt(0.0 + tuning.shrink))
+            if out_score > score[best] or (out_score == score[best] and outside < chosen[i]):
+                chosen[i], estimate[i] = outside, out_est
+    return chosen, estimate
+
+
+def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
+    """Replay history for several tunings at once: one decision at the start of each
+    window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order. Only
+    windows with an ex-ante snapshot are decided: an OOS snapshot describes the very
+    window the decision is scored on, which no one knew at its start. A decision needs
+    the global best and at least two sets tested in its window."""
+    out: list[Outcome] = []
+    if not tunings:
+        return out
+    order, by_end = _orders(m)
+    scaled, norms = m.scaled_features[by_end], m.squared_norms[by_end]
+    comparable = m.tested() >= 2
+    h = History(m.n_sets, tunings[0].haircut)
+    max_k = max(t.k for t in tunings)
+    seen = 0
+    for j in order.tolist():
+        while seen < len(by_end) and m.end_ns[by_end[seen]] < m.start_ns[j]:
+            w = int(by_end[seen])
+            lo, hi = int(m.ptr[w]), int(m.ptr[w + 1])
+            h.add(m.cell_set[lo:hi], m.cell_sharpe[lo:hi], m.cell_eligible[lo:hi])
+            seen += 1
+        if not comparable[j] or seen < MIN_PRIOR_WINDOWS or h.candidates == 0:
+            continue
+        sd, z = h.pooled_sd, h.z
+        gb = h.global_best(sd, z)
+        sets_j, sharpe_j = _row(m, j)
+        realised_gb = _lookup(sets_j, sharpe_j, np.array([gb]))[0]
+        if gb < 0 or not math.isfinite(realised_gb):
+            continue
+        d = rms_distances(scaled[:seen], norms[:seen], m.scaled_features[j])
+        near = nearest(d, max_k)
+        chosen, estimate = _choices(m, h, by_end[near], d[near], tunings, sd, z)
+        cand_at = np.flatnonzero(h.eligible[sets_j])
+        cand = sets_j[cand_at]
+        means = h.total[cand] / h.n[cand]
+        median_set = int(cand[np.argsort(means, kind="stable")][len(cand) // 2])
+        realised = _lookup(sets_j, sharpe_j, chosen)
+        out.append(Outcome(j, np.isfinite(realised), chosen, estimate, np.nan_to_num(realised), gb, h.mean(gb),
+                           float(realised_gb), float(_lookup(sets_j, sharpe_j, np.array([median_set]))[0]),
+                           float(np.mean(sharpe_j[cand_at])), float(np.max(sharpe_j)), h.prior))
+    return out

@@ -1,0 +1,244 @@
+"""The incremental core against the straightforward versions it replaces: the walk-forward
+without running figures (every set scored at every decision), the nested replay that
+recomputes its history at each decision, and matrices loaded in one go rather than
+appended to. Both sides run on the same random inputs; the answers must agree."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import astuple
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.services.kb.recommend.decisions import walk_forward
+from app.services.kb.recommend.evidence import EvidenceMatrix, build_matrix, extend_matrix
+from app.services.kb.recommend.nested import (
+    Decision,
+    Model,
+    _best_tuning,
+    _now,
+    _rule,
+    calibrate,
+    replay,
+)
+from app.services.kb.recommend.query import Scope
+from app.services.kb.recommend.trial_matrix import build_trial_matrix
+from app.services.kb.recommend.walkforward import (
+    MIN_PRIOR_WINDOWS,
+    TUNINGS,
+    Outcome,
+    Tuning,
+    distances,
+    global_stats,
+    local_scores,
+    nearest,
+    no_skill_prior,
+)
+from app.timestamps import UNKNOWN_NS
+
+T0 = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def _evidence_rows(seed: int, windows: int = 90, grid: int = 12, random_sets: int = 40) -> list[dict[str, Any]]:
+    """Windows with distinct start and end times; a grid of sets tested in most windows,
+    plus one-off sets; eligibility switched on at random."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for w in range(windows):
+        start = T0 + timedelta(hours=37 * w)
+        end = start + timedelta(hours=int(rng.integers(20, 300)), minutes=w)
+        feats = rng.normal(size=10).tolist()
+        pre = None if rng.random() < 0.1 else feats  # the runs of one window share its snapshots
+        tested = [g for g in range(grid) if rng.random() < 0.8] + \
+            [grid + int(x) for x in rng.integers(0, random_sets, 2)]
+        for s in tested:
+            for _ in range(1 + int(rng.random() < 0.15)):  # a set sometimes run twice in a window
+                rows.append({"source_run_id": uuid.UUID(int=int(rng.integers(1, 2**62))), "symbol": "SPY",
+                             "timeframe": "1d", "params": f'{{"set": {s}}}', "sharpe": float(rng.normal(0.2 if s < grid else -1.0, 1.0)),
+                             "oos_start": start, "oos_end": end,
+                             "pre_features": pre, "oos_features": feats,
+                             "pre_tags": ["a"], "oos_tags": ["b" if s % 2 else "a"],
+                             "eligible": bool(rng.random() < 0.6)})
+    return rows
+
+
+def reference_walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
+    """Replay history for several tunings at once: one decision at the start of each
+    window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order. Only
+    windows with an ex-ante snapshot are decided: an OOS snapshot describes the very
+    window the decision is scored on, which no one knew at its start.
+    Distances, the all-history figures and the baselines are computed once per decision;
+    only the local scores depend on the tuning."""
+    out: list[Outcome] = []
+    if not tunings:
+        return out
+    haircut = tunings[0].haircut
+    max_k = max(t.k for t in tunings)
+    known = np.flatnonzero((m.start_ns != UNKNOWN_NS) & m.ex_ante)
+    order = known[np.argsort(m.start_ns[known], kind="stable")]
+    ended = np.flatnonzero(m.end_ns != UNKNOWN_NS)
+    by_end = ended[np.argsort(m.end_ns[ended], kind="stable")]
+    # A window where fewer than two sets were tested cannot tell one choice from another.
+    comparable = m.tested() >= 2
+    n, total, squares = np.zeros(m.n_sets), np.zeros(m.n_sets), np.zeros(m.n_sets)
+    # Sets that reached the KB in a window that has ended: only those may be chosen then.
+    eligible = np.zeros(m.n_sets, dtype=bool)
+    seen = 0
+    for j in order.tolist():
+        while seen < len(by_end) and m.end_ns[by_end[seen]] < m.start_ns[j]:
+            # A set appears once per window, so the window's cells add in place.
+            w = int(by_end[seen])
+            cells = slice(int(m.ptr[w]), int(m.ptr[w + 1]))
+            sets, values = m.cell_set[cells], m.cell_sharpe[cells]
+            n[sets] += 1.0
+            total[sets] += values
+            squares[sets] += values * values
+            eligible[sets[m.cell_eligible[cells]]] = True
+            seen += 1
+        if not comparable[j] or seen < MIN_PRIOR_WINDOWS:
+            continue
+        g = global_stats(m, n, total, squares, haircut, eligible)
+        if not np.isfinite(g.score).any():
+            continue
+        row = m.row(j)
+        gb = int(np.argmax(g.score))
+        if not math.isfinite(row[gb]):
+            continue
+        idx = by_end[:seen]
+        d = distances(m, idx, m.scaled_features[j], frozenset(m.tags[j]))
+        near = nearest(d, max_k)
+        near_windows, near_d = idx[near], d[near]
+        cand = np.flatnonzero(np.isfinite(g.score) & np.isfinite(row))
+        by_mean = cand[np.argsort(g.mean[cand], kind="stable")]
+        median_set = int(by_mean[len(by_mean) // 2])
+        chosen = np.zeros(len(tunings), dtype=np.int64)
+        estimate = np.full(len(tunings), np.nan)
+        for i, tuning in enumerate(tunings):
+            sc = local_scores(m, near_windows, near_d, g, tuning)
+            chosen[i] = int(np.argmax(sc.score))
+            estimate[i] = float(sc.estimate[chosen[i]])
+        realised = row[chosen]
+        out.append(Outcome(j, np.isfinite(realised), chosen, estimate, np.nan_to_num(realised), gb,
+                           float(g.mean[gb]), float(row[gb]), float(row[median_set]), float(np.mean(row[cand])),
+                           float(np.nanmax(row)), no_skill_prior(g)))
+    return out
+
+
+def reference_replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, end_ns: np.ndarray,
+           start_ns: np.ndarray, fallback_sd: float, prior_now: float = 0.0) -> Model:
+    """Decisions in time order, each from earlier decisions only, and the model as of now."""
+    n_t = len(tunings)
+    made: list[Decision] = []
+    done_end: list[int] = []  # window end of each decision made, aligned with `made`
+    gains_hist = np.zeros((0, n_t))
+    ok_hist = np.zeros((0, n_t), dtype=bool)
+    for o in outcomes:
+        earlier = np.array(done_end, dtype=np.int64) < start_ns[o.window] if made else np.zeros(0, dtype=bool)
+        gains = (gains_hist[earlier] * ok_hist[earlier]).sum(axis=0)
+        counts = ok_hist[earlier].sum(axis=0)
+        t = _best_tuning(gains, np.maximum(counts, 0)) if made else -1
+        t = default if t < 0 or not o.ok[t] else t
+        if not o.ok[t]:
+            continue
+        prior = [d for d, e in zip(made, earlier.tolist(), strict=True) if e]
+        conditioned, _, _ = _rule(np.array([d.realised_regime - d.realised_global for d in prior]))
+        chosen = int(o.chosen[t]) if conditioned else o.global_best
+        raw = float(o.estimate[t]) if conditioned else o.global_mean
+        promise = calibrate(raw, np.array([d.raw_expected for d in prior]), np.array([d.realised for d in prior]),
+                            np.array([d.expected for d in prior]), fallback_sd, o.prior)
+        made.append(Decision(o.window, t, conditioned, chosen, o.global_best, raw, promise.expected, promise.low,
+                             promise.high, promise.confidence,
+                             float(o.realised[t]) if conditioned else o.realised_global, o.realised_global,
+                             o.realised_median, o.realised_random, o.realised_oracle, float(o.realised[t])))
+        done_end.append(int(end_ns[o.window]))
+        gains_hist = np.vstack([gains_hist, np.where(o.ok, o.realised - o.realised_global, 0.0)])
+        ok_hist = np.vstack([ok_hist, o.ok])
+    return _now(tunings, default, tuple(made), gains_hist, ok_hist, fallback_sd, prior_now)
+
+
+
+def _same_outcomes(new: list[Outcome], old: list[Outcome]) -> None:
+    assert [o.window for o in new] == [o.window for o in old]
+    for a, b in zip(new, old, strict=True):
+        assert a.global_best == b.global_best
+        assert a.chosen.tolist() == b.chosen.tolist()
+        assert a.ok.tolist() == b.ok.tolist()
+        for x, y in zip(astuple(a)[3:], astuple(b)[3:], strict=True):
+            assert np.allclose(np.asarray(x, dtype=float), np.asarray(y, dtype=float), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_walk_forward_from_running_figures_decides_as_scoring_every_set(seed: int) -> None:
+    m = build_matrix(_evidence_rows(seed), 1)
+    new, old = walk_forward(m, TUNINGS), reference_walk_forward(m, TUNINGS)
+    assert len(new) > 30
+    _same_outcomes(new, old)
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_replay_with_a_running_history_equals_the_recomputing_one(seed: int) -> None:
+    m = build_matrix(_evidence_rows(seed, windows=150), 1)
+    outcomes = walk_forward(m, TUNINGS)
+    new = replay(outcomes, TUNINGS, 7, m.end_ns, m.start_ns, 1.0, 0.1)
+    old = reference_replay(outcomes, TUNINGS, 7, m.end_ns, m.start_ns, 1.0, 0.1)
+    assert len(new.decisions) > 40 and (new.tuning, new.conditioned) == (old.tuning, old.conditioned)
+    for a, b in zip(new.decisions, old.decisions, strict=True):
+        assert np.allclose(np.array(astuple(a), dtype=float), np.array(astuple(b), dtype=float), equal_nan=True)
+
+
+def _cells(m: EvidenceMatrix) -> dict[tuple[str, str], tuple[float, bool]]:
+    labels = m.window_labels
+    return {(labels[w], m.set_keys[int(m.cell_set[c])]): (round(float(m.cell_sharpe[c]), 12), bool(m.cell_eligible[c]))
+            for w in range(m.n_windows) for c in range(int(m.ptr[w]), int(m.ptr[w + 1]))}
+
+
+@pytest.mark.parametrize("scope", [None, Scope.of("spy", "1d")])
+def test_an_appended_evidence_matrix_equals_one_built_from_all_rows(scope: Scope | None) -> None:
+    rows = _evidence_rows(5)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(rows))
+    first, later = [rows[i] for i in order[:400]], [rows[i] for i in order[400:]]
+    appended = build_matrix(first, 1, scope)
+    for part in np.array_split(np.arange(len(later)), 3):
+        appended = extend_matrix(appended, [later[i] for i in part], appended.revision + 1, scope)
+    fresh = build_matrix(rows, 4, scope)
+    assert appended.revision == 4 and _cells(appended) == _cells(fresh)
+    assert np.allclose(appended.scaling.center, fresh.scaling.center)
+    assert np.allclose(appended.scaling.scale, fresh.scaling.scale)
+    a, b = walk_forward(appended, TUNINGS), walk_forward(fresh, TUNINGS)
+    assert [appended.window_labels[o.window] for o in a] == [fresh.window_labels[o.window] for o in b]
+    assert [[appended.set_keys[c] for c in o.chosen] for o in a] == [[fresh.set_keys[c] for c in o.chosen] for o in b]
+
+
+def _trial_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    tags = [["uptrend"], ["downtrend", "high_vol"], [], ["range", "low_vol"]]
+    return [{"id": uuid.uuid4(), "source_run_id": uuid.uuid4(), "symbol": ["SPY", "QQQ"][i % 2], "timeframe": "1d",
+             "regime_features": None if i % 17 == 0 else rng.normal(size=10).tolist(),
+             "regime_tags": tags[i % 4], "sharpe": float(rng.normal(1, 1)), "return_frac": 0.1,
+             "max_dd_frac": float(rng.uniform(0, 0.4)), "n_trades": int(rng.integers(1, 90)),
+             "kb_status": "promoted" if i % 5 == 0 else "candidate", "params": f'{{"k": {i}}}'} for i in range(n)]
+
+
+def test_an_appended_trial_matrix_ranks_as_one_built_from_all_rows() -> None:
+    rows = _trial_rows(500, 3)
+    appended = build_trial_matrix(rows[:300], 1).extend(rows[300:450], 2).extend(rows[450:], 3)
+    fresh = build_trial_matrix(rows, 3)
+    assert len(appended) == len(fresh) == 500 and appended.revision == 3
+    assert [appended.trial_id(i) for i in range(500)] == [r["id"] for r in rows]
+    assert np.array_equal(appended.scaled, fresh.scaled, equal_nan=True)
+    assert np.array_equal(appended.tag_bits(np.arange(500)), fresh.tag_bits(np.arange(500)))
+    assert [appended.tags(i) for i in range(500)] == [frozenset(r["regime_tags"]) for r in rows]
+    assert appended.nbytes() < 500 * 400  # compact: a few hundred bytes per trial
+
+
+def test_an_empty_matrix_appends() -> None:
+    rows = _evidence_rows(6, windows=30)
+    m = extend_matrix(build_matrix([], 0), rows, 1)
+    assert _cells(m) == _cells(build_matrix(rows, 1))
+    assert math.isfinite(float(m.scaling.scale.sum())) and UNKNOWN_NS not in m.start_ns
+    assert MIN_PRIOR_WINDOWS <= m.n_windows and isinstance(Tuning(), Tuning)
