@@ -3,8 +3,13 @@ one, each in its own process, with that process's peak RSS (from wait4). Flat me
 means the two peaks are about equal. Then `kb serve` answers 200 concurrent recommend
 requests per round from a local client; prints errors and latency percentiles.
 
+Then one strategy of BENCH_TRIALS (1,000,000) trials in its own workspace: the cold
+first answer of a `kb serve`, the server's memory per cached trial, `kb evaluate`, and
+the first answer after 1,000 more runs were seeded, backfilled and ingested (the cached
+matrices take the new rows), then warm latency percentiles of one client.
+
 BENCH_RUNS (default 1,000,000) and BENCH_SMALL (100,000) set the two sizes;
-BENCH_ROUNDS (5) the number of 200-request rounds.
+BENCH_ROUNDS (5) the number of 200-request rounds; BENCH_TRIALS=0 skips the one-strategy part.
 """
 
 from __future__ import annotations
@@ -73,22 +78,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def api_load(url: str, ws: uuid.UUID, rounds: int) -> None:
+async def start_serve(url: str) -> tuple[asyncio.subprocess.Process, int]:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "KB_API_TOKEN": "bench"}
     server = await asyncio.create_subprocess_exec(*KB, "serve", "--port", str(port), cwd=ROOT, env=env,
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(600):
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    return server, port
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+async def api_load(url: str, ws: uuid.UUID, rounds: int) -> None:
+    server, port = await start_serve(url)
     headers = {"Authorization": "Bearer bench"}
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120,
                                      limits=httpx.Limits(max_connections=200)) as client:
-            for _ in range(100):
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
             tags = [["uptrend"], ["downtrend", "high_vol"], ["range"], ["low_vol"]]
             bodies = [{"workspace_id": str(ws), "strategy_name": s, "tags": t, "top_k": 20}
                       for s in ("mean_rev", "breakout", "trend_follow") for t in tags]
@@ -122,37 +140,99 @@ async def api_load(url: str, ws: uuid.UUID, rounds: int) -> None:
           f"p95 {np.percentile(ms, 95):,.0f} ms, p99 {np.percentile(ms, 99):,.0f} ms")
 
 
+async def timed_post(client: httpx.AsyncClient, path: str, body: dict[str, object]) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    r = await client.post(path, json=body)
+    if r.status_code != 200:
+        raise SystemExit(f"{path} answered {r.status_code}: {r.text[:300]}")
+    return (time.perf_counter() - t0) * 1000, r.json()
+
+
+async def one_strategy(url: str, db_url: str, trials: int, ohlcv: Path) -> None:
+    """A strategy of `trials` trials: cold answer, memory per trial, evaluate, the first
+    answer after a 1,000-trial ingest, warm latency."""
+    from app.db import Database  # noqa: PLC0415
+
+    ws, strategy = uuid.uuid4(), "trend_follow"
+    db = await Database(db_url, max_size=2).open()
+    await seed_runs(db, ws, trials, eligible_share=1.0, strategies=(strategy,))
+    await db.execute("VACUUM ANALYZE")
+    steps = [("backfill-regime", "--ohlcv-file", str(ohlcv), "--timeframe", "1d", "--batch-size", "1000",
+              "--limit", "all"), ("backfill-candidacy", "--batch-size", "1000", "--limit", "all"), ("ingest",)]
+    for argv in steps:
+        report, wall, peak = run_measured(url, *argv, "--workspace-id", str(ws))
+        print(f"one strategy, {trials:,} runs: {argv[0]} in {wall:.1f}s, peak RSS {peak:,.0f} MB", flush=True)
+    server, port = await start_serve(url)
+    body = {"workspace_id": str(ws), "strategy_name": strategy, "tags": ["uptrend"], "top_k": 20}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600,
+                                     headers={"Authorization": "Bearer bench"}) as client:
+            before = rss_mb(server.pid)
+            ms, answer = await timed_post(client, "/kb/trials/recommend", {**body, "wait_for_check": True})
+            after = rss_mb(server.pid)
+            print(f"cold first answer at {trials:,} trials: {ms:,.0f} ms (status {answer['status']}); "
+                  f"serve RSS {before:,.0f} -> {after:,.0f} MB = {(after - before) * 2**20 / trials:,.0f} bytes "
+                  "per trial (trial and evidence matrices, walk-forward check)", flush=True)
+            t0 = time.perf_counter()
+            r = await client.get("/kb/evaluate", params={"workspace_id": str(ws), "strategy_name": strategy})
+            print(f"kb evaluate (API, check stored by the answer above): {(time.perf_counter() - t0) * 1000:,.0f} ms, "
+                  f"{r.json().get('decisions')} decisions", flush=True)
+            await seed_runs(db, ws, 1000, eligible_share=1.0, strategies=(strategy,))
+            for argv in steps:
+                report, wall, _ = run_measured(url, *argv, "--workspace-id", str(ws))
+                extra = f" ({report['mode']}, {report['inserted']:,} trials added)" if argv[0] == "ingest" else ""
+                print(f"  +1,000 runs: {argv[0]} in {wall:.2f}s{extra}", flush=True)
+            ms, answer = await timed_post(client, "/kb/trials/recommend", body)
+            print(f"first answer after the 1,000-trial ingest: {ms:,.0f} ms (walk-forward check of revision "
+                  f"{answer['walk_forward'].get('kb_revision')}, stale={answer['walk_forward'].get('stale')}; "
+                  f"considered {answer['considered']:,})", flush=True)
+            ms, answer = await timed_post(client, "/kb/trials/recommend", {**body, "wait_for_check": True})
+            print(f"the same with the new revision's check awaited: {ms:,.0f} ms "
+                  f"(stale={answer['walk_forward'].get('stale')})", flush=True)
+            latencies = [(await timed_post(client, "/kb/trials/recommend", body))[0] for _ in range(200)]
+            print(f"warm, one client, 200 answers: p50 {np.percentile(latencies, 50):,.1f} ms, "
+                  f"p95 {np.percentile(latencies, 95):,.1f} ms, p99 {np.percentile(latencies, 99):,.1f} ms", flush=True)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 30)
+        await db.close()
+
+
 async def main() -> None:
     big, small, rounds = env_int("BENCH_RUNS", 1_000_000), env_int("BENCH_SMALL", 100_000), env_int("BENCH_ROUNDS", 5)
     db = await fresh_database(DB_NAME)
     url = with_database(database_url(), DB_NAME)
-    spaces = {}
-    for n in (small, big):
-        ws = uuid.uuid4()
-        t0 = time.perf_counter()
-        await seed_runs(db, ws, n)
-        print(f"seeded {n:,} runs in {time.perf_counter() - t0:.1f}s", flush=True)
-        spaces[n] = ws
-    await db.execute("VACUUM ANALYZE")
-    await db.close()
     ohlcv = write_daily_ohlcv(Path(tempfile.mkdtemp()))
-    steps = [
-        ("backfill-regime", ["--ohlcv-file", str(ohlcv), "--timeframe", "1d", "--batch-size", "1000",
-                             "--limit", "100000000"], "total_scanned", "updated"),
-        ("backfill-candidacy", ["--batch-size", "1000", "--limit", "100000000"], "total_scanned", "updated"),
-        ("ingest", [], "scanned", "inserted"),
-    ]
-    for command, extra, scanned_key, written_key in steps:
-        peaks = []
-        for n, ws in spaces.items():
-            report, wall, peak = run_measured(url, command, "--workspace-id", str(ws), *extra)
-            scanned, written = int(report[scanned_key]), int(report[written_key])
-            peaks.append(peak)
-            print(f"{command:<19} {n:>9,} runs: scanned {scanned:,}, wrote {written:,} in {wall:.1f}s "
-                  f"({scanned / wall:,.0f} rows/s wall incl. start-up); peak RSS {peak:,.0f} MB", flush=True)
-        print(f"{command:<19} peak RSS {peaks[0]:,.0f} MB at {small:,} runs vs {peaks[1]:,.0f} MB at {big:,} "
-              f"({peaks[1] / peaks[0]:.2f}x for {big / small:.0f}x the runs)", flush=True)
-    await api_load(url, spaces[big], rounds)
+    if big:  # BENCH_RUNS=0: only the one-strategy part
+        spaces = {}
+        for n in (small, big):
+            ws = uuid.uuid4()
+            t0 = time.perf_counter()
+            await seed_runs(db, ws, n)
+            print(f"seeded {n:,} runs in {time.perf_counter() - t0:.1f}s", flush=True)
+            spaces[n] = ws
+        await db.execute("VACUUM ANALYZE")
+        steps = [
+            ("backfill-regime", ["--ohlcv-file", str(ohlcv), "--timeframe", "1d", "--batch-size", "1000",
+                                 "--limit", "100000000"], "total_scanned", "updated"),
+            ("backfill-candidacy", ["--batch-size", "1000", "--limit", "100000000"], "total_scanned", "updated"),
+            ("ingest", [], "scanned", "inserted"),
+        ]
+        for command, extra, scanned_key, written_key in steps:
+            peaks = []
+            for n, ws in spaces.items():
+                report, wall, peak = run_measured(url, command, "--workspace-id", str(ws), *extra)
+                scanned, written = int(report[scanned_key]), int(report[written_key])
+                peaks.append(peak)
+                print(f"{command:<19} {n:>9,} runs: scanned {scanned:,}, wrote {written:,} in {wall:.1f}s "
+                      f"({scanned / wall:,.0f} rows/s wall incl. start-up); peak RSS {peak:,.0f} MB", flush=True)
+            print(f"{command:<19} peak RSS {peaks[0]:,.0f} MB at {small:,} runs vs {peaks[1]:,.0f} MB at {big:,} "
+                  f"({peaks[1] / peaks[0]:.2f}x for {big / small:.0f}x the runs)", flush=True)
+        await api_load(url, spaces[big], rounds)
+    await db.close()
+    trials = env_int("BENCH_TRIALS", 1_000_000)
+    if trials:
+        await one_strategy(url, url, trials, ohlcv)
 
 
 if __name__ == "__main__":

@@ -153,11 +153,18 @@ async def status_counts(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]
 
 async def trial_window_stats(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID] | None) -> list[Record]:
     """Per active trial in the windows of these runs (None: in every window), its window's figures."""
-    return list(await conn.fetch(q("trial_window_stats"), workspace_id, run_ids))
+    if run_ids is None:
+        return list(await conn.fetch(q("trial_window_stats"), workspace_id))
+    return list(await conn.fetch(q("trial_window_stats_of_runs"), workspace_id, run_ids))
 
 
 async def trials_awaiting_dsr(conn: Conn, workspace_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval(q("trials_awaiting_dsr"), workspace_id))
+
+
+async def mark_trials_without_dsr(conn: Conn, workspace_id: uuid.UUID, inputs: str,
+                                  run_ids: list[uuid.UUID] | None) -> int:
+    return affected(await conn.execute(q("mark_trials_without_dsr"), workspace_id, inputs, run_ids))
 
 
 async def update_trial_dsr(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]) -> int:
@@ -184,6 +191,10 @@ async def save_walkforward(db: Database, workspace_id: uuid.UUID, strategy: str,
         log.info("database is read-only: walk-forward check of %s not stored", strategy)
         return False
     return True
+
+
+async def kb_estimated_rows(conn: Conn) -> int:
+    return int(await conn.fetchval(q("kb_estimated_rows")))
 
 
 async def analyze_kb_tables(conn: Conn) -> None:

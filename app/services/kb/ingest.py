@@ -191,9 +191,11 @@ async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]
     return Written(inserted, len(rows) - inserted, len(changed), len(archived), removed)
 
 
-# After this many rows written, statistics are refreshed before the queries that follow
-# (a bulk load into a fresh table would otherwise be planned as if the table were empty).
+# After this many rows written, and a tenth of what the planner thinks the tables hold,
+# statistics are refreshed before the queries that follow (a bulk load into a fresh table
+# would otherwise be planned as if the table were empty); smaller changes are autovacuum's.
 ANALYZE_AFTER_ROWS = 1000
+ANALYZE_SHARE = 0.1
 
 
 async def _finish(db: Database, scan: Pass, dry_run: bool, written: int, touched: list[uuid.UUID] | None,
@@ -205,17 +207,18 @@ async def _finish(db: Database, scan: Pass, dry_run: bool, written: int, touched
     async with db.acquire() as conn:
         if dry_run:
             return await trials.count_stale_trials(conn, workspace_id), 0, 0
-        if written >= ANALYZE_AFTER_ROWS:
+        if written >= max(ANALYZE_AFTER_ROWS, ANALYZE_SHARE * await trials.kb_estimated_rows(conn)):
             await trials.analyze_kb_tables(conn)
         async with conn.transaction():
             revision = await trials.begin_write(conn, workspace_id)
             archived = await trials.archive_stale_trials(conn, workspace_id, None) if touched is None else []
             stale = await trials.delete_stale_evidence(conn, workspace_id, None) if touched is None else 0
-            # DSR depends only on trials and evidence: recomputed when they changed, or when
-            # some trial was never evaluated (a workspace ingested before DSR existed).
-            awaiting = await trials.trials_awaiting_dsr(conn, workspace_id)
-            stale_dsr = written or archived or stale or awaiting
-            deflated = await _deflate(conn, workspace_id, None if awaiting else touched) if stale_dsr else 0
+            # DSR depends only on trials and evidence: recomputed in the windows they changed
+            # in, then everywhere if some trial is still unevaluated (a workspace ingested
+            # before DSR existed).
+            deflated = await _deflate(conn, workspace_id, touched) if written or archived or stale else 0
+            if (touched is not None or not deflated) and await trials.trials_awaiting_dsr(conn, workspace_id):
+                deflated += await _deflate(conn, workspace_id, None)
             if archived:
                 await trials.bump_revision(conn, workspace_id, revision, archived, archived)
             elif stale or deflated:
@@ -273,11 +276,14 @@ def _classify(page: list[Record], result: IngestResult,
 
 
 _NO_DSR = {"unavailable": "bars of the OOS window, bar size or Sharpe unknown"}
+_NO_DSR_TEXT = orjson.dumps({"unavailable": "no evidence window (the run has no regime)"}).decode()
 
 
 async def _deflate(conn: Conn, workspace_id: uuid.UUID, touched: list[uuid.UUID] | None) -> int:
     """Each active trial's deflated Sharpe ratio, from its window's sets and their spread
-    (after the evidence of this ingest is in); only changed values are written."""
+    (after the evidence of this ingest is in), in the windows of the runs touched (None:
+    everywhere); only changed values are written. A trial with no window (no evidence)
+    is marked evaluated with the reason."""
     changed = []
     for r in await trials.trial_window_stats(conn, workspace_id, touched):
         found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
@@ -286,7 +292,8 @@ async def _deflate(conn: Conn, workspace_id: uuid.UUID, touched: list[uuid.UUID]
             # A trial whose DSR cannot be computed is marked evaluated all the same.
             inputs = orjson.dumps(found.to_dict() if found is not None else _NO_DSR).decode()
             changed.append((r["id"], value, inputs))
-    return await trials.update_trial_dsr(conn, workspace_id, changed)
+    written = await trials.update_trial_dsr(conn, workspace_id, changed)
+    return written + await trials.mark_trials_without_dsr(conn, workspace_id, _NO_DSR_TEXT, touched)
 
 
 def _count_error(result: IngestResult, reason: str, run_id: uuid.UUID) -> None:

@@ -48,8 +48,10 @@ CREATE INDEX kb_trials_change_idx ON kb_trials (workspace_id, strategy_name, cha
 CREATE INDEX kb_evidence_change_idx ON kb_evidence (workspace_id, strategy_name, change_revision);
 -- The evidence of one window (the DSR of the trials an ingest touched); it also serves the
 -- full loads that the old strategy index served.
-CREATE INDEX kb_evidence_window_idx ON kb_evidence (workspace_id, strategy_name, symbol, timeframe, oos_start, oos_end);
+CREATE INDEX kb_evidence_window_idx ON kb_evidence (workspace_id, strategy_name, oos_start, oos_end, symbol, timeframe);
 DROP INDEX kb_evidence_strategy_idx;
+-- The trials whose DSR was never computed (an ingest finishes them): normally none.
+CREATE INDEX kb_trials_awaiting_dsr_idx ON kb_trials (workspace_id) WHERE archived_at IS NULL AND dsr_inputs IS NULL;
 
 INSERT INTO kb_strategy_revisions (workspace_id, strategy_name, revision, reset_revision)
 SELECT s.workspace_id, s.strategy_name, r.revision, r.revision

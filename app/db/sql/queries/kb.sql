@@ -205,19 +205,13 @@ WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL AND change
 -- and over every completed run of its strategy on the same window (same symbol, bar size,
 -- OOS start and end): how many parameter sets were tried and the variance of their Sharpe.
 -- Window functions over one scan of the evidence, then key lookups: no join whose plan
--- depends on statistics a fresh bulk load has not gathered yet. $2: only the windows of
--- these runs (NULL: every window).
-WITH touched AS (
-    SELECT DISTINCT strategy_name, symbol, timeframe, oos_start, oos_end
-    FROM kb_evidence
-    WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
-), ranked AS (
+-- depends on statistics a fresh bulk load has not gathered yet.
+WITH ranked AS (
     SELECT source_run_id, sharpe, strategy_name, symbol, timeframe, oos_start, oos_end,
            dense_rank() OVER (PARTITION BY strategy_name, symbol, timeframe, oos_start, oos_end
                               ORDER BY params) AS set_rank
-    FROM kb_evidence e
+    FROM kb_evidence
     WHERE workspace_id = $1 AND oos_start IS NOT NULL
-      AND ($2::uuid[] IS NULL OR (strategy_name, symbol, timeframe, oos_start, oos_end) IN (SELECT * FROM touched))
 ), stats AS (
     SELECT source_run_id, max(set_rank) OVER w AS n_sets, coalesce(var_samp(sharpe) OVER w, 0) AS sharpe_var
     FROM ranked
@@ -228,6 +222,39 @@ SELECT t.id, t.sharpe, t.timeframe, t.dsr, t.dsr_inputs IS NOT NULL AS evaluated
 FROM stats s
 JOIN kb_trials t ON t.workspace_id = $1 AND t.source_run_id = s.source_run_id AND t.archived_at IS NULL
 JOIN backtest_runs r ON r.workspace_id = $1 AND r.id = t.source_run_id
+
+-- name: trial_window_stats_of_runs
+-- As trial_window_stats, over the windows of the runs $2 only: each window's evidence
+-- found by its key (the window index), so an ingest of a few runs reads a few windows.
+WITH touched AS (
+    SELECT DISTINCT strategy_name, symbol, timeframe, oos_start, oos_end
+    FROM kb_evidence
+    WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[]) AND oos_start IS NOT NULL
+), ranked AS (
+    SELECT e.source_run_id, e.sharpe, e.strategy_name, e.symbol, e.timeframe, e.oos_start, e.oos_end,
+           dense_rank() OVER (PARTITION BY e.strategy_name, e.symbol, e.timeframe, e.oos_start, e.oos_end
+                              ORDER BY e.params) AS set_rank
+    FROM touched w
+    JOIN kb_evidence e ON e.workspace_id = $1 AND e.strategy_name = w.strategy_name
+                      AND e.oos_start = w.oos_start AND e.oos_end = w.oos_end
+                      AND e.symbol IS NOT DISTINCT FROM w.symbol AND e.timeframe IS NOT DISTINCT FROM w.timeframe
+), stats AS (
+    SELECT source_run_id, max(set_rank) OVER w AS n_sets, coalesce(var_samp(sharpe) OVER w, 0) AS sharpe_var
+    FROM ranked
+    WINDOW w AS (PARTITION BY strategy_name, symbol, timeframe, oos_start, oos_end)
+)
+SELECT t.id, t.sharpe, t.timeframe, t.dsr, t.dsr_inputs IS NOT NULL AS evaluated,
+       (r.regime_oos ->> 'n_bars') AS n_bars, s.n_sets, s.sharpe_var
+FROM stats s
+JOIN kb_trials t ON t.workspace_id = $1 AND t.source_run_id = s.source_run_id AND t.archived_at IS NULL
+JOIN backtest_runs r ON r.id = t.source_run_id AND r.workspace_id = $1
+
+-- name: mark_trials_without_dsr
+-- Active trials the DSR pass found no window for (no evidence: no regime), of these runs
+-- ($3; NULL: all): evaluated, with the reason ($2) as their inputs.
+UPDATE kb_trials SET dsr = NULL, dsr_inputs = $2::jsonb
+WHERE workspace_id = $1 AND archived_at IS NULL AND dsr_inputs IS NULL
+  AND ($3::uuid[] IS NULL OR source_run_id = ANY($3::uuid[]))
 
 -- name: trials_awaiting_dsr
 SELECT EXISTS (SELECT 1 FROM kb_trials
@@ -251,6 +278,10 @@ VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
 ON CONFLICT (workspace_id, strategy_name, scope_key) DO UPDATE
 SET revision = EXCLUDED.revision, model = EXCLUDED.model, summary = EXCLUDED.summary, computed_at = now()
 WHERE w.revision <= EXCLUDED.revision
+
+-- name: kb_estimated_rows
+-- The planner's row estimate of the evidence table (-1 before it was ever analysed).
+SELECT reltuples::bigint FROM pg_class WHERE oid = 'kb_evidence'::regclass
 
 -- name: analyze_kb_tables
 -- Fresh statistics after a large ingest, so the queries that follow it plan on real sizes.

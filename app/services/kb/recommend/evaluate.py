@@ -17,11 +17,11 @@ from app.db import Database
 from app.db.trials import load_walkforward, save_walkforward
 from app.db.workspaces import require_workspace
 from app.services.kb.recommend.cache import DEFAULT_CACHE, TrialCache
+from app.services.kb.recommend.decisions import walk_forward
 from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.nested import Model, replay
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.report import summarize
-from app.services.kb.recommend.decisions import walk_forward
 from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, global_stats, no_skill_prior, sums_of
 
 

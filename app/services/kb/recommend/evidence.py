@@ -56,6 +56,16 @@ class EvidenceMatrix:
     def window_labels(self) -> list[str]:
         return list(self.windows.labels) if self.windows is not None else [""] * self.n_windows
 
+    def tag_bits(self) -> tuple[np.ndarray | None, dict[str, int]]:
+        """Each window's tags as a bitmask over a vocabulary of them (None: more than 63 tags)."""
+        if "tag_bits" not in self.memo:
+            vocab = {t: i for i, t in enumerate(sorted({t for ts in self.tags for t in ts}))}
+            bits = None if len(vocab) > 63 else np.array(
+                [sum(1 << vocab[t] for t in ts) for ts in self.tags], dtype=np.int64).reshape(len(self.tags))
+            self.memo["tag_bits"] = (bits, vocab)
+        found: tuple[np.ndarray | None, dict[str, int]] = self.memo["tag_bits"]
+        return found
+
     def require_one_bar_size(self, strategy: str) -> None:
         """Refuse to compare windows of different bar sizes (the caller passes --timeframe)."""
         known = sorted(str(t) for t in self.timeframes if t is not None)

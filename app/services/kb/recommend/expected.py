@@ -15,7 +15,7 @@ from app.services.kb.recommend.evaluate import WalkForwardCheck
 from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.nested import Model
 from app.services.kb.recommend.query import RecommendQuery
-from app.services.kb.recommend.walkforward import Scores, score_query
+from app.services.kb.recommend.walkforward import Scores, best, score_query
 
 RUNNER_UPS = 3
 MIN_WINDOWS = 3
@@ -55,8 +55,7 @@ def _runner_ups(m: EvidenceMatrix, scores: Scores, model: Model, ranked: list[in
     conditions on the regime, else the all-history ranking that picked the global best."""
     if model.conditioned:
         return [_set(m, s, scores, model) for s in ranked if s != chosen][:RUNNER_UPS]
-    finite = np.flatnonzero(np.isfinite(scores.global_score))
-    order = finite[np.argsort(-scores.global_score[finite], kind="stable")]
+    order = best(scores.global_score, RUNNER_UPS + 1)
     return [_set(m, int(s), scores, model, float(scores.global_mean[s])) for s in order if s != chosen][:RUNNER_UPS]
 
 
@@ -88,8 +87,7 @@ def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery, nearest: Rec
     qvec = m.scaling.query(query.regime)
     scores = score_query(m, qvec, query.tag_set, model.tuning)
     # Only the best few are needed: the answer and its runner-ups.
-    finite = np.flatnonzero(np.isfinite(scores.score))
-    ranked = [int(s) for s in finite[np.argsort(-scores.score[finite], kind="stable")[:RUNNER_UPS + 2]]]
+    ranked = [int(s) for s in best(scores.score, RUNNER_UPS + 2)]
     if not ranked:
         return none()
     global_best = int(np.argmax(scores.global_score))

@@ -23,7 +23,6 @@ import numpy as np
 
 from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.scaling import rms_distances
-from app.timestamps import UNKNOWN_NS
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,15 @@ def distances(m: EvidenceMatrix, idx: np.ndarray | None, qvec: np.ndarray | None
         if len(idx) == m.n_windows:
             return rms_distances(m.scaled_features, m.squared_norms, qvec)
         return rms_distances(m.scaled_features[idx], m.squared_norms[idx], qvec)
-    sims = [len(qtags & set(m.tags[i])) / max(len(qtags | set(m.tags[i])), 1) for i in idx]
-    return 1.0 - np.array(sims, dtype=float)
+    bits, vocab = m.tag_bits()
+    if bits is None:  # more distinct tags than bits: set by set
+        sims = [len(qtags & set(m.tags[i])) / max(len(qtags | set(m.tags[i])), 1) for i in idx]
+        return 1.0 - np.array(sims, dtype=float)
+    qbits = sum(1 << vocab[t] for t in qtags if t in vocab)
+    unknown = sum(1 for t in qtags if t not in vocab)
+    inter = np.bitwise_count(bits[idx] & qbits).astype(float)
+    union = np.bitwise_count(bits[idx] | qbits).astype(float) + unknown
+    return 1.0 - inter / np.maximum(union, 1.0)
 
 
 @dataclass
@@ -109,6 +115,16 @@ def nearest(d: np.ndarray, k: int) -> np.ndarray:
     k = min(k, len(d))
     near = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
     return near[np.argsort(d[near], kind="stable")]
+
+
+def best(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest finite values, largest first (ties: lower position), without
+    sorting them all."""
+    idx = np.flatnonzero(np.isfinite(values))
+    if len(idx) > k:
+        v = values[idx]
+        idx = idx[v >= np.partition(v, len(v) - k)[len(v) - k]]
+    return idx[np.argsort(-values[idx], kind="stable")][:k]
 
 
 def local_scores(m: EvidenceMatrix, windows: np.ndarray, dist: np.ndarray, g: GlobalStats,

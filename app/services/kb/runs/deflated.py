@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import astuple, dataclass, fields
 from statistics import NormalDist
 
 EULER_GAMMA = 0.5772156649
@@ -41,9 +42,10 @@ class DeflatedSharpe:
     kurtosis: float
 
     def to_dict(self) -> dict[str, float | int]:
-        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in zip(_FIELDS, astuple(self), strict=True)}
 
 
+@functools.lru_cache(maxsize=256)
 def periods_per_year(timeframe: str) -> float | None:
     """Bars per year for "1m", "4h", "1d", "d", "1w", "1M"...; None for anything else."""
     if not isinstance(timeframe, str):
@@ -62,6 +64,7 @@ def periods_per_year(timeframe: str) -> float | None:
     return per_unit / count
 
 
+@functools.lru_cache(maxsize=65536)  # one value per window: its trials share it
 def expected_max_sharpe(n_trials: float, variance: float) -> float:
     """Expected maximum Sharpe of `n_trials` independent zero-skill trials whose Sharpe has `variance` (same units)."""
     if n_trials <= 1 or variance == 0:
@@ -77,7 +80,17 @@ def probabilistic_sharpe(sharpe: float, benchmark: float, n_bars: float, skew: f
     under_root = 1 - skew * sharpe + (kurtosis - 1) / 4 * (sharpe * sharpe)
     if not 0 < under_root < math.inf:
         return None
-    return _STD_NORMAL.cdf((sharpe - benchmark) * math.sqrt(n_bars - 1) / math.sqrt(under_root))
+    return _normal_cdf((sharpe - benchmark) * math.sqrt(n_bars - 1) / math.sqrt(under_root))
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _finite_real(x: object) -> bool:
+    if type(x) is float or type(x) is int:  # the common case, without the slower ABC check
+        return math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def deflated_sharpe(
@@ -94,7 +107,7 @@ def deflated_sharpe(
     kurtosis = 3.0 if kurtosis is None else kurtosis
     raw = (sharpe, n_bars, periods_per_year, n_trials, trials_sharpe_var, skew, kurtosis)
     # Stored metrics can be missing or junk; a figure is optional, a crash in a report is not.
-    if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in raw):
+    if not all(_finite_real(x) for x in raw):
         return None
     # Plain floats from here, so numpy scalars neither leak into the result nor compute in float32.
     sr_ann, bars, per_year, trials, var_ann, g3, g4 = (float(x) for x in raw)
@@ -123,6 +136,9 @@ def deflated_sharpe(
         skew=g3,
         kurtosis=g4,
     )
+
+
+_FIELDS = tuple(f.name for f in fields(DeflatedSharpe))
 
 
 def window_dsr(sharpe: float | None, n_bars: object, timeframe: str | None, n_sets: int,

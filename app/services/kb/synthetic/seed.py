@@ -20,7 +20,7 @@ SEED_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Generator,
-             eligible_share: float) -> list[tuple[object, ...]]:
+             eligible_share: float, strategies: tuple[str, ...]) -> list[tuple[object, ...]]:
     eligible = rng.random(count) < eligible_share
     # Ineligible rows fail one gate each, spread over the reasons.
     failure = rng.integers(0, 3, count)
@@ -30,7 +30,7 @@ def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Gen
     ret = rng.normal(5, 10, count)
     lookback = rng.integers(5, 100, count)
     z = rng.uniform(0.5, 3, count)
-    strategy = rng.integers(0, len(_STRATEGIES), count)
+    strategy = rng.integers(0, len(strategies), count)
     oos_start = rng.integers(0, 300, count)
     oos_len = rng.integers(20, 120, count)
     base_ms = int(SEED_EPOCH.timestamp() * 1000)
@@ -45,7 +45,7 @@ def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Gen
             SEED_EPOCH + timedelta(seconds=n),
             "test_variant",
             "completed",
-            _STRATEGIES[strategy[i]],
+            strategies[strategy[i]],
             None,
             f'{{"lookback": {lookback[i]}, "z_entry": {z[i]:.3f}}}',
             f'{{"symbol": "SYM{strategy[i]}", "timeframe": "1d", "oos_start": {base_ms + int(day0) * 86_400_000},'
@@ -65,6 +65,7 @@ async def seed_runs(
     *,
     seed: int = 1,
     eligible_share: float = 0.3,
+    strategies: tuple[str, ...] = _STRATEGIES,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Insert `runs` synthetic completed test variants with COPY; returns the count.
@@ -78,7 +79,7 @@ async def seed_runs(
         done = 0
         while done < runs:
             count = min(_CHUNK, runs - done)
-            records = _records(workspace_id, start + done, count, rng, eligible_share)
+            records = _records(workspace_id, start + done, count, rng, eligible_share, strategies)
             await copy_run_records(conn, records, _COLUMNS)
             done += count
             if progress is not None:
