@@ -252,5 +252,7 @@ def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> 
 def extend_matrix(m: EvidenceMatrix, rows: list[Any], revision: int, scope: Scope | None = None) -> EvidenceMatrix:
     """`m` with the evidence written since its revision added (a new matrix: `m` stays
     valid for the requests still reading it). Equal to a fresh build of all the rows."""
+    if m.index is None:  # a matrix not built by build_matrix: nothing to append to
+        raise ValueError("this evidence matrix cannot be appended to")
     found = _collect(rows, scope, m.index)
     return _assemble(m.raw_cells.merged(_cells_of(found), len(m.index.sets)), m.windows + found, m.index, revision)

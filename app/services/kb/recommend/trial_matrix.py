@@ -104,7 +104,11 @@ class TrialColumns:
         def both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return np.concatenate([a, b]) if len(b) else a
 
-        return TrialColumns(*(both(getattr(self, f), getattr(other, f)) for f in _ARRAYS), self.params + other.params)
+        joined = {f: both(getattr(self, f), getattr(other, f)) for f in _ARRAYS}
+        return TrialColumns(joined["trial_ids"], joined["run_ids"], joined["features"], joined["sharpe"],
+                            joined["return_frac"], joined["max_dd"], joined["n_trades"], joined["promoted"],
+                            joined["tag_code"], joined["symbol_code"], joined["timeframe_code"],
+                            self.params + other.params)
 
 
 _ARRAYS = ("trial_ids", "run_ids", "features", "sharpe", "return_frac", "max_dd", "n_trades", "promoted", "tag_code",
