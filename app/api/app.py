@@ -22,10 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import LoopbackHostOnly, require_token
 from app.api.dashboard import register as register_dashboard
-from app.api.deps import DB, NO_NUL, Cache, StrategyName, send_json_error
+from app.api.deps import DB, NO_NUL, Cache, ReadDB, ReplicaDep, StrategyName, send_json_error
 from app.api.models import ImportRequest, IngestRequest, RecommendRequest, SyncRequest
 from app.db import Database, ledger, open_database
 from app.db.lifecycle import DRIVER_ERROR, ping, translate
+from app.db.replica import read_replica
 from app.errors import BadInput, DriverError, KBError, NotFound
 from app.services.kb.importing.fields import resolve_mapping
 from app.services.kb.importing.service import import_frame
@@ -149,10 +150,11 @@ def create_app(db: Database | None = None) -> FastAPI:
         app.state.cache = TrialCache()
         if db is not None:
             app.state.db = db
-            yield
+            async with read_replica(db) as app.state.replica:
+                yield
             return
-        async with open_database(max_size=8) as opened:
-            app.state.db = opened
+        async with open_database(max_size=8) as opened, read_replica(opened) as replica:
+            app.state.db, app.state.replica = opened, replica
             yield
 
     app = FastAPI(title="trading-kb", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -209,7 +211,7 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         return (await ingest(db, workspace_id, since=body.since, dry_run=body.dry_run, full=body.full)).to_dict()
 
     @app.post("/kb/trials/recommend", dependencies=auth)
-    async def recommend_route(body: RecommendRequest, db: DB, cache: Cache) -> Response:
+    async def recommend_route(body: RecommendRequest, db: DB, cache: Cache, replica: ReplicaDep) -> Response:
         if sum(x is not None for x in (body.regime, body.ohlcv, body.tags)) != 1:
             raise HTTPException(status_code=422, detail="give exactly one of regime, ohlcv or tags")
         regime = _regime_from_request(body)
@@ -217,7 +219,8 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
             workspace_id=await resolve_workspace(db, body.ref), strategy_name=body.strategy_name, regime=regime,
             tags=tuple(body.tags or ()), symbol=body.symbol, timeframe=body.timeframe, top_k=body.top_k,
             min_sharpe=body.min_sharpe, min_trades=body.min_trades, max_drawdown=body.max_drawdown,
-            method=body.method, pool=body.pool, as_of=body.as_of), cache, wait_for_check=body.wait_for_check)
+            method=body.method, pool=body.pool, as_of=body.as_of), cache, wait_for_check=body.wait_for_check,
+            replica=replica)
         return Response(orjson.dumps(result.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json")
 
@@ -240,12 +243,12 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         return (await sync(db, opts)).to_dict()
 
     @app.get("/kb/status", dependencies=auth)
-    async def status_route(db: DB, workspace_id: uuid.UUID | None = None,
+    async def status_route(db: ReadDB, workspace_id: uuid.UUID | None = None,
                            workspace: WorkspaceName = None) -> dict[str, Any]:
         return (await workspace_status(db, await _workspace_param(db, workspace_id, workspace))).to_dict()
 
     @app.get("/kb/evaluate", dependencies=auth)
-    async def evaluate_route(strategy_name: StrategyName, db: DB, cache: Cache,
+    async def evaluate_route(strategy_name: StrategyName, db: DB, cache: Cache, replica: ReplicaDep,
                              workspace_id: uuid.UUID | None = None, workspace: WorkspaceName = None,
                              symbol: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
                              timeframe: Annotated[str | None, Query(max_length=16, pattern=NO_NUL)] = None,
@@ -254,7 +257,8 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         evidence of one instrument and bar size when given."""
         scope = EvidenceScope.of(symbol, timeframe, pool)
         ws = await _workspace_param(db, workspace_id, workspace)
-        return (await evaluate(db, ws, strategy_name, cache, scope)).to_dict()
+        reads = None if replica is None else await replica.matrices()
+        return (await evaluate(db, ws, strategy_name, cache, scope, reads=reads)).to_dict()
 
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,

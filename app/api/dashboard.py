@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import SESSION_COOKIE, api_token, require_token, session_value, token_matches
-from app.api.deps import DB, StrategyName
+from app.api.deps import ReadDB, StrategyName
 from app.services.kb import dashboard
 from app.services.kb.workspaces import list_workspaces
 from app.web import CONTENT_TYPES, asset, dashboard_page
@@ -74,27 +74,27 @@ def _data_routes() -> APIRouter:
     data = APIRouter(dependencies=[Depends(require_token)], tags=["dashboard"])
 
     @data.get("/kb/workspaces")
-    async def workspaces_route(db: DB) -> list[dict[str, Any]]:
+    async def workspaces_route(db: ReadDB) -> list[dict[str, Any]]:
         """Workspaces, newest first, with their run and trial counts (the dashboard's chooser)."""
         return await list_workspaces(db, 200)
 
     @data.get("/kb/dashboard/overview")
-    async def overview_route(workspace_id: uuid.UUID, db: DB) -> JSONResponse:
+    async def overview_route(workspace_id: uuid.UUID, db: ReadDB) -> JSONResponse:
         """Runs by kb_status, trials per strategy and the backfill ledger (running ones included)."""
         return JSONResponse(await dashboard.overview(db, workspace_id), headers=NO_STORE)
 
     @data.get("/kb/dashboard/coverage")
-    async def coverage_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:
+    async def coverage_route(workspace_id: uuid.UUID, db: ReadDB) -> dict[str, Any]:
         """One cell per (regime tag, strategy): trials, median OOS Sharpe, and blind or thin spots."""
         return await dashboard.coverage(db, workspace_id)
 
     @data.get("/kb/dashboard/strategy")
-    async def strategy_route(workspace_id: uuid.UUID, strategy_name: StrategyName, db: DB) -> dict[str, Any]:
+    async def strategy_route(workspace_id: uuid.UUID, strategy_name: StrategyName, db: ReadDB) -> dict[str, Any]:
         """OOS Sharpe and parameters of a strategy's trials (a sample beyond 4,000), with each window's trend."""
         return await dashboard.strategy_points(db, workspace_id, strategy_name)
 
     @data.get("/kb/dashboard/gate")
-    async def gate_route(workspace_id: uuid.UUID, db: DB) -> dict[str, Any]:
+    async def gate_route(workspace_id: uuid.UUID, db: ReadDB) -> dict[str, Any]:
         """The funnel from runs to KB trials and the latest candidacy backfill's rejection reasons."""
         return await dashboard.gate(db, workspace_id)
 

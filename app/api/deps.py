@@ -10,6 +10,7 @@ from fastapi import Depends, Query, Request
 from starlette.types import Send
 
 from app.db import Database
+from app.db.replica import Replica
 from app.services.kb.recommend import TrialCache
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
@@ -20,12 +21,26 @@ def get_db(request: Request) -> Database:
     return db
 
 
+def get_replica(request: Request) -> Replica | None:
+    replica: Replica | None = getattr(request.app.state, "replica", None)
+    return replica
+
+
+async def get_read_db(request: Request) -> Database:
+    """Where a read-only view reads: the replica (KB_READ_DATABASE_URL) once it has
+    replayed everything committed before this request, else the primary."""
+    replica = get_replica(request)
+    return get_db(request) if replica is None else await replica.reader()
+
+
 def get_cache(request: Request) -> TrialCache:
     cache: TrialCache = request.app.state.cache
     return cache
 
 
 DB = Annotated[Database, Depends(get_db)]
+ReadDB = Annotated[Database, Depends(get_read_db)]
+ReplicaDep = Annotated[Replica | None, Depends(get_replica)]
 Cache = Annotated[TrialCache, Depends(get_cache)]
 StrategyName = Annotated[str, Query(min_length=1, max_length=200, pattern=NO_NUL)]
 

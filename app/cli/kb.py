@@ -10,6 +10,7 @@ from app.cli import render
 from app.cli.console import Progress, echo
 from app.cli.options import finite, opt, positive, since_arg, workspace_options
 from app.db import Database
+from app.db.replica import read_replica
 from app.errors import BadInput
 from app.services.kb.importing.optuna_source import enqueue
 from app.services.kb.ingest import ingest
@@ -133,17 +134,19 @@ async def cmd_workspaces(db: Database, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(db: Database, args: argparse.Namespace) -> int:
-    status = await workspace_status(db, args.workspace_id)
+    async with read_replica(db) as replica:
+        status = await workspace_status(db if replica is None else await replica.reader(), args.workspace_id)
     render.show(args.json, status.to_dict(), render.status_report)
     return 0
 
 
 async def cmd_recommend(db: Database, args: argparse.Namespace) -> int:
     tags = tuple(t.strip() for t in (args.tags or "").split(",") if t.strip())
-    answer = await recommend(db, RecommendQuery(
-        workspace_id=args.workspace_id, strategy_name=args.strategy, regime=args.prepared, tags=tags,
-        symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method, pool=args.pool,
-        as_of=args.as_of))
+    async with read_replica(db) as replica:
+        answer = await recommend(db, RecommendQuery(
+            workspace_id=args.workspace_id, strategy_name=args.strategy, regime=args.prepared, tags=tags,
+            symbol=args.symbol, timeframe=args.timeframe, top_k=args.top_k, method=args.method, pool=args.pool,
+            as_of=args.as_of), replica=replica)
     result = answer.to_dict()
     if args.enqueue_optuna:
         result["optuna_enqueued"] = _enqueue(args, result)
@@ -163,8 +166,10 @@ def _enqueue(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]
 
 
 async def cmd_evaluate(db: Database, args: argparse.Namespace) -> int:
-    report = await evaluate(db, args.workspace_id, args.strategy,
-                            scope=Scope.of(args.symbol, args.timeframe, args.pool))
+    async with read_replica(db) as replica:
+        report = await evaluate(db, args.workspace_id, args.strategy,
+                                scope=Scope.of(args.symbol, args.timeframe, args.pool),
+                                reads=None if replica is None else await replica.matrices())
     render.show(args.json, report.to_dict(), render.evaluate_report)
     return 0
 

@@ -93,7 +93,7 @@ RETURNING t.strategy_name
 
 -- name: count_stale_trials
 SELECT count(*)
-FROM kb_trials t JOIN backtest_runs r ON r.id = t.source_run_id
+FROM kb_trials t JOIN backtest_runs r ON r.workspace_id = t.workspace_id AND r.id = t.source_run_id
 WHERE t.workspace_id = $1 AND t.archived_at IS NULL
   AND (r.kb_status NOT IN ('candidate', 'promoted') OR r.status NOT IN ('completed', 'success'))
 

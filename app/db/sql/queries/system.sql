@@ -57,3 +57,11 @@ FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'public' AND NOT t.tgisinternal
 ORDER BY c.relname, t.tgname
+
+-- name: primary_wal_position
+-- On the primary: how far its WAL goes now (everything committed is before it).
+SELECT pg_current_wal_lsn()::text
+
+-- name: replayed_past
+-- On a replica: whether it has replayed the primary's WAL up to $1 (true on a primary).
+SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() >= $1::text::pg_lsn ELSE true END

@@ -42,11 +42,15 @@ class RevisionCache(Generic[M]):
         self._extend = extend
         self._size = entries
         self.appends = 0  # matrices brought up to date by appending (the rest were built)
+        self.lagged = 0  # loads read again from the primary because the replica was behind
+        self.loads = 0
         self._entries: OrderedDict[Key, M] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, str, Scope, int], asyncio.Task[M]] = {}
 
     async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int | None = None,
-                  scope: Scope | None = None) -> M:
+                  scope: Scope | None = None, reads: Database | None = None) -> M:
+        """The matrix at `revision` (the current one read from `db` when None). `reads`: a
+        replica to load from; a load older than `revision` there is done again on `db`."""
         if revision is None:
             revision = (await strategy_revision(db, workspace_id, strategy))[0]
         key = (workspace_id, strategy, scope or Scope())
@@ -59,7 +63,7 @@ class RevisionCache(Generic[M]):
         if task is None:
             # A task of its own: a caller that gives up (client gone) does not cancel the
             # load the other callers wait for.
-            task = asyncio.create_task(self._load(db, key, hit))
+            task = asyncio.create_task(self._load(db, key, hit, reads, revision))
             self._loading[loading_key] = task
             task.add_done_callback(lambda t: self._loaded(t, loading_key))
         return await asyncio.shield(task)
@@ -69,8 +73,13 @@ class RevisionCache(Generic[M]):
         if not task.cancelled():
             task.exception()  # retrieved here, so an unawaited failure is not logged twice
 
-    async def _load(self, db: Database, key: Key, base: M | None) -> M:
-        revision, after, rows = await self._load_rows(db, key[0], key[1], -1 if base is None else base.revision)
+    async def _load(self, db: Database, key: Key, base: M | None, reads: Database | None, wanted: int) -> M:
+        self.loads += 1
+        since = -1 if base is None else base.revision
+        revision, after, rows = await self._load_rows(reads or db, key[0], key[1], since)
+        if reads is not None and revision < wanted:  # the replica has not replayed that write yet
+            self.lagged += 1
+            revision, after, rows = await self._load_rows(db, key[0], key[1], since)
         if base is not None and after >= 0:
             matrix = await asyncio.to_thread(self._extend, base, rows, revision, key[2])
             self.appends += 1
@@ -112,6 +121,10 @@ class TrialCache(RevisionCache[TrialMatrix]):
         super().__init__(load_trials, lambda rows, revision, _scope: build_trial_matrix(rows, revision),
                          lambda m, rows, revision, _scope: m.extend(rows, revision))
         self.evidence = EvidenceCache()
+
+    def counts(self) -> tuple[int, int]:
+        """Loads so far, and those a replica was too far behind for (both caches)."""
+        return self.loads + self.evidence.loads, self.lagged + self.evidence.lagged
 
 
 DEFAULT_CACHE = TrialCache()

@@ -108,13 +108,13 @@ class Evaluation:
 
 
 async def evaluate(db: Database, workspace_id: uuid.UUID, strategy: str, cache: TrialCache | None = None,
-                   scope: Scope | None = None) -> Evaluation:
+                   scope: Scope | None = None, reads: Database | None = None) -> Evaluation:
     """Replay the strategy's history walk-forward (nested: every choice from earlier
     decisions only); report uplift over the global best, the baselines and calibration."""
     started = time.monotonic()
     await require_workspace(db, workspace_id)
     scope = scope or Scope()
-    matrix = await (cache or DEFAULT_CACHE).evidence.get(db, workspace_id, strategy, scope=scope)
+    matrix = await (cache or DEFAULT_CACHE).evidence.get(db, workspace_id, strategy, scope=scope, reads=reads)
     matrix.require_one_bar_size(strategy)
     check = await stored_check(db, workspace_id, strategy, scope, matrix)
     return Evaluation(workspace_id, strategy, scope.describe(matrix.n_windows), matrix.n_windows, matrix.n_sets,
