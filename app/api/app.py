@@ -27,7 +27,7 @@ from app.api.models import ImportRequest, IngestRequest, RecommendRequest, SyncR
 from app.db import Database, ledger, open_database
 from app.db.lifecycle import DRIVER_ERROR, ping, translate
 from app.db.replica import read_replica
-from app.errors import BadInput, DriverError, KBError, NotFound
+from app.errors import BackfillLocked, BadInput, DriverError, KBError, NotFound
 from app.services.kb.importing.fields import resolve_mapping
 from app.services.kb.importing.service import import_frame
 from app.services.kb.ingest import ingest
@@ -136,6 +136,8 @@ def http_status(exc: KBError) -> int:
     """The HTTP status for each error class."""
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, BackfillLocked):
+        return 409  # another process (this server or another) runs that backfill
     if isinstance(exc, DriverError):
         return 422 if exc.bad_data else 503
     return 422 if exc.exit_code == 2 else 503
