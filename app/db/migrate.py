@@ -122,6 +122,8 @@ async def dump_schema(conn: Conn) -> str:
         default = f" DEFAULT {r['default_expr']}" if r["default_expr"] else ""
         identity = " IDENTITY" if r["is_identity"] else ""
         lines.append(f"column {r['table_name']}.{r['attname']} {r['type']} {nullability}{default}{identity}")
+    for r in await conn.fetch(q("dump_partitioning")):
+        lines.append(f"partitioned {r['table_name']} {r['key']} into {r['partitions']}")
     for r in await conn.fetch(q("dump_constraints")):
         lines.append(f"constraint {r['table_name']}.{r['conname']} {r['def']}")
     for r in await conn.fetch(q("dump_indexes")):

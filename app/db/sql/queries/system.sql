@@ -36,26 +36,36 @@ FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0
+  AND NOT a.attisdropped
 ORDER BY c.relname, a.attnum
+
+-- name: dump_partitioning
+-- Partitioned tables: how they are split, and into how many partitions.
+SELECT c.relname AS table_name, pg_get_partkeydef(c.oid) AS key,
+       (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) AS partitions
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind = 'p'
+ORDER BY c.relname
 
 -- name: dump_constraints
 SELECT c.relname AS table_name, con.conname, pg_get_constraintdef(con.oid) AS def
 FROM pg_constraint con
 JOIN pg_class c ON c.oid = con.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = 'public'
+WHERE n.nspname = 'public' AND NOT c.relispartition AND con.conparentid = 0
 ORDER BY c.relname, con.conname
 
 -- name: dump_indexes
-SELECT tablename, indexname, indexdef FROM pg_indexes
-WHERE schemaname = 'public' ORDER BY tablename, indexname
+SELECT i.tablename, i.indexname, i.indexdef FROM pg_indexes i
+JOIN pg_class c ON c.relname = i.tablename AND c.relnamespace = 'public'::regnamespace
+WHERE i.schemaname = 'public' AND NOT c.relispartition ORDER BY i.tablename, i.indexname
 
 -- name: dump_triggers
 SELECT c.relname AS table_name, t.tgname, pg_get_triggerdef(t.oid) AS def
 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = 'public' AND NOT t.tgisinternal
+WHERE n.nspname = 'public' AND NOT t.tgisinternal AND NOT c.relispartition
 ORDER BY c.relname, t.tgname
 
 -- name: primary_wal_position
