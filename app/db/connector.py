@@ -14,7 +14,6 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from app import far_time
-from app.db.sql import q
 from app.errors import DatabaseUnavailable
 from app.urls import redact_url
 
@@ -67,10 +66,25 @@ def with_database(dsn: str, name: str) -> str:
 redact_dsn = redact_url
 
 
+def behind_pooler() -> bool:
+    """KB_DB_POOLER=transaction: the database URL is a pooler in transaction mode
+    (PgBouncer), which may give each transaction another server connection. Statements
+    are then not kept prepared across transactions (the server connection that prepared
+    one may be gone); the session's time zone travels as a startup parameter, which the
+    pooler sets on every server connection it hands over; no session lock is used
+    anywhere (app.db.locks)."""
+    value = os.environ.get("KB_DB_POOLER", "").strip().lower()
+    if value in ("", "none", "session"):
+        return False
+    if value in ("transaction", "pgbouncer"):
+        return True
+    raise DatabaseUnavailable(f"KB_DB_POOLER must be 'transaction' or 'none', got {value!r}")
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Keep json/jsonb as text: callers decode only the keys they need (orjson), and
-    # writes pass JSON text that the server parses once.
-    await conn.execute(q("session_utc"))
+    # writes pass JSON text that the server parses once. (The session is in UTC: the
+    # time zone is a startup parameter.)
     # Timestamps beyond Python's range become FarTime values, never a failed page.
     await conn.set_type_codec("timestamptz", schema="pg_catalog", encoder=far_time.encode,
                               decoder=far_time.decode, format="tuple")
@@ -121,7 +135,8 @@ class Database:
                 max_size=self._max_size,
                 init=_init_connection,
                 timeout=10.0,
-                server_settings={"application_name": application_name()},
+                server_settings={"application_name": application_name(), "TimeZone": "UTC"},
+                statement_cache_size=0 if behind_pooler() else 100,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(describe_connect_error(self.dsn, exc)) from exc

@@ -61,13 +61,16 @@ async def upgrade(conn: Conn, migrations: list[Migration] | None = None) -> list
     """Apply pending migrations (the packaged ones unless given); returns those applied
     by this call.
 
-    The advisory lock makes concurrent upgrades wait for each other; the loser then
-    finds nothing pending.
+    All pending migrations apply in one transaction, under a transaction-scoped advisory
+    lock: concurrent upgrades wait for each other (the loser then finds nothing pending),
+    a failure leaves the schema as it was, and the lock holds through a connection pooler
+    in transaction mode (a session lock would stay on whichever server connection the
+    pooler gave the statement that took it).
     """
     migrations = load_migrations() if migrations is None else migrations
     applied_now: list[Migration] = []
-    await conn.execute(q("take_migration_lock"))
-    try:
+    async with conn.transaction():
+        await conn.execute(q("take_migration_lock"))
         await conn.execute(q("create_migrations_table"))
         applied = await _applied(conn)
         for migration in migrations:
@@ -79,17 +82,9 @@ async def upgrade(conn: Conn, migrations: list[Migration] | None = None) -> list
                         "applied; add a new migration instead of editing an applied one"
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    q("record_migration"),
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+            await conn.execute(migration.sql)
+            await conn.execute(q("record_migration"), migration.version, migration.name, migration.checksum)
             applied_now.append(migration)
-    finally:
-        await conn.execute(q("release_migration_lock"))
     return applied_now
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from app.db import locks
 from app.db.connector import Conn, Database
 from app.db.sql import q
 from app.errors import NotFound
@@ -38,14 +39,13 @@ async def count_runs(conn: Conn, workspace_id: uuid.UUID) -> int:
 async def workspace_job(db: Database, workspace_id: uuid.UUID, on_wait: Callable[[], None]) -> AsyncIterator[None]:
     """Run one whole-workspace job at a time (two `kb demo` at once): a second one waits
     for the first to finish (`on_wait` is told), then runs."""
-    async with db.acquire() as conn:
-        if not await conn.fetchval(q("try_lock_workspace_session"), str(workspace_id)):
-            on_wait()
-            await conn.fetchval(q("lock_workspace_session"), str(workspace_id))
-        try:
+    async with locks.holding(db, q("try_lock_workspace_job"), str(workspace_id)) as held:
+        if held.held:
             yield
-        finally:
-            await conn.fetchval(q("unlock_workspace_session"), str(workspace_id))
+            return
+    on_wait()
+    async with locks.holding(db, q("lock_workspace_job"), str(workspace_id)):
+        yield
 
 
 async def workspaces_named(db: Database | Conn, name: str) -> list[Any]:

@@ -84,14 +84,14 @@ def kb_argv(work: Workload, ws: uuid.UUID, *extra: str) -> list[str]:
             *work.args, *extra]
 
 
-async def start_kb(url: str, *argv: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "DATABASE_URL": url}
+async def start_kb(url: str, *argv: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    env = {**os.environ, "DATABASE_URL": url, **(env or {})}
     return await asyncio.create_subprocess_exec(*KB, *argv, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
 
 
-async def run_kb(url: str, *argv: str, limit_s: float = 120) -> tuple[int, str, str]:
-    proc = await start_kb(url, *argv)
+async def run_kb(url: str, *argv: str, limit_s: float = 120, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await start_kb(url, *argv, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), limit_s)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()

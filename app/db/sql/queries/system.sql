@@ -1,9 +1,6 @@
 -- name: ping
 SELECT 1
 
--- name: session_utc
-SET TIME ZONE 'UTC'
-
 -- name: migrations_table_exists
 SELECT to_regclass('schema_migrations') IS NOT NULL
 
@@ -22,11 +19,9 @@ SELECT version, name, checksum, applied_at FROM schema_migrations
 INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
 
 -- name: take_migration_lock
--- Any fixed key works; it only has to differ from the backfill locks.
-SELECT pg_advisory_lock(7302118001)
-
--- name: release_migration_lock
-SELECT pg_advisory_unlock(7302118001)
+-- Any fixed key works; it only has to differ from the backfill locks. Held until the
+-- upgrade's transaction ends.
+SELECT pg_advisory_xact_lock(7302118001)
 
 -- name: dump_columns
 SELECT c.relname AS table_name, a.attname, format_type(a.atttypid, a.atttypmod) AS type,

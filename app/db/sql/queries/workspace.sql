@@ -14,15 +14,13 @@ SELECT count(*) FROM backtest_runs WHERE workspace_id = $1
 -- Serializes whole-workspace rewrites (two `kb demo` at once) until the transaction ends.
 SELECT pg_advisory_xact_lock(hashtext('trading-kb:workspace'), hashtext($1::text))
 
--- name: try_lock_workspace_session
--- Held by a whole-workspace job (`kb demo`) for its whole run, on its own connection.
-SELECT pg_try_advisory_lock(hashtext('trading-kb:workspace-job'), hashtext($1::text))
+-- name: try_lock_workspace_job
+-- Held by a whole-workspace job (`kb demo`) for its whole run, by an open transaction
+-- on a connection of its own (app.db.locks).
+SELECT pg_try_advisory_xact_lock(hashtext('trading-kb:workspace-job'), hashtext($1::text))
 
--- name: lock_workspace_session
-SELECT pg_advisory_lock(hashtext('trading-kb:workspace-job'), hashtext($1::text))
-
--- name: unlock_workspace_session
-SELECT pg_advisory_unlock(hashtext('trading-kb:workspace-job'), hashtext($1::text))
+-- name: lock_workspace_job
+SELECT pg_advisory_xact_lock(hashtext('trading-kb:workspace-job'), hashtext($1::text))
 
 -- name: workspaces_named
 SELECT id, name, created_at FROM workspaces WHERE name = $1 ORDER BY created_at, id
