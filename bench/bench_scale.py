@@ -170,6 +170,11 @@ async def one_strategy(url: str, db_url: str, trials: int, ohlcv: Path) -> None:
             before = rss_mb(server.pid)
             ms, answer = await timed_post(client, "/kb/trials/recommend", {**body, "wait_for_check": True})
             after = rss_mb(server.pid)
+            cached = (await client.get("/kb/cache")).json()
+            for kind in ("trials", "evidence"):
+                for e in cached[kind]:
+                    print(f"  cached {kind} matrix: {e['rows']:,} rows, {e['bytes'] / 2**20:,.0f} MB = "
+                          f"{e['bytes_per_row']:,.0f} bytes per row", flush=True)
             print(f"cold first answer at {trials:,} trials: {ms:,.0f} ms (status {answer['status']}); "
                   f"serve RSS {before:,.0f} -> {after:,.0f} MB = {(after - before) * 2**20 / trials:,.0f} bytes "
                   "per trial (trial and evidence matrices, walk-forward check)", flush=True)

@@ -262,6 +262,12 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         reads = None if replica is None else await replica.matrices()
         return (await evaluate(db, ws, strategy_name, cache, scope, reads=reads)).to_dict()
 
+    @app.get("/kb/cache", dependencies=auth)
+    async def cache_route(cache: Cache) -> dict[str, Any]:
+        """This server's cached matrices: revision, rows and memory of each (trial matrices
+        count trials, evidence matrices count cells), and how many were appended to."""
+        return cache.describe_all()
+
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,
                             limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:

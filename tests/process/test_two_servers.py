@@ -75,6 +75,10 @@ async def test_an_ingest_through_one_server_is_in_the_others_next_answer(db, mak
     assert (await a.post("/kb/trials/ingest", json={"workspace_id": str(ws)})).json()["inserted"] == 5
     assert (await b.post("/kb/trials/recommend", json=body)).json()["considered"] == 17
     assert (await a.post("/kb/trials/recommend", json=body)).json()["considered"] == 17
+    cached = (await b.get("/kb/cache")).json()  # b took the 5 new trials by appending them
+    trials = [e for e in cached["trials"] if e["workspace_id"] == str(ws)]
+    assert cached["appends"] >= 1 and [e["rows"] for e in trials] == [17]
+    assert 0 < trials[0]["bytes_per_row"] < 1000
 
 
 async def test_a_backfill_through_each_server_takes_the_lock_once(db: Database, make_workspace, insert_runs,

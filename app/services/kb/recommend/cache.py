@@ -93,6 +93,17 @@ class RevisionCache(Generic[M]):
             self._entries.popitem(last=False)
         return matrix
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each cached matrix: its workspace, strategy, scope, revision, rows and bytes."""
+        out = []
+        for (workspace_id, strategy, scope), m in self._entries.items():
+            rows = len(m) if isinstance(m, TrialMatrix) else getattr(m, "n_cells", 0)
+            size = m.nbytes() if hasattr(m, "nbytes") else 0
+            out.append({"workspace_id": str(workspace_id), "strategy_name": strategy, "scope": scope.key(),
+                        "revision": m.revision, "rows": rows, "bytes": size,
+                        "bytes_per_row": round(size / rows, 1) if rows else None})
+        return out
+
     def _adopt(self, base: M | None, matrix: M) -> None:
         """What a new matrix takes over from the one it replaces (nothing by default)."""
 
@@ -121,6 +132,10 @@ class TrialCache(RevisionCache[TrialMatrix]):
         super().__init__(load_trials, lambda rows, revision, _scope: build_trial_matrix(rows, revision),
                          lambda m, rows, revision, _scope: m.extend(rows, revision))
         self.evidence = EvidenceCache()
+
+    def describe_all(self) -> dict[str, Any]:
+        return {"trials": self.describe(), "evidence": self.evidence.describe(),
+                "appends": self.appends + self.evidence.appends, "loads": self.loads + self.evidence.loads}
 
     def counts(self) -> tuple[int, int]:
         """Loads so far, and those a replica was too far behind for (both caches)."""

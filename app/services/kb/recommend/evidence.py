@@ -56,6 +56,18 @@ class EvidenceMatrix:
     def window_labels(self) -> list[str]:
         return list(self.windows.labels) if self.windows is not None else [""] * self.n_windows
 
+    def nbytes(self) -> int:
+        """Memory held by the cells, the windows and the set keys (their texts and index)."""
+        cells = sum(getattr(self.raw_cells, f).nbytes for f in _CELL_FIELDS) if self.raw_cells is not None else 0
+        arrays = (self.cell_set.nbytes + self.cell_sharpe.nbytes + self.cell_run.nbytes + self.cell_eligible.nbytes
+                  + self.features.nbytes + self.scaled_features.nbytes + self.ptr.nbytes)
+        keys = sum(len(k) + 57 + 100 for k in self.set_keys)  # the text, its list slot and its index entry
+        return cells + arrays + keys
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cell_set)
+
     def tag_bits(self) -> tuple[np.ndarray | None, dict[str, int]]:
         """Each window's tags as a bitmask over a vocabulary of them (None: more than 63 tags)."""
         if "tag_bits" not in self.memo:
