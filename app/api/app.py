@@ -193,6 +193,7 @@ def create_app(db: Database | None = None) -> FastAPI:
     register_dashboard(app)
 
     _kb_routes(app, auth)
+    _read_routes(app, auth)
     return app
 
 
@@ -203,6 +204,33 @@ async def _workspace_param(db: Database, workspace_id: uuid.UUID | None, workspa
     if (workspace_id is None) == (workspace is None):
         raise HTTPException(status_code=422, detail="give exactly one of workspace_id or workspace (a name or an id)")
     return await resolve_workspace(db, workspace_id if workspace_id is not None else str(workspace))
+
+
+def _read_routes(app: FastAPI, auth: list[Any]) -> None:
+    """The KB's read-only views: status, evaluate, this server's cache."""
+    @app.get("/kb/status", dependencies=auth)
+    async def status_route(db: ReadDB, workspace_id: uuid.UUID | None = None,
+                           workspace: WorkspaceName = None) -> dict[str, Any]:
+        return (await workspace_status(db, await _workspace_param(db, workspace_id, workspace))).to_dict()
+
+    @app.get("/kb/evaluate", dependencies=auth)
+    async def evaluate_route(strategy_name: StrategyName, db: DB, cache: Cache, replica: ReplicaDep,
+                             workspace_id: uuid.UUID | None = None, workspace: WorkspaceName = None,
+                             symbol: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+                             timeframe: Annotated[str | None, Query(max_length=16, pattern=NO_NUL)] = None,
+                             pool: bool = False) -> dict[str, Any]:
+        """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`), on the
+        evidence of one instrument and bar size when given."""
+        scope = EvidenceScope.of(symbol, timeframe, pool)
+        ws = await _workspace_param(db, workspace_id, workspace)
+        reads = None if replica is None else await replica.matrices()
+        return (await evaluate(db, ws, strategy_name, cache, scope, reads=reads)).to_dict()
+
+    @app.get("/kb/cache", dependencies=auth)
+    async def cache_route(cache: Cache) -> dict[str, Any]:
+        """This server's cached matrices: revision, rows and memory of each (trial matrices
+        count trials, evidence matrices count cells), and how many were appended to."""
+        return cache.describe_all()
 
 
 def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
@@ -243,30 +271,6 @@ def _kb_routes(app: FastAPI, auth: list[Any]) -> None:
         opts = SyncOptions(workspace=body.ref, ohlcv=tuple(Path(p) for p in body.ohlcv),
                            imports=tuple(Path(p) for p in body.imports), batch_size=body.batch_size)
         return (await sync(db, opts)).to_dict()
-
-    @app.get("/kb/status", dependencies=auth)
-    async def status_route(db: ReadDB, workspace_id: uuid.UUID | None = None,
-                           workspace: WorkspaceName = None) -> dict[str, Any]:
-        return (await workspace_status(db, await _workspace_param(db, workspace_id, workspace))).to_dict()
-
-    @app.get("/kb/evaluate", dependencies=auth)
-    async def evaluate_route(strategy_name: StrategyName, db: DB, cache: Cache, replica: ReplicaDep,
-                             workspace_id: uuid.UUID | None = None, workspace: WorkspaceName = None,
-                             symbol: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
-                             timeframe: Annotated[str | None, Query(max_length=16, pattern=NO_NUL)] = None,
-                             pool: bool = False) -> dict[str, Any]:
-        """Walk-forward evaluation of recommend for one strategy (see `kb evaluate`), on the
-        evidence of one instrument and bar size when given."""
-        scope = EvidenceScope.of(symbol, timeframe, pool)
-        ws = await _workspace_param(db, workspace_id, workspace)
-        reads = None if replica is None else await replica.matrices()
-        return (await evaluate(db, ws, strategy_name, cache, scope, reads=reads)).to_dict()
-
-    @app.get("/kb/cache", dependencies=auth)
-    async def cache_route(cache: Cache) -> dict[str, Any]:
-        """This server's cached matrices: revision, rows and memory of each (trial matrices
-        count trials, evidence matrices count cells), and how many were appended to."""
-        return cache.describe_all()
 
     @app.get("/kb/backfill-runs", dependencies=auth)
     async def backfill_runs(workspace_id: uuid.UUID, db: DB,

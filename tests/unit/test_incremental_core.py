@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,13 +30,15 @@ from app.services.kb.recommend.trial_matrix import build_trial_matrix
 from app.services.kb.recommend.walkforward import (
     MIN_PRIOR_WINDOWS,
     TUNINGS,
+    GlobalStats,
     Outcome,
     Tuning,
     distances,
     global_stats,
-    local_scores,
     nearest,
     no_skill_prior,
+    score_query,
+    sums_of,
 )
 from app.timestamps import UNKNOWN_NS
 
@@ -56,14 +58,53 @@ def _evidence_rows(seed: int, windows: int = 90, grid: int = 12, random_sets: in
         tested = [g for g in range(grid) if rng.random() < 0.8] + \
             [grid + int(x) for x in rng.integers(0, random_sets, 2)]
         for s in tested:
+            mean = 0.2 if s < grid else -1.0  # one-off sets do worse: the global best is a grid set
             for _ in range(1 + int(rng.random() < 0.15)):  # a set sometimes run twice in a window
                 rows.append({"source_run_id": uuid.UUID(int=int(rng.integers(1, 2**62))), "symbol": "SPY",
-                             "timeframe": "1d", "params": f'{{"set": {s}}}', "sharpe": float(rng.normal(0.2 if s < grid else -1.0, 1.0)),
+                             "timeframe": "1d", "params": f'{{"set": {s}}}', "sharpe": float(rng.normal(mean, 1.0)),
                              "oos_start": start, "oos_end": end,
                              "pre_features": pre, "oos_features": feats,
                              "pre_tags": ["a"], "oos_tags": ["b" if s % 2 else "a"],
                              "eligible": bool(rng.random() < 0.6)})
     return rows
+
+
+@dataclass
+class DenseScores:
+    estimate: np.ndarray  # per set, shrunk expected Sharpe (NaN: no evidence)
+    score: np.ndarray  # estimate minus the multiple-testing haircut
+    se: np.ndarray
+    local_n: np.ndarray  # effective number of near windows per set
+    global_mean: np.ndarray
+    global_score: np.ndarray
+    global_n: np.ndarray
+    nearest: np.ndarray  # indices (into the matrix) of the near windows, nearest first
+    weights: np.ndarray
+    distance: np.ndarray  # distance of each near window
+
+
+
+
+def local_scores(m: EvidenceMatrix, windows: np.ndarray, dist: np.ndarray, g: GlobalStats,
+                 tuning: Tuning) -> DenseScores:
+    """Scores of every set from the nearest windows (sorted by distance `dist`, at least
+    `tuning.k` of them when there are) and the global stats."""
+    windows, dist = windows[:tuning.k], dist[:tuning.k]
+    h = max(float(dist[-1]), 1e-6)
+    w = np.exp(-0.5 * (dist / h) ** 2)
+    cells = m.cells(windows)
+    cell_w = np.repeat(w, m.ptr[windows + 1] - m.ptr[windows])
+    sets = m.cell_set[cells]
+    wsum = np.bincount(sets, weights=cell_w, minlength=m.n_sets)
+    wsharpe = np.bincount(sets, weights=cell_w * m.cell_sharpe[cells], minlength=m.n_sets)
+    l_mean = np.divide(wsharpe, wsum, out=np.zeros(m.n_sets), where=wsum > 0)
+    w2 = np.bincount(sets, weights=cell_w * cell_w, minlength=m.n_sets)
+    n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(wsum)), where=w2 > 0)
+    estimate = (n_eff * l_mean + tuning.shrink * g.mean0) / (n_eff + tuning.shrink)
+    estimate = np.where(g.n > 0, estimate, np.nan)
+    se = g.pooled_sd / np.sqrt(n_eff + tuning.shrink)
+    score = np.where(g.candidates, estimate - g.z * se, -np.inf)
+    return DenseScores(estimate, score, se, n_eff, g.mean, g.score, g.n, windows, w, dist)
 
 
 def reference_walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
@@ -241,4 +282,25 @@ def test_an_empty_matrix_appends() -> None:
     m = extend_matrix(build_matrix([], 0), rows, 1)
     assert _cells(m) == _cells(build_matrix(rows, 1))
     assert math.isfinite(float(m.scaling.scale.sum())) and UNKNOWN_NS not in m.start_ns
-    assert MIN_PRIOR_WINDOWS <= m.n_windows and isinstance(Tuning(), Tuning)
+    assert m.n_windows >= MIN_PRIOR_WINDOWS and isinstance(Tuning(), Tuning)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_query_scored_from_its_near_windows_ranks_as_scoring_every_set(seed: int) -> None:
+    m = build_matrix(_evidence_rows(seed, grid=12, random_sets=400), 1)
+    rng = np.random.default_rng(seed)
+    for tuning in (TUNINGS[0], TUNINGS[7], TUNINGS[11]):
+        g = global_stats(m, *sums_of(m, np.arange(m.n_windows)), tuning.haircut)
+        for _ in range(5):
+            qvec = m.scaled_features[int(rng.integers(m.n_windows))] + rng.normal(0, 0.3, m.scaled_features.shape[1])
+            sparse = score_query(m, qvec, frozenset(), tuning)
+            d = distances(m, None, qvec, frozenset())
+            near = nearest(d, tuning.k)
+            dense = local_scores(m, near, d[near], g, tuning)
+            finite = np.flatnonzero(np.isfinite(dense.score))
+            order = finite[np.argsort(-dense.score[finite], kind="stable")]
+            assert sparse.ranked(6) == [int(s) for s in order[:6]]
+            assert sparse.global_best() == int(np.argmax(dense.global_score))
+            for s in [*order[:6].tolist(), *rng.integers(0, m.n_sets, 10).tolist()]:
+                assert sparse.estimate_of(int(s)) == pytest.approx(float(dense.estimate[s]), nan_ok=True)
+                assert sparse.local_n_of(int(s)) == pytest.approx(float(dense.local_n[s]))

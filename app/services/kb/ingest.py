@@ -9,6 +9,7 @@ set-based batches, one transaction each.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -121,41 +122,85 @@ async def ingest(
     previous = None if full or since is not None else await trials.ingest_snapshot(db, workspace_id)
     scan = Pass(workspace_id, snapshot, previous, batch_size)
     result.mode = scan.mode
-    touched: list[uuid.UUID] = []
-    cursor = scan.start(since)
-    while True:
-        page = await retrying("reading runs to ingest", partial(scan.read, db, cursor))
-        if not page:
-            break
-        cursor = scan.after(page)
-        found, evidence = _classify(page, result, incremental=previous is not None)
-        gone = [r["id"] for r in page] if previous is not None else []
-
-        async def write(attempt: int, found: list[TrialRow] = found, evidence: list[EvidenceRow] = evidence,
-                        gone: list[uuid.UUID] = gone) -> Written:
-            # A page is idempotent (content hashes): after a lost connection it is simply written again.
-            result.retried_pages += int(attempt > 0)
-            async with db.acquire() as conn:
-                return await _write_page(conn, workspace_id, found, evidence, gone, dry_run)
-
-        done = await retrying("writing trials", write)
-        result.evidence += done.evidence + done.evidence_removed
-        result.inserted += done.inserted
-        result.updated += done.updated
-        result.archived += done.archived
-        result.skipped += len(found) - done.inserted - done.updated
-        touched.extend(r["id"] for r in page)
-        if progress is not None:
-            progress(result.scanned, result.scanned)
+    touched = await _pages(db, scan, scan.start(since), result, progress)
     written = result.inserted + result.updated + result.evidence + result.archived
     keep = None if dry_run or since is not None else snapshot
     archived, stale, deflated = await retrying(
         "archiving trials", lambda _: _finish(db, scan, dry_run, written, None if previous is None else touched, keep))
     result.archived += archived
-    result.dsr_updated = deflated
+    result.dsr_updated += deflated
     result.evidence += stale
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+async def _pages(db: Database, scan: Pass, cursor: tuple[Any, uuid.UUID], result: IngestResult,
+                 progress: Callable[[int, int], None] | None) -> list[uuid.UUID]:
+    """Every page of the pass read, classified and written; returns the runs read. While
+    a page is classified the next one is read and the one before it written, so the
+    database and Python work at the same time; writes stay one at a time, in page order."""
+    incremental = scan.previous is not None
+    touched: list[uuid.UUID] = []
+    reading: asyncio.Future[list[Record]] = asyncio.ensure_future(_read(db, scan, cursor))
+    writing: asyncio.Future[None] | None = None
+    try:
+        while page := await reading:
+            reading = asyncio.ensure_future(_read(db, scan, scan.after(page)))
+            found, evidence = await _classify_page(page, result, incremental)
+            gone = [r["id"] for r in page] if incremental else []
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(_write(db, scan.workspace_id, result, found, evidence, gone))
+            touched.extend(r["id"] for r in page)
+            if progress is not None:
+                progress(result.scanned, result.scanned)
+        if writing is not None:
+            await writing
+    except BaseException as exc:
+        # After a failure the page being written is let finish (its commit stands, as when
+        # pages were written one after another); a cancelled ingest stops it as well.
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        await _settle(stop=[reading, writing] if cancelled else [reading], finish=[] if cancelled else [writing])
+        raise
+    return touched
+
+
+async def _settle(stop: list[asyncio.Future[Any] | None], finish: list[asyncio.Future[Any] | None]) -> None:
+    """Tasks the loop above left behind, stopped or let finish, and waited for with their
+    errors taken (the one raised is the loop's own): nothing outlives the ingest."""
+    tasks = [t for t in (*stop, *finish) if t is not None]
+    for task in stop:
+        if task is not None and not task.done():
+            task.cancel()
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
+
+
+async def _read(db: Database, scan: Pass, cursor: tuple[Any, uuid.UUID]) -> list[Record]:
+    return await retrying("reading runs to ingest", partial(scan.read, db, cursor))
+
+
+async def _write(db: Database, workspace_id: uuid.UUID, result: IngestResult, found: list[TrialRow],
+                 evidence: list[EvidenceRow], gone: list[uuid.UUID]) -> None:
+    """One page written (again after a lost connection: a page is idempotent, by content
+    hashes), its counts added to the result."""
+
+    async def write(attempt: int) -> Written:
+        result.retried_pages += int(attempt > 0)
+        async with db.acquire() as conn:
+            return await _write_page(conn, workspace_id, found, evidence, gone, result.dry_run)
+
+    done = await retrying("writing trials", write)
+    result.evidence += done.evidence + done.evidence_removed
+    result.inserted += done.inserted
+    result.updated += done.updated
+    result.archived += done.archived
+    result.skipped += len(found) - done.inserted - done.updated
+    result.dsr_updated += done.evaluated
 
 
 @dataclass(frozen=True)
@@ -165,6 +210,7 @@ class Written:
     evidence: int = 0  # evidence rows inserted or changed
     archived: int = 0
     evidence_removed: int = 0
+    evaluated: int = 0  # trials inserted with their DSR already settled (no evidence window)
 
 
 async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow], evidence: list[EvidenceRow],
@@ -188,7 +234,8 @@ async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]
         if strategies or reset:
             await trials.bump_revision(conn, workspace_id, revision, strategies, reset)
     inserted = sum(1 for r in rows if r["inserted"])
-    return Written(inserted, len(rows) - inserted, len(changed), len(archived), removed)
+    evaluated = sum(1 for r in rows if r["inserted"] and r["evaluated"])
+    return Written(inserted, len(rows) - inserted, len(changed), len(archived), removed, evaluated)
 
 
 # After this many rows written, and a tenth of what the planner thinks the tables hold,
@@ -234,6 +281,23 @@ def _selected(row: Record) -> bool:
         row["kb_status"] in ELIGIBLE or (row["run_kind"] == "test_variant" and row["regime_oos"] is not None))
 
 
+# Runs classified between two turns of the event loop: short enough that the page being
+# written sends each statement soon after the one before it returns.
+CLASSIFY_CHUNK = 64
+
+
+async def _classify_page(page: list[Record], result: IngestResult,
+                         incremental: bool) -> tuple[list[TrialRow], list[EvidenceRow]]:
+    found: list[TrialRow] = []
+    evidence: list[EvidenceRow] = []
+    for start in range(0, len(page), CLASSIFY_CHUNK):
+        some, more = _classify(page[start:start + CLASSIFY_CHUNK], result, incremental)
+        found += some
+        evidence += more
+        await asyncio.sleep(0)
+    return found, evidence
+
+
 def _classify(page: list[Record], result: IngestResult,
               incremental: bool = False) -> tuple[list[TrialRow], list[EvidenceRow]]:
     """A page of runs as trials (candidate and promoted runs) and evidence (every completed
@@ -257,9 +321,11 @@ def _classify(page: list[Record], result: IngestResult,
                 _count_error(result, INVALID_PARAMS, row["id"])
             continue
         why = evidence_skip_reason(row, run)
+        window = None
         if why is None:
             ev = evidence_row(row, run)
             evidence.append(ev)
+            window = ev.oos_start
             if ev.n_trades == 0 and run.extracted.metrics is not None and run.extracted.metrics.sharpe_oos is None:
                 result.evidence_notes[NO_TRADES] = result.evidence_notes.get(NO_TRADES, 0) + 1
         elif row["run_kind"] == "test_variant":
@@ -267,7 +333,9 @@ def _classify(page: list[Record], result: IngestResult,
         if row["kb_status"] not in ELIGIBLE:
             continue  # evidence only
         result.scanned += 1
-        trial, reason = trial_from_row(row, run)
+        # A trial whose run has no evidence window has no DSR: a new one is stored evaluated
+        # with the reason at once (one write instead of an insert and then an update).
+        trial, reason = trial_from_row(row, run, _NO_DSR_TEXT if window is None else None)
         if trial is None:
             _count_error(result, str(reason), row["id"])
         else:

@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from app.db.trials import EVIDENCE_COLUMNS, TRIAL_COLUMNS, Record
 from app.services.kb.runs.fields import ParsedRun
-from app.services.kb.runs.windows import BadTimestamp, extract_windows, parse_timestamp
+from app.services.kb.runs.windows import BadTimestamp, extract_windows, timestamp
 
 ELIGIBLE = ("candidate", "promoted")
 
 
-@dataclass(frozen=True)
-class TrialRow:
-    """One KB trial as written; `row()` orders it as the database's unnest columns."""
+class TrialRow(NamedTuple):
+    """One KB trial as written, its fields in the order of the database's unnest columns."""
 
     run_id: uuid.UUID
     strategy: str
@@ -37,19 +35,19 @@ class TrialRow:
     n_trades: int
     features: str | None
     tags: str
-    pre_features: str | None
-    pre_tags: str
     ts_end: datetime | None
     kb_status: str
     content_hash: str
+    pre_features: str | None
+    pre_tags: str
+    dsr_inputs: str | None  # stored by an insert only: see `trial_from_row`
 
     def row(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in TRIAL_COLUMNS)
+        return self
 
 
-@dataclass(frozen=True)
-class EvidenceRow:
-    """One completed test variant with a regime as performance evidence."""
+class EvidenceRow(NamedTuple):
+    """One completed test variant with a regime as performance evidence (unnest order)."""
 
     run_id: uuid.UUID
     strategy: str
@@ -65,10 +63,16 @@ class EvidenceRow:
     pre_tags: str
     oos_tags: str
     eligible: bool
-    content_hash: str = ""
+    content_hash: str
 
     def row(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in EVIDENCE_COLUMNS)
+        return self
+
+
+# The tuples are the rows the SQL unnests: their field order is the SQL's column order.
+for _built, _sql in ((TrialRow, TRIAL_COLUMNS), (EvidenceRow, EVIDENCE_COLUMNS)):
+    if _built._fields != _sql:
+        raise RuntimeError(f"{_built.__name__} fields differ from the SQL unnest columns {_sql}")
 
 
 NO_TRADES = "no_trades_sharpe_0"
@@ -97,12 +101,11 @@ def evidence_row(row: Record, run: ParsedRun) -> EvidenceRow:
     assert m is not None and run.features is not None
     sharpe = 0.0 if m.sharpe_oos is None else float(m.sharpe_oos)
     window = extract_windows(run.meta, run.params).oos
-    ev = EvidenceRow(row["id"], row["strategy_name"], run.symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
-                     window.start if window else None, window.end if window else None, run.pre_features,
-                     run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
-    # The hash covers the values as before (everything but the id and the hash itself).
-    values = ev.row()[1:-1]
-    return replace(ev, content_hash=hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32])
+    # The hash covers every written value but the id and the hash itself, in column order.
+    values = (row["strategy_name"], run.symbol, run.timeframe, run.params_key, sharpe, m.n_trades_oos,
+              window.start if window else None, window.end if window else None, run.pre_features,
+              run.features, run.pre_tags_literal, run.tags_literal, row["kb_status"] in ELIGIBLE)
+    return EvidenceRow(row["id"], *values, hashlib.sha256(orjson.dumps(values, default=str)).hexdigest()[:32])
 
 
 def _fraction(value: float | None) -> float | None:
@@ -112,7 +115,10 @@ def _fraction(value: float | None) -> float | None:
     return value / 100.0 if value > 1.0 else value
 
 
-def trial_from_row(row: Record, run: ParsedRun) -> tuple[TrialRow | None, str | None]:
+def trial_from_row(row: Record, run: ParsedRun,
+                   dsr_inputs: str | None = None) -> tuple[TrialRow | None, str | None]:
+    """The run as a trial, or why it cannot be one; `dsr_inputs`: what a new trial stores
+    as its DSR inputs (its DSR settled already), else None (computed after the pass)."""
     extracted = run.extracted
     if extracted.metrics is None:
         return None, str(extracted.reason)
@@ -122,7 +128,7 @@ def trial_from_row(row: Record, run: ParsedRun) -> tuple[TrialRow | None, str | 
     ts_end = None
     if regime.get("ts_end"):
         try:
-            ts_end = parse_timestamp(regime["ts_end"])
+            ts_end = timestamp(regime["ts_end"])
         except BadTimestamp:
             ts_end = None
     m = extracted.metrics
@@ -140,5 +146,5 @@ def trial_from_row(row: Record, run: ParsedRun) -> tuple[TrialRow | None, str | 
         win_rate=_fraction(extracted.win_rate), profit_factor=extracted.profit_factor,
         n_trades=m.n_trades_oos, features=run.features, tags=run.tags_literal, pre_features=run.pre_features,
         pre_tags=run.pre_tags_literal, ts_end=ts_end,
-        kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32],
+        kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32], dsr_inputs=dsr_inputs,
     ), None

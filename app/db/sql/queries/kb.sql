@@ -44,24 +44,32 @@ WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
 -- name: upsert_trials
 -- Inserts new trials, updates changed (or archived) ones; unchanged rows are skipped
 -- by the WHERE on the conflict branch and so are not returned. Each returned row says
--- whether it was new and which strategy it belonged to before ($21: the write's revision).
+-- whether it was new and which strategy it belonged to before ($22: the write's revision).
+-- dsr_inputs is written by an insert only (a trial without an evidence window is stored
+-- evaluated); a changed trial's DSR is recomputed after the pass.
 WITH before AS (
-    SELECT source_run_id, strategy_name FROM kb_trials WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
+    -- One key lookup per run (LATERAL): a bulk load into a fresh table is planned on stale
+    -- statistics, and a scan of the workspace's rows per page would grow with the table
+    -- (LIMIT 1 of a unique key: keeps the subquery a lookup the planner cannot flatten).
+    SELECT b.source_run_id, k.strategy_name
+    FROM unnest($2::uuid[]) AS b(source_run_id)
+    CROSS JOIN LATERAL (SELECT strategy_name FROM kb_trials
+                        WHERE workspace_id = $1 AND source_run_id = b.source_run_id LIMIT 1) k
 ), written AS (
     INSERT INTO kb_trials AS t (workspace_id, source_run_id, strategy_name, symbol, timeframe, experiment_type,
                                 params, sharpe, return_frac, max_dd_frac, win_rate, profit_factor, n_trades,
                                 regime_features, regime_tags, regime_ts_end, kb_status, content_hash,
-                                regime_pre_features, regime_pre_tags, change_revision)
+                                regime_pre_features, regime_pre_tags, dsr_inputs, change_revision)
     SELECT $1, u.run_id, u.strategy, u.symbol, u.timeframe, u.experiment_type, u.params::jsonb, u.sharpe,
            u.return_frac, u.max_dd_frac, u.win_rate, u.profit_factor, u.n_trades,
            u.features::float8[], u.tags::text[], u.ts_end, u.kb_status, u.content_hash,
-           u.pre_features::float8[], u.pre_tags::text[], $21::bigint
+           u.pre_features::float8[], u.pre_tags::text[], u.dsr_inputs::jsonb, $22::bigint
     FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[],
                 $10::float8[], $11::float8[], $12::float8[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[],
-                $17::text[], $18::text[], $19::text[], $20::text[])
+                $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
          AS u(run_id, strategy, symbol, timeframe, experiment_type, params, sharpe, return_frac, max_dd_frac,
               win_rate, profit_factor, n_trades, features, tags, ts_end, kb_status, content_hash, pre_features,
-              pre_tags)
+              pre_tags, dsr_inputs)
     ON CONFLICT (workspace_id, source_run_id) DO UPDATE
     SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
         experiment_type = EXCLUDED.experiment_type, params = EXCLUDED.params, sharpe = EXCLUDED.sharpe,
@@ -73,9 +81,10 @@ WITH before AS (
         content_hash = EXCLUDED.content_hash, updated_at = now(), archived_at = NULL,
         change_revision = EXCLUDED.change_revision
     WHERE t.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR t.archived_at IS NOT NULL
-    RETURNING source_run_id, strategy_name, (xmax = 0) AS inserted
+    RETURNING source_run_id, strategy_name, dsr_inputs IS NOT NULL AS evaluated
 )
-SELECT w.inserted, w.strategy_name, b.strategy_name AS old_strategy
+-- New: not there before (writers of a workspace take turns: see begin_kb_write).
+SELECT b.source_run_id IS NULL AS inserted, w.strategy_name, b.strategy_name AS old_strategy, w.evaluated
 FROM written w LEFT JOIN before b USING (source_run_id)
 
 -- name: archive_stale_trials
@@ -158,7 +167,13 @@ SELECT count(*) FROM kb_trials WHERE workspace_id = $1 AND archived_at IS NOT NU
 -- Inserts or updates evidence rows (unchanged ones are skipped); as upsert_trials, each
 -- returned row says whether it was new and its strategy before ($17: the write's revision).
 WITH before AS (
-    SELECT source_run_id, strategy_name FROM kb_evidence WHERE workspace_id = $1 AND source_run_id = ANY($2::uuid[])
+    -- One key lookup per run (LATERAL): a bulk load into a fresh table is planned on stale
+    -- statistics, and a scan of the workspace's rows per page would grow with the table
+    -- (LIMIT 1 of a unique key: keeps the subquery a lookup the planner cannot flatten).
+    SELECT b.source_run_id, k.strategy_name
+    FROM unnest($2::uuid[]) AS b(source_run_id)
+    CROSS JOIN LATERAL (SELECT strategy_name FROM kb_evidence
+                        WHERE workspace_id = $1 AND source_run_id = b.source_run_id LIMIT 1) k
 ), written AS (
     INSERT INTO kb_evidence AS e (workspace_id, source_run_id, strategy_name, symbol, timeframe, params, sharpe,
                                   n_trades, oos_start, oos_end, pre_features, oos_features, pre_tags, oos_tags,
@@ -179,9 +194,9 @@ WITH before AS (
         eligible = EXCLUDED.eligible, content_hash = EXCLUDED.content_hash,
         change_revision = EXCLUDED.change_revision
     WHERE e.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-    RETURNING source_run_id, strategy_name, (xmax = 0) AS inserted
+    RETURNING source_run_id, strategy_name
 )
-SELECT w.inserted, w.strategy_name, b.strategy_name AS old_strategy
+SELECT b.source_run_id IS NULL AS inserted, w.strategy_name, b.strategy_name AS old_strategy
 FROM written w LEFT JOIN before b USING (source_run_id)
 
 -- name: delete_stale_evidence
@@ -284,5 +299,10 @@ WHERE w.revision <= EXCLUDED.revision
 SELECT reltuples::bigint FROM pg_class WHERE oid = 'kb_evidence'::regclass
 
 -- name: analyze_kb_tables
--- Fresh statistics after a large ingest, so the queries that follow it plan on real sizes.
-ANALYZE kb_evidence, kb_trials
+-- Fresh statistics after a large ingest, so the queries that follow it plan on real sizes:
+-- table sizes, and the columns queries filter, join or group on. Statistics of the array
+-- and JSON columns (most of ANALYZE's time) are left to autovacuum.
+ANALYZE kb_evidence (workspace_id, source_run_id, strategy_name, symbol, timeframe, oos_start, oos_end, sharpe,
+                     eligible, change_revision),
+        kb_trials (id, workspace_id, source_run_id, strategy_name, symbol, timeframe, sharpe, kb_status, archived_at,
+                   dsr_inputs, change_revision)

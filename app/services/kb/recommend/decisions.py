@@ -7,7 +7,7 @@ comes from those running figures: the global best from one heap of candidates pe
 number of windows tested (within a heap the best mean wins; across heaps the penalty
 differs), the best set outside the near windows from one heap by mean. Only the sets
 tested in the near windows are scored explicitly, for every tuning at once. The choices
-are those of scoring every set (`walkforward.local_scores`); ties go to the lower set.
+are those of scoring every set; ties go to the lower set.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import orjson
 
 from app.numbers import rounded
@@ -15,7 +14,7 @@ from app.services.kb.recommend.evaluate import WalkForwardCheck
 from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.nested import Model
 from app.services.kb.recommend.query import RecommendQuery
-from app.services.kb.recommend.walkforward import Scores, best, score_query
+from app.services.kb.recommend.walkforward import Scores, score_query
 
 RUNNER_UPS = 3
 MIN_WINDOWS = 3
@@ -28,12 +27,12 @@ def _text(value: object) -> str | None:
 
 def _set(m: EvidenceMatrix, s: int, scores: Scores, model: Model, raw: float | None = None) -> dict[str, Any]:
     """A parameter set with what it promises: the calibrated expected Sharpe and 80% interval."""
-    raw = float(scores.estimate[s]) if raw is None else raw
+    raw = scores.estimate_of(s) if raw is None else raw
     promise = model.promise(raw)
     return {"params": orjson.loads(m.set_keys[s]), "expected_sharpe": rounded(promise.expected),
             "interval": [rounded(promise.low), rounded(promise.high)], "raw_expected_sharpe": rounded(raw),
-            "near_windows": round(float(scores.local_n[s]), 2), "windows_tested": int(scores.global_n[s]),
-            "global_mean_sharpe": rounded(float(scores.global_mean[s]))}
+            "near_windows": round(scores.local_n_of(s), 2), "windows_tested": int(scores.g.n[s]),
+            "global_mean_sharpe": rounded(float(scores.g.mean[s]))}
 
 
 def _evidence(m: EvidenceMatrix, scores: Scores, chosen: int, tags_only: bool) -> dict[str, Any]:
@@ -55,8 +54,8 @@ def _runner_ups(m: EvidenceMatrix, scores: Scores, model: Model, ranked: list[in
     conditions on the regime, else the all-history ranking that picked the global best."""
     if model.conditioned:
         return [_set(m, s, scores, model) for s in ranked if s != chosen][:RUNNER_UPS]
-    order = best(scores.global_score, RUNNER_UPS + 1)
-    return [_set(m, int(s), scores, model, float(scores.global_mean[s])) for s in order if s != chosen][:RUNNER_UPS]
+    order = scores.global_order[:RUNNER_UPS + 1]
+    return [_set(m, int(s), scores, model, float(scores.g.mean[s])) for s in order if s != chosen][:RUNNER_UPS]
 
 
 # Reasons of the nearest-trials answer that do not hold for an answer from evidence:
@@ -87,10 +86,10 @@ def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery, nearest: Rec
     qvec = m.scaling.query(query.regime)
     scores = score_query(m, qvec, query.tag_set, model.tuning)
     # Only the best few are needed: the answer and its runner-ups.
-    ranked = [int(s) for s in best(scores.score, RUNNER_UPS + 2)]
+    ranked = scores.ranked(RUNNER_UPS + 2)
     if not ranked:
         return none()
-    global_best = int(np.argmax(scores.global_score))
+    global_best = scores.global_best()
     reasons = [r for r in nearest.reasons if r not in SHOWN_ONLY]
     actions: list[str] = []
     if not model.checked:
@@ -99,7 +98,7 @@ def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery, nearest: Rec
     elif not model.conditioned:
         reasons.append("regime_conditioning_no_gain")
     chosen = ranked[0] if model.conditioned else global_best
-    raw = float(scores.estimate[chosen]) if model.conditioned else float(scores.global_mean[chosen])
+    raw = scores.estimate_of(chosen) if model.conditioned else float(scores.g.mean[chosen])
     chosen_set = _set(m, chosen, scores, model, raw)
     promise = model.promise(raw)
     status = "ok" if m.n_windows >= 10 else "degraded"
@@ -115,6 +114,6 @@ def choose_by_expectation(m: EvidenceMatrix, query: RecommendQuery, nearest: Rec
         expected=ExpectedChoice(
             chosen_set["expected_sharpe"], chosen_set["interval"],
             _runner_ups(m, scores, model, ranked, chosen),
-            _set(m, global_best, scores, model, float(scores.global_mean[global_best])), model.conditioned,
+            _set(m, global_best, scores, model, float(scores.g.mean[global_best])), model.conditioned,
             evidence, {**check.summary, "kb_revision": check.revision, "stale": check.revision != m.revision},
             extra={"raw_expected_sharpe": rounded(raw), "confidence_means": CONFIDENCE_MEANS, "scope": scope}))

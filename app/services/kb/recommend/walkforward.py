@@ -37,20 +37,6 @@ DEFAULT_TUNING = 7  # k=20, shrink=4 (TUNINGS[7]): used until earlier decisions 
 MIN_PRIOR_WINDOWS = 20
 
 
-@dataclass
-class Scores:
-    estimate: np.ndarray  # per set, shrunk expected Sharpe (NaN: no evidence)
-    score: np.ndarray  # estimate minus the multiple-testing haircut
-    se: np.ndarray
-    local_n: np.ndarray  # effective number of near windows per set
-    global_mean: np.ndarray
-    global_score: np.ndarray
-    global_n: np.ndarray
-    nearest: np.ndarray  # indices (into the matrix) of the near windows, nearest first
-    weights: np.ndarray
-    distance: np.ndarray  # distance of each near window
-
-
 def distances(m: EvidenceMatrix, idx: np.ndarray | None, qvec: np.ndarray | None,
               qtags: frozenset[str]) -> np.ndarray:
     """Distance from the query to each window in `idx` (None: every window): RMS over
@@ -127,37 +113,95 @@ def best(values: np.ndarray, k: int) -> np.ndarray:
     return idx[np.argsort(-values[idx], kind="stable")][:k]
 
 
-def local_scores(m: EvidenceMatrix, windows: np.ndarray, dist: np.ndarray, g: GlobalStats,
-                 tuning: Tuning) -> Scores:
-    """Scores of every set from the nearest windows (sorted by distance `dist`, at least
-    `tuning.k` of them when there are) and the global stats."""
-    windows, dist = windows[:tuning.k], dist[:tuning.k]
-    h = max(float(dist[-1]), 1e-6)
-    w = np.exp(-0.5 * (dist / h) ** 2)
-    cells = m.cells(windows)
-    cell_w = np.repeat(w, m.ptr[windows + 1] - m.ptr[windows])
-    sets = m.cell_set[cells]
-    wsum = np.bincount(sets, weights=cell_w, minlength=m.n_sets)
-    wsharpe = np.bincount(sets, weights=cell_w * m.cell_sharpe[cells], minlength=m.n_sets)
-    l_mean = np.divide(wsharpe, wsum, out=np.zeros(m.n_sets), where=wsum > 0)
-    w2 = np.bincount(sets, weights=cell_w * cell_w, minlength=m.n_sets)
-    n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(wsum)), where=w2 > 0)
-    estimate = (n_eff * l_mean + tuning.shrink * g.mean0) / (n_eff + tuning.shrink)
-    estimate = np.where(g.n > 0, estimate, np.nan)
-    se = g.pooled_sd / np.sqrt(n_eff + tuning.shrink)
-    score = np.where(g.candidates, estimate - g.z * se, -np.inf)
-    return Scores(estimate, score, se, n_eff, g.mean, g.score, g.n, windows, w, dist)
+@dataclass
+class Scores:
+    """A query's scores. Only the sets tested in the near windows are scored explicitly
+    (`sets`, ascending, with `estimate`, `score` and `local_n` aligned): every other set
+    has no near evidence, so its estimate is its all-history mean and its score that mean
+    minus one fixed penalty, and the best of them come from an order kept per matrix
+    (`outside`). Rankings are those of scoring every set; ties go to the lower set."""
+
+    sets: np.ndarray
+    estimate: np.ndarray  # shrunk expected Sharpe of each of `sets`
+    score: np.ndarray  # estimate minus the multiple-testing haircut (-inf: may not be recommended)
+    local_n: np.ndarray  # effective number of near windows per set
+    g: GlobalStats
+    outside: np.ndarray  # candidates by all-history mean, best first (the matrix's)
+    shrink: float
+    penalty: float  # z x pooled sd / sqrt(shrink): a set without near evidence scores its mean minus this
+    global_order: np.ndarray  # candidates by penalised all-history mean, best first (the matrix's)
+    nearest: np.ndarray  # indices (into the matrix) of the near windows, nearest first
+    weights: np.ndarray
+    distance: np.ndarray  # distance of each near window
+
+    def _at(self, s: int) -> int:
+        i = int(np.searchsorted(self.sets, s))
+        return i if i < len(self.sets) and self.sets[i] == s else -1
+
+    def estimate_of(self, s: int) -> float:
+        i = self._at(s)
+        if i >= 0:
+            return float(self.estimate[i])
+        if self.g.n[s] <= 0:
+            return math.nan
+        return float((0.0 * 0.0 + self.shrink * self.g.mean0[s]) / (0.0 + self.shrink))
+
+    def local_n_of(self, s: int) -> float:
+        i = self._at(s)
+        return float(self.local_n[i]) if i >= 0 else 0.0
+
+    def ranked(self, k: int) -> list[int]:
+        """The k best sets by score."""
+        inside = self.sets[best(self.score, k)]
+        taken = set(self.sets.tolist())
+        others: list[int] = []
+        for s in self.outside.tolist():
+            if len(others) >= k:
+                break
+            if s not in taken:
+                others.append(s)
+        pool = [(float(self.score[self._at(int(s))]), int(s)) for s in inside]
+        pool += [(self.estimate_of(s) - self.penalty, s) for s in others]
+        pool = [p for p in pool if math.isfinite(p[0])]
+        return [s for _, s in sorted(pool, key=lambda p: (-p[0], p[1]))[:k]]
+
+    def global_best(self) -> int:
+        return int(self.global_order[0]) if len(self.global_order) else -1
+
+
+def _per_matrix(m: EvidenceMatrix, haircut: float) -> tuple[GlobalStats, np.ndarray, np.ndarray]:
+    """The all-history figures and the two candidate orders, once per matrix."""
+    key = ("global_stats", haircut)
+    if key not in m.memo:
+        g = global_stats(m, *sums_of(m, np.arange(m.n_windows)), haircut)
+        cand = np.flatnonzero(g.candidates)
+        by_mean = cand[np.lexsort((cand, -g.mean0[cand]))]
+        by_score = best(g.score, min(len(cand), 64))
+        m.memo[key] = (g, by_mean, by_score)
+    found: tuple[GlobalStats, np.ndarray, np.ndarray] = m.memo[key]
+    return found
 
 
 def score_query(m: EvidenceMatrix, qvec: np.ndarray | None, qtags: frozenset[str], tuning: Tuning) -> Scores:
-    """Scores of every set from all windows for a query regime (recommend's path: the
-    all-history stats are computed once per matrix)."""
-    key = ("global_stats", tuning.haircut)
-    if key not in m.memo:
-        m.memo[key] = global_stats(m, *sums_of(m, np.arange(m.n_windows)), tuning.haircut)
+    """Scores of every set from all windows for a query regime (recommend's path)."""
+    g, by_mean, by_score = _per_matrix(m, tuning.haircut)
     d = distances(m, None, qvec, qtags)
-    near = nearest(d, tuning.k)
-    return local_scores(m, near, d[near], m.memo[key], tuning)
+    windows = nearest(d, tuning.k)
+    dist = d[windows]
+    h = max(float(dist[-1]), 1e-6) if len(dist) else 1e-6
+    w = np.exp(-0.5 * (dist / h) ** 2)
+    cells = m.cells(windows)
+    cell_w = np.repeat(w, m.ptr[windows + 1] - m.ptr[windows])
+    sets, inv = np.unique(m.cell_set[cells], return_inverse=True)
+    wsum = np.bincount(inv, weights=cell_w, minlength=len(sets))
+    wsharpe = np.bincount(inv, weights=cell_w * m.cell_sharpe[cells], minlength=len(sets))
+    w2 = np.bincount(inv, weights=cell_w * cell_w, minlength=len(sets))
+    l_mean = np.divide(wsharpe, wsum, out=np.zeros(len(sets)), where=wsum > 0)
+    n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(sets)), where=w2 > 0)
+    estimate = (n_eff * l_mean + tuning.shrink * g.mean0[sets]) / (n_eff + tuning.shrink)
+    score = np.where(g.candidates[sets], estimate - g.z * (g.pooled_sd / np.sqrt(n_eff + tuning.shrink)), -np.inf)
+    penalty = g.z * (g.pooled_sd / math.sqrt(0.0 + tuning.shrink))
+    return Scores(sets, estimate, score, n_eff, g, by_mean, tuning.shrink, penalty, by_score, windows, w, dist)
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,8 @@ canonical form, and regime features and tags as Postgres array literals (for `un
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -35,17 +33,40 @@ def pg_array(values: Sequence[Any]) -> str:
     return "{" + ",".join(items) + "}"
 
 
+def float_literal(numbers: list[float]) -> str:
+    """`{a,b,...}` with each finite float as `repr` prints it. orjson prints the same
+    shortest digits, and differs from `repr` only where either uses an exponent or
+    writes a small number out in full (1e-05 against 0.00001): those take `repr`."""
+    text = orjson.dumps(numbers)
+    if b"e" in text or b"0.0000" in text:
+        return "{" + ",".join(map(repr, numbers)) + "}"
+    return "{" + text[1:-1].decode() + "}"
+
+
+def feature_values(snapshot: dict[str, Any]) -> list[float] | None:
+    """The snapshot's features as floats, or None unless every one is a finite number."""
+    numbers: list[float] = []
+    for name in FEATURE_NAMES:
+        v: Any = snapshot.get(name)
+        kind = type(v)
+        if kind is float:
+            if v - v != 0.0:  # NaN or infinity
+                return None
+            numbers.append(v)
+        elif kind is int:
+            try:
+                numbers.append(float(v))
+            except OverflowError:  # an integer beyond float range
+                return None
+        else:  # bool and anything else: no features
+            return None
+    return numbers
+
+
 def feature_array(snapshot: dict[str, Any]) -> str | None:
     """The snapshot's features as an array literal, or None unless every one is finite."""
-    numbers = []
-    for name in FEATURE_NAMES:
-        v = snapshot.get(name)
-        if type(v) is not float and type(v) is not int:  # bool and anything else: no features
-            return None
-        if not math.isfinite(v):
-            return None
-        numbers.append(repr(float(v)))
-    return "{" + ",".join(numbers) + "}"
+    numbers = feature_values(snapshot)
+    return None if numbers is None else float_literal(numbers)
 
 
 def tag_list(snapshot: dict[str, Any]) -> list[str]:
@@ -53,8 +74,16 @@ def tag_list(snapshot: dict[str, Any]) -> list[str]:
     return sorted(str(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else []
 
 
-@dataclass(frozen=True)
-class ParsedRun:
+def _tags_literal(tags: list[str]) -> str:
+    # Tags are short words: quoted as pg_array does, without its per-item type test.
+    if not tags:
+        return "{}"
+    if any('"' in t or "\\" in t for t in tags):
+        return pg_array(tags)
+    return '{"' + '","'.join(tags) + '"}'
+
+
+class ParsedRun(NamedTuple):
     """One run's JSON columns decoded once, for its trial and its evidence alike."""
 
     extracted: ExtractedMetrics
@@ -80,5 +109,6 @@ def parse_run(row: Any) -> ParsedRun:
     tags, pre_tags = tag_list(regime), tag_list(pre)
     return ParsedRun(
         extract_metrics(row["summary"], row["trade_count"]), meta, params, params_key(params), regime, pre,
-        feature_array(regime), feature_array(pre), tags, pre_tags, pg_array(tags), pg_array(pre_tags),
+        feature_array(regime) if regime else None, feature_array(pre) if pre else None, tags, pre_tags,
+        _tags_literal(tags), _tags_literal(pre_tags),
         symbol.strip().upper() if isinstance(symbol, str) else None, timeframe if isinstance(timeframe, str) else None)

@@ -65,6 +65,14 @@ def decode_summary(raw: Any) -> dict[str, Any] | None:
     `raw` may be a dict, JSON text of an object, or JSON text of a string that itself
     holds JSON (double-encoded legacy rows).
     """
+    if type(raw) is str:  # the common case, JSON text of an object: one parse
+        try:
+            first = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if type(first) is dict:
+                return first
     value = raw
     for _ in range(3):  # object, JSON text, double-encoded JSON text
         if isinstance(value, dict):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from app.timestamps import BadTimestamp, parse_timestamp
@@ -21,7 +22,7 @@ MISSING_DATE_RANGE = "missing_date_range"
 INVALID_DATE_RANGE = "invalid_date_range"
 
 __all__ = ["INVALID_DATE_RANGE", "MISSING_DATE_RANGE", "BadTimestamp", "RunWindows", "Window", "extract_windows",
-           "parse_since", "parse_timestamp"]
+           "parse_since", "parse_timestamp", "timestamp"]
 
 
 def parse_since(text: str) -> datetime:
@@ -43,6 +44,17 @@ def parse_since(text: str) -> datetime:
     except ValueError:
         return parse_timestamp(value)
     raise BadTimestamp(f"a number is not a date: {value!r} (write 2025-01-01)")
+
+
+# Runs of one sweep share their window's timestamps: each value is parsed once (typed:
+# True, 1 and 1.0 are different keys; failures are not cached).
+_parse_cached = lru_cache(maxsize=4096, typed=True)(parse_timestamp)
+_CACHED = (str, int, float)
+
+
+def timestamp(value: Any) -> datetime:
+    """`parse_timestamp`, remembering the texts and epoch numbers it has read."""
+    return _parse_cached(value) if type(value) in _CACHED else parse_timestamp(value)
 
 
 @dataclass(frozen=True)
@@ -86,26 +98,26 @@ def extract_windows(dataset_meta: Any, params: Any) -> RunWindows:
     try:
         for source in sources:
             if source.get("oos_start") is not None and source.get("oos_end") is not None:
-                oos_start = parse_timestamp(source["oos_start"])
-                oos_end = parse_timestamp(source["oos_end"])
+                oos_start = timestamp(source["oos_start"])
+                oos_end = timestamp(source["oos_end"])
                 if oos_end < oos_start:
                     return RunWindows(None, None, INVALID_DATE_RANGE)
                 is_window = None
                 is_start = _lookup(sources, "is_start")
                 is_end = _lookup(sources, "is_end")
                 if is_start and is_end:
-                    is_window = _window(parse_timestamp(is_start[0]), parse_timestamp(is_end[0]))
+                    is_window = _window(timestamp(is_start[0]), timestamp(is_end[0]))
                 return RunWindows(Window(oos_start, oos_end), is_window, None, "oos_start/oos_end")
         lo = _lookup(sources, "date_min", "start")
         hi = _lookup(sources, "date_max", "end")
         if lo is None or hi is None:
             return RunWindows(None, None, MISSING_DATE_RANGE)
-        start, end = parse_timestamp(lo[0]), parse_timestamp(hi[0])
+        start, end = timestamp(lo[0]), timestamp(hi[0])
         if end < start:
             return RunWindows(None, None, INVALID_DATE_RANGE)
         split = _lookup(sources, "oos_split")
         if split is not None:
-            first_oos = parse_timestamp(split[0])
+            first_oos = timestamp(split[0])
             if not start < first_oos <= end:
                 return RunWindows(None, None, INVALID_DATE_RANGE)
             # The in-sample part ends just before the first OOS bar.
