@@ -16,6 +16,14 @@ import pytest
 
 from app.services.kb.recommend.decisions import walk_forward
 from app.services.kb.recommend.evidence import EvidenceMatrix, build_matrix, extend_matrix
+from app.services.kb.recommend.nearest import (
+    W_FEATURES,
+    W_QUALITY,
+    W_TAGS,
+    _candidates,
+    _tag_similarity,
+    _top_by_tags,
+)
 from app.services.kb.recommend.nested import (
     Decision,
     Model,
@@ -25,7 +33,7 @@ from app.services.kb.recommend.nested import (
     calibrate,
     replay,
 )
-from app.services.kb.recommend.query import Scope
+from app.services.kb.recommend.query import RecommendQuery, Scope
 from app.services.kb.recommend.trial_matrix import build_trial_matrix
 from app.services.kb.recommend.walkforward import (
     MIN_PRIOR_WINDOWS,
@@ -304,3 +312,17 @@ def test_a_query_scored_from_its_near_windows_ranks_as_scoring_every_set(seed: i
             for s in [*order[:6].tolist(), *rng.integers(0, m.n_sets, 10).tolist()]:
                 assert sparse.estimate_of(int(s)) == pytest.approx(float(dense.estimate[s]), nan_ok=True)
                 assert sparse.local_n_of(int(s)) == pytest.approx(float(dense.local_n[s]))
+
+
+@pytest.mark.parametrize("min_sharpe", [None, 1.2])
+def test_a_tags_query_takes_the_top_trials_as_scoring_every_trial(min_sharpe: float | None) -> None:
+    m = build_trial_matrix(_trial_rows(3000, 7), 1)
+    for tags in (("uptrend",), ("downtrend", "high_vol"), ("range", "unknown_tag"), ()):
+        query = RecommendQuery(uuid.uuid4(), "s", tags=tags, top_k=20, min_sharpe=min_sharpe)
+        mask = _candidates(m, query)
+        idx = np.flatnonzero(mask)
+        score = (W_TAGS + W_FEATURES) * _tag_similarity(m, idx, frozenset(tags)) + W_QUALITY * m.quality[idx]
+        score = score + 1e-9 * m.columns.promoted[idx]
+        expected = sorted(score.tolist(), reverse=True)[:20]
+        top, _, got = _top_by_tags(m, mask, frozenset(tags), 20)
+        assert got.tolist() == pytest.approx(expected) and mask[top].all() and len(set(top.tolist())) == 20

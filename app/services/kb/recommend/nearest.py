@@ -125,6 +125,56 @@ def _support_status(support: int, reasons: list[str], actions: list[str]) -> str
     return "none"
 
 
+def _top_by_tags(matrix: TrialMatrix, mask: np.ndarray, query_tags: frozenset[str],
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tags-only query's top k trials (indices, tag overlap, score), without scoring every
+    trial: the trials of one tag set share their overlap, and within it rank by quality
+    (the matrix keeps each tag set's trials in that order), so the best of a tag set are
+    its first ones that pass the filters; tag sets are visited best overlap first and
+    stop once even a perfect quality could not enter the top k."""
+    bits = matrix.combo_bits
+    qbits = sum(1 << matrix.tag_vocab[t] for t in query_tags if t in matrix.tag_vocab)
+    unknown = sum(1 for t in query_tags if t not in matrix.tag_vocab)
+    inter = np.bitwise_count(bits & qbits).astype(np.float64)
+    sims = inter / np.maximum(np.bitwise_count(bits | qbits).astype(np.float64) + unknown, 1.0)
+    groups, keys = matrix.by_tag_set()
+    found: list[tuple[float, int, float]] = []  # (score, trial, overlap)
+    for code in np.argsort(-sims, kind="stable").tolist():
+        sim = float(sims[code])
+        if len(found) >= k and (W_TAGS + W_FEATURES) * sim + W_QUALITY + 1e-9 < found[k - 1][0]:
+            break
+        members, taken = groups[code], 0
+        for lo in range(0, len(members), 4 * k):
+            chunk = members[lo:lo + 4 * k]
+            chunk = chunk[mask[chunk]][:k - taken]
+            found += [((W_TAGS + W_FEATURES) * sim + float(keys[i]), int(i), sim) for i in chunk.tolist()]
+            taken += len(chunk)
+            if taken >= k:
+                break
+        found.sort(key=lambda f: (-f[0], f[1]))
+        del found[k:]
+    return (np.array([f[1] for f in found], dtype=np.int64), np.array([f[2] for f in found]),
+            np.array([f[0] for f in found]))
+
+
+def _ranked(matrix: TrialMatrix, query: RecommendQuery, mask: np.ndarray, qvec: np.ndarray | None,
+            idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """The top trials (indices into the matrix), their feature similarity, tag overlap,
+    distance (None: a tags-only query) and score, best first."""
+    k = min(query.top_k, len(idx))
+    if qvec is None:
+        top, tag_sim, score = _top_by_tags(matrix, mask, query.tag_set, k)
+        return top, tag_sim, tag_sim, None, score
+    tag_sim = _tag_similarity(matrix, idx, query.tag_set)
+    dist = rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx]
+    feat_sim = 1.0 / (1.0 + dist)
+    score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * matrix.quality[idx]
+    score = score + 1e-9 * matrix.columns.promoted[idx]  # promoted trials win ties
+    top = np.argpartition(-score, k - 1)[:k]
+    top = top[np.argsort(-score[top], kind="stable")]
+    return idx[top], feat_sim[top], tag_sim[top], dist[top], score[top]
+
+
 def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation:
     """The median method's answer: per-parameter weighted median (or mode) of the nearest trials."""
     reasons: list[str] = []
@@ -151,34 +201,26 @@ def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation
         if query.symbol and not query.pool:
             actions.append("or pass --pool to use other instruments' trials at this bar size")
         return answer()
-    tag_sim = _tag_similarity(matrix, idx, query.tag_set)
-    dist = None if qvec is None else rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx]
-    if dist is not None and float(dist.min()) > OOD_DISTANCE:
-        reasons.append("out_of_distribution")
-        actions.append("the KB has no trials from a regime like this one: backfill older data or wait for "
-                       "runs in this regime")
-        return answer(nearest_distance=float(dist.min()))
-    feat_sim = tag_sim if dist is None else 1.0 / (1.0 + dist)
-    if dist is None:
-        score = (W_TAGS + W_FEATURES) * tag_sim + W_QUALITY * matrix.quality[idx]
-    else:
-        score = W_FEATURES * feat_sim + W_TAGS * tag_sim + W_QUALITY * matrix.quality[idx]
-    score = score + 1e-9 * matrix.columns.promoted[idx]  # promoted trials win ties
-    k = min(query.top_k, len(idx))
-    top = np.argpartition(-score, k - 1)[:k]
-    top = top[np.argsort(-score[top], kind="stable")]
-    chosen_params = [orjson.loads(matrix.columns.params[idx[j]]) for j in top]
-    params, spread = aggregate_params(chosen_params, np.maximum(score[top], 1e-9))
+    if qvec is not None:
+        nearest_d = float(rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx].min())
+        if nearest_d > OOD_DISTANCE:
+            reasons.append("out_of_distribution")
+            actions.append("the KB has no trials from a regime like this one: backfill older data or wait for "
+                           "runs in this regime")
+            return answer(nearest_distance=nearest_d)
+    top, feat_sim, tag_sim, dist, score = _ranked(matrix, query, mask, qvec, idx)
+    chosen_params = [orjson.loads(matrix.columns.params[i]) for i in top.tolist()]
+    params, spread = aggregate_params(chosen_params, np.maximum(score, 1e-9))
     status = _support_status(len(top), reasons, actions)
     rel = [min(float(s["relative"]), 1.0) for s in spread.values()]
     agreement = 1.0 - (float(np.mean(rel)) if rel else 0.0)
-    confidence = min(1.0, len(top) / OK_SUPPORT) * (0.5 + 0.5 * agreement) * float(np.mean(feat_sim[top]))
+    confidence = min(1.0, len(top) / OK_SUPPORT) * (0.5 + 0.5 * agreement) * float(np.mean(feat_sim))
     return answer(
         status, confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4) if status != "none" else 0.0,
         params=params if status != "none" else {}, param_spread=spread,
-        supporting_trials=[_supporting(matrix, int(idx[j]), p, float(feat_sim[j]), float(tag_sim[j]),
+        supporting_trials=[_supporting(matrix, int(i), p, float(feat_sim[j]), float(tag_sim[j]),
                                        None if dist is None else float(dist[j]), float(score[j]))
-                           for j, p in zip(top, chosen_params, strict=True)])
+                           for j, (i, p) in enumerate(zip(top.tolist(), chosen_params, strict=True))])
 
 
 def _num(value: float) -> float | None:

@@ -20,6 +20,7 @@ from app.services.kb.recommend.scaling import RobustScale
 from app.services.kb.regime.snapshot import FEATURE_NAMES
 
 MAX_TAG_BITS = 63  # tag overlap is counted on bitmasks; rarer tags beyond that do not count
+W_QUALITY_TERM = 0.15  # the quality weight of a score (nearest.W_QUALITY)
 
 
 def _quality(sharpe: np.ndarray, max_dd: np.ndarray) -> np.ndarray:
@@ -128,6 +129,7 @@ class TrialMatrix:
     quality: np.ndarray
     tag_vocab: dict[str, int]
     combo_bits: np.ndarray  # per tag set (code): one bit per tag in tag_vocab
+    _by_tags: tuple[list[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def of(cls, columns: TrialColumns, revision: int, tag_sets: Vocabulary, labels: Vocabulary) -> TrialMatrix:
@@ -156,6 +158,17 @@ class TrialMatrix:
 
     def tag_bits(self, idx: np.ndarray) -> np.ndarray:
         return self.combo_bits[self.columns.tag_code[idx]] if len(self.combo_bits) else np.zeros(len(idx), np.int64)
+
+    def by_tag_set(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per tag set (code), its trials best quality first (promoted first among equals,
+        then by position), and each trial's quality term of a tags-only score; built once."""
+        if self._by_tags is None:
+            c = self.columns
+            key = W_QUALITY_TERM * self.quality.astype(np.float64) + 1e-9 * c.promoted
+            order = np.lexsort((np.arange(len(self)), -key, c.tag_code))
+            bounds = np.searchsorted(c.tag_code[order], np.arange(len(self.tag_sets.values) + 1))
+            self._by_tags = ([order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)], key)
+        return self._by_tags
 
     def extend(self, rows: list[Any], revision: int) -> TrialMatrix:
         """This matrix with trials written since its revision appended (a new matrix: the
