@@ -16,6 +16,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +31,7 @@ from app.db.trials import Record
 from app.db.workspaces import require_workspace
 from app.errors import NothingToResume
 from app.services.kb.backfill.counters import Counters
+from app.services.kb.backfill.gil import short_switch_interval
 from app.services.kb.runs.scan import Hooks, ScanOptions, keyset_start
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Outcome:
     created_at: datetime
     reason: str | None
     payload: Any = None
+    note: str | None = None  # on a passing row: something the report should count (see BackfillResult.notes)
 
 
 class BackfillJob(Protocol):
@@ -117,6 +120,7 @@ class _Run:
         self.session = Counters()
         self.lock_conn = lock_conn
         self.pending: list[Outcome] = []
+        self.notes: Counter[str] = Counter()
         self.batches = 0
         self.last_heartbeat = time.monotonic()
         self.writer: Conn | None = None
@@ -246,6 +250,13 @@ async def _fetch_with_retry(db: Database, job: BackfillJob, after: tuple[datetim
     return await retrying("reading runs", attempt)
 
 
+async def _read_and_judge(db: Database, job: BackfillJob, after: tuple[datetime, uuid.UUID],
+                          size: int) -> tuple[Sequence[Record], list[Outcome]]:
+    """One page read and judged, in a worker thread: the event loop drives the commit in flight meanwhile."""
+    page = await _fetch_with_retry(db, job, after, size)
+    return page, await asyncio.to_thread(job.evaluate, page)
+
+
 async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> BackfillResult:
     """Run (or resume) one backfill. Raises `BackfillLocked`, `NothingToResume`, `NotFound`."""
     started = time.monotonic()
@@ -261,7 +272,8 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
             run_id, cursor, base = await _open_or_resume(lock_conn, job, opts, identity, owner)
             run = _Run(db, job, opts, run_id, base, lock_conn, owner)
             try:
-                status, error, last = await _loop(run, cursor)
+                with short_switch_interval():
+                    status, error, last = await _loop(run, cursor)
                 await run.on_lock_conn(lambda conn: ledger.close_run(conn, run_id, owner, status, error))
                 remaining = None
                 if status == "limit_reached":
@@ -288,6 +300,7 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
         elapsed_s=time.monotonic() - started,
         interrupted_runs_found=dead,
         error=error,
+        notes=dict(run.notes),
         remaining=remaining,
     )
 
@@ -340,25 +353,26 @@ async def _loop(run: _Run, cursor: tuple[datetime, uuid.UUID]) -> tuple[str, str
     session = run.session
     fetched = 0
     requested = min(opts.page_size, opts.scan.limit)
-    next_page: asyncio.Task[Sequence[Record]] | None = None
+    next_page: asyncio.Task[tuple[Sequence[Record], list[Outcome]]] | None = None
     if requested > 0:
-        next_page = asyncio.create_task(_fetch_with_retry(run.db, job, cursor, requested))
+        next_page = asyncio.create_task(_read_and_judge(run.db, job, cursor, requested))
     try:
         while next_page is not None:
-            page = await next_page
+            page, outcomes = await next_page
             next_page = None
             fetched += len(page)
             if len(page) == requested and fetched < opts.scan.limit and not opts.hooks.should_stop():
                 last = page[-1]
                 requested = min(opts.page_size, opts.scan.limit - fetched)
-                # Read the next page while this one is judged and written.
                 next_page = asyncio.create_task(
-                    _fetch_with_retry(run.db, job, (last["created_at"], last["id"]), requested))
-            for outcome in job.evaluate(page):
+                    _read_and_judge(run.db, job, (last["created_at"], last["id"]), requested))
+            for outcome in outcomes:
                 session.scanned += 1
                 if outcome.reason is None:
                     session.passed += 1
                     run.pending.append(outcome)
+                    if outcome.note is not None:
+                        run.notes[outcome.note] += 1
                 else:
                     session.reject(outcome.reason, outcome.run_id)
                 cursor = (outcome.created_at, outcome.run_id)

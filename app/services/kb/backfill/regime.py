@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +35,7 @@ SYMBOL_MISMATCH = "symbol_mismatch"
 MISSING_SYMBOL = "missing_symbol"
 TIMEFRAME_MISMATCH = "timeframe_mismatch"
 NO_EX_ANTE = "insufficient_ex_ante_history"
+_Span = tuple[int, int] | None  # a window's first and last bar index
 _CACHE_SIZE = 20_000  # computed snapshots kept for runs that share a window
 
 
@@ -66,8 +67,6 @@ class RegimeJob:
         self.digest = digest
         self.cache: OrderedDict[tuple[str | None, int, int], str] = OrderedDict()
         self.computed_windows = 0
-        # Written runs whose file does not reach back far enough for an ex-ante snapshot.
-        self.notes: Counter[str] = Counter()
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -97,55 +96,63 @@ class RegimeJob:
             return None, SYMBOL_MISMATCH
         return next(iter(self.data.series)), None
 
-    def _span(self, key: str | None, window: Window) -> tuple[int, int] | None:
-        """Index range of the window's bars, or None when the data does not cover it."""
+    def _spans(self, key: str | None, windows: list[Window]) -> list[tuple[int, int] | None]:
+        """Per window, the index range of its bars, or None when the data does not cover it."""
+        if not windows:
+            return []
         ts = self.data.series[key].ts
-        start_ns = int(window.start.timestamp() * 1e6) * 1000
-        end_ns = int(window.end.timestamp() * 1e6) * 1000
-        s = int(np.searchsorted(ts, start_ns, "left"))
-        e = int(np.searchsorted(ts, end_ns, "right")) - 1
-        if e < s or e - s + 1 < MIN_EFFECTIVE_BARS:
-            return None
+        start_ns = np.array([int(w.start.timestamp() * 1e6) * 1000 for w in windows], dtype=np.int64)
+        end_ns = np.array([int(w.end.timestamp() * 1e6) * 1000 for w in windows], dtype=np.int64)
+        s = np.searchsorted(ts, start_ns, "left")
+        e = np.searchsorted(ts, end_ns, "right") - 1
+        ok = (e >= s) & (e - s + 1 >= MIN_EFFECTIVE_BARS)
+        last = len(ts) - 1
         slack = self.slack[key]
-        if ts[s] - start_ns > slack or end_ns - ts[e] > slack:
-            return None
-        return s, e
+        ok &= (ts[np.clip(s, 0, last)] - start_ns <= slack) & (end_ns - ts[np.clip(e, 0, last)] <= slack)
+        return [(a, b) if good else None for a, b, good in zip(s.tolist(), e.tolist(), ok.tolist(), strict=True)]
 
-    def evaluate(self, rows: Sequence[Record]) -> list[Outcome]:
+    def _check(self, rows: Sequence[Record]) -> list[tuple[Any, str | None, str | None, Window | None,
+                                                           Window | None]]:
+        """Per row: the row, a skip reason (None: passes so far), its series key and its windows."""
         wanted_tf = self.opts.timeframe.strip().lower()
-        plans: list[tuple[Any, Any, str | None, tuple[int, int] | None, tuple[int, int] | None,
-                          tuple[int, int] | None]] = []
+        checked: list[tuple[Any, str | None, str | None, Window | None, Window | None]] = []
         for row in rows:
             meta, params = json_object(row["dataset_meta"]), json_object(row["params"])
             windows = extract_windows(meta, params)
             reason = INVALID_CREATED_AT if isinstance(row["created_at"], FarTime) else windows.reason
             key: str | None = None
-            oos = is_ = pre = None
             if reason is None:
                 key, reason = self._series_key(meta.get("symbol"))
             run_tf = meta.get("timeframe")
             if reason is None and isinstance(run_tf, str) and run_tf.strip().lower() != wanted_tf:
                 reason = TIMEFRAME_MISMATCH
-            if reason is None and windows.oos is not None:
-                oos = self._span(key, windows.oos)
-                if oos is None:
-                    reason = INSUFFICIENT_COVERAGE
-                else:
-                    if windows.is_ is not None:
-                        is_ = self._span(key, windows.is_)
-                    pre = self._ex_ante(oos)
-            plans.append((row, reason, key, oos, is_, pre))
+            oos = windows.oos if reason is None else None
+            checked.append((row, reason, key, oos, windows.is_ if oos is not None else None))
+        return checked
+
+    def evaluate(self, rows: Sequence[Record]) -> list[Outcome]:
+        checked = self._check(rows)
+        wanted: dict[str | None, list[Window]] = {}
+        for _, _, key, oos_w, is_w in checked:
+            wanted.setdefault(key, []).extend(w for w in (oos_w, is_w) if w is not None)
+        # The bars of every window, one vectorised lookup per series, in the order asked.
+        found = {key: iter(self._spans(key, windows)) for key, windows in wanted.items()}
+        plans: list[tuple[Any, str | None, str | None, _Span, _Span, _Span]] = []
+        for row, skip, key, oos_w, is_w in checked:
+            oos = next(found[key]) if oos_w is not None else None
+            is_ = next(found[key]) if is_w is not None else None
+            uncovered = oos_w is not None and oos is None
+            pre = self._ex_ante(oos) if oos is not None else None
+            plans.append((row, INSUFFICIENT_COVERAGE if uncovered else skip, key, oos, None if uncovered else is_, pre))
         self._compute_missing([(k, span) for _, r, k, o, i, p in plans if r is None for span in (o, i, p) if span])
         outcomes = []
         for row, reason, key, oos, is_, pre in plans:
             if reason is not None or oos is None:
                 outcomes.append(Outcome(row["id"], row["created_at"], reason))
                 continue
-            if pre is None:
-                self.notes[NO_EX_ANTE] += 1
             payload = (self._cached(key, oos), self._cached(key, is_) if is_ else None,
                        self._cached(key, pre) if pre else None)
-            outcomes.append(Outcome(row["id"], row["created_at"], None, payload))
+            outcomes.append(Outcome(row["id"], row["created_at"], None, payload, None if pre else NO_EX_ANTE))
         return outcomes
 
     @staticmethod
@@ -196,6 +203,4 @@ async def backfill_regime(db: Database, opts: RegimeOptions, data: OhlcvData, ba
                           hooks: Hooks | None = None) -> BackfillResult:
     """Run (or resume) the regime backfill over already-loaded OHLCV data."""
     job = RegimeJob(opts, data, bar_seconds, file_digest(data.path))
-    result = await run_backfill(db, job, EngineOptions(opts, hooks or Hooks()))
-    result.notes = dict(job.notes)
-    return result
+    return await run_backfill(db, job, EngineOptions(opts, hooks or Hooks()))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -16,11 +18,15 @@ import orjson
 import pandas as pd
 
 from app.services.kb.importing.fields import Mapping, split_strategy_repr
+from app.services.kb.importing.jsontext import json_objects
 from app.services.kb.runs.summary import decode_summary
 from app.timestamps import EARLIEST, LATEST, RANGE_TEXT, epoch_to_ns
 
 STAGING_COLUMNS = ("source_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type", "params",
                    "dataset_meta", "summary", "trade_count")
+# The `backtest_runs` columns an import writes: a checked record, then where it came from.
+RUN_COLUMNS = ("import_source_id", *STAGING_COLUMNS[1:], "workspace_id", "import_source")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The checked values a row is made of (its content hash, when it has no id of its own).
 _CONTENT = ("created_at", "run_kind", "status", "strategy_name", "experiment_type", "params", "symbol",
             "timeframe", "oos_start", "oos_end", "trades", "sharpe", "max_drawdown_pct", "return_pct", "win_rate",
@@ -134,6 +140,8 @@ def _timestamps(series: pd.Series, name: str, check: _Checker) -> pd.Series:
     """ISO 8601 (naive means UTC), native timestamps, or epoch numbers (`app.timestamps`)."""
     values = _blank_to_na(series)
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    if values.isna().all():  # a field not given (or given as blanks): nothing to parse or flag
+        return out
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
         out = pd.to_datetime(values, utc=True, errors="coerce").astype("datetime64[us, UTC]")
     else:
@@ -193,10 +201,27 @@ def _params(frame: pd.DataFrame, mapping: Mapping, check: _Checker) -> list[dict
         check.flag(pd.Series(bad, index=frame.index), "params is not a JSON object")
     if mapping.param_columns:
         names = list(mapping.param_columns)
-        lists = [_param_values(frame[mapping.param_columns[p]]) for p in names]
-        for i, values in enumerate(zip(*lists, strict=True)):
-            out[i].update({k: v for k, v in zip(names, values, strict=True) if v is not None})
+        given = _dicts(names, [_param_values(frame[mapping.param_columns[p]]) for p in names], n)
+        if not any(out):  # the param columns are the only params: no merging needed
+            return given
+        for target, extra in zip(out, given, strict=True):
+            target.update(extra)
     return out
+
+
+def _dicts(keys: list[str], columns: list[list[Any]], n: int) -> list[dict[str, Any]]:
+    """One dict per row of the columns' values, leaving out missing (None) values.
+    Columns with no value at all are dropped first; if no column has gaps, the rows
+    are zipped whole (the common case: no per-value test)."""
+    kept = [(k, c) for k, c in zip(keys, columns, strict=True) if c.count(None) < n]
+    names = [k for k, _ in kept]
+    values = [c for _, c in kept]
+    if not kept:
+        return [{} for _ in range(n)]
+    if any(None in c for c in values):
+        return [{k: v for k, v in zip(names, row, strict=True) if v is not None}
+                for row in zip(*values, strict=True)]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def _column(frame: pd.DataFrame, mapping: Mapping, name: str) -> pd.Series | None:
@@ -252,7 +277,7 @@ def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepar
     no_losses = factor == np.inf
     metrics = {f: _number(get(f).mask(no_losses) if f == "profit_factor" else get(f), f, check, mapping.scale(f))
                for f in ("sharpe", "max_drawdown_pct", "return_pct", "win_rate", "profit_factor")}
-    params = _params(frame, mapping, check)
+    params = None if _params_from_columns_only(mapping) else _params(frame, mapping, check)
     check.flag(strategy.isna(), "no strategy_name")
     for prefix in ("oos", "is"):
         _check_window(stamps[f"{prefix}_start"], stamps[f"{prefix}_end"], prefix, check)
@@ -263,7 +288,7 @@ def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepar
     errors = [(first_row + int(i), str(check.bad.iat[int(i)])) for i in bad_rows]
     keep = np.flatnonzero(good)
     sub = lambda s: s.iloc[keep]  # noqa: E731
-    params_json = [orjson.dumps(params[i], option=orjson.OPT_SORT_KEYS).decode() for i in keep]
+    params_json = _params_json(frame, mapping, params, keep.tolist())
     columns: dict[str, list[Any]] = {
         "created_at": _micros(sub(stamps["created_at"])),
         "run_kind": _list(sub(kinds)),
@@ -287,6 +312,29 @@ def prepare(frame: pd.DataFrame, mapping: Mapping, first_row: int = 1) -> Prepar
     return Prepared(records=records, errors=errors, total=n, notes={k: v for k, v in notes.items() if v})
 
 
+def _params_from_columns_only(mapping: Mapping) -> bool:
+    return not (mapping.strategy_repr is not None and "strategy_name" not in mapping.columns) and not (
+        "params" in mapping.columns or "params" in mapping.constants)
+
+
+def _params_json(frame: pd.DataFrame, mapping: Mapping, params: list[dict[str, Any]] | None,
+                 keep: list[int]) -> list[str]:
+    """The kept rows' params as JSON text with sorted keys. From param columns alone
+    (`params` None) the keys are sorted here, as OPT_SORT_KEYS would."""
+    if params is not None:
+        return [orjson.dumps(params[i], option=orjson.OPT_SORT_KEYS).decode() for i in keep]
+    names = sorted(mapping.param_columns)
+    given = [_param_values(frame[mapping.param_columns[p]]) for p in names]
+    return json_objects(names, [[values[i] for i in keep] for values in given], len(keep))
+
+
+def run_records(records: list[tuple[Any, ...]], workspace_id: uuid.UUID, source: str,
+                imported_at: datetime) -> list[tuple[Any, ...]]:
+    """Checked records as `RUN_COLUMNS` rows; a row with no creation time gets the import's."""
+    return [(r[0], imported_at if r[1] is None else _EPOCH + timedelta(microseconds=r[1]), *r[2:],
+             workspace_id, source) for r in records]
+
+
 def _check_window(start: pd.Series, end: pd.Series, prefix: str, check: _Checker) -> None:
     check.flag(start.notna() & end.notna() & (end < start), f"{prefix}_end is before {prefix}_start")
     check.flag(start.notna() ^ end.notna(), f"{prefix}_start and {prefix}_end must be given together")
@@ -294,16 +342,20 @@ def _check_window(start: pd.Series, end: pd.Series, prefix: str, check: _Checker
 
 def _objects(columns: dict[str, list[Any]], keys: tuple[str, ...]) -> list[str]:
     """JSON objects of the given columns, leaving out missing values."""
-    return [orjson.dumps({k: v for k, v in zip(keys, values, strict=True) if v is not None}).decode()
-            for values in zip(*(columns[k] for k in keys), strict=True)]
+    values = [columns[k] for k in keys]
+    return json_objects(keys, values, len(values[0]))
 
 
 def _iso(series: pd.Series) -> list[str | None]:
     """Timestamps as ISO 8601 UTC text, to the second, as `dataset_meta` keeps them."""
-    naive = series.astype("datetime64[us, UTC]").dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
-    text = np.datetime_as_string(naive, unit="s")
     missing = series.isna().to_numpy()
-    return [None if m else t + "Z" for t, m in zip(text.tolist(), missing.tolist(), strict=True)]
+    if missing.all():
+        return [None] * len(series)
+    naive = series.astype("datetime64[us, UTC]").dt.tz_convert(None).to_numpy(dtype="datetime64[s]")
+    text = np.char.add(np.datetime_as_string(naive, unit="s"), "Z").tolist()
+    if missing.any():
+        return [None if m else t for t, m in zip(text, missing.tolist(), strict=True)]
+    return text
 
 
 def _source_ids(columns: dict[str, list[Any]]) -> list[str]:

@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import pandas as pd
 from app.db import Database
 from app.db.imports import writer
 from app.db.retry import retrying
+from app.services.kb.backfill.gil import short_switch_interval
 from app.services.kb.importing.fields import FIELDS, Mapping, resolve_mapping
-from app.services.kb.importing.rows import STAGING_COLUMNS, Prepared, prepare
+from app.services.kb.importing.rows import RUN_COLUMNS, Prepared, prepare, run_records
 from app.services.kb.importing.sources import detect_format, read_table
 
 ERRORS_LISTED = 1000
@@ -77,27 +79,34 @@ async def _import_once(db: Database, workspace_id: uuid.UUID, frame: pd.DataFram
                        first_row: int) -> ImportReport:
     """Chunks are checked in a worker thread while the database writes the previous one."""
     total = len(frame)
+    # Chunk bounds stay at multiples of CHUNK_ROWS: a float param column is read as whole
+    # numbers per chunk, and that decides content hashes of rows already imported.
     starts = list(range(0, total, CHUNK_ROWS)) or [0]
+    ends = [start + CHUNK_ROWS for start in starts]
+    imported_at = datetime.now(UTC)
 
-    def check(start: int) -> Prepared:
-        return prepare(frame.iloc[start : start + CHUNK_ROWS], mapping, first_row=first_row + start)
+    def check(i: int) -> Prepared:
+        prepared = prepare(frame.iloc[starts[i] : ends[i]], mapping, first_row=first_row + starts[i])
+        prepared.records = run_records(prepared.records, workspace_id, source, imported_at)
+        return prepared
 
     errors: list[tuple[int, str]] = []
     notes: Counter[str] = Counter()
     valid = 0
-    async with writer(db, workspace_id, source, STAGING_COLUMNS, dry_run=dry_run) as out:
-        pending = asyncio.create_task(asyncio.to_thread(check, starts[0]))
-        for i, start in enumerate(starts):
-            prepared = await pending
-            if i + 1 < len(starts):
-                pending = asyncio.create_task(asyncio.to_thread(check, starts[i + 1]))
-            await out.write(prepared.records)
-            valid += len(prepared.records)
-            errors += prepared.errors
-            notes.update(prepared.notes)
-            if progress is not None:
-                progress(min(start + CHUNK_ROWS, total), total)
-        new = await out.new_rows()
+    with short_switch_interval():
+        async with writer(db, workspace_id, source, RUN_COLUMNS, dry_run=dry_run) as out:
+            pending = asyncio.create_task(asyncio.to_thread(check, 0))
+            for i in range(len(starts)):
+                prepared = await pending
+                if i + 1 < len(starts):
+                    pending = asyncio.create_task(asyncio.to_thread(check, i + 1))
+                await out.write(prepared.records)
+                valid += len(prepared.records)
+                errors += prepared.errors
+                notes.update(prepared.notes)
+                if progress is not None:
+                    progress(min(ends[i], total), total)
+            new = await out.new_rows()
     reasons = Counter(_reason_kind(reason) for _, reason in errors)
     return ImportReport(workspace_id, source, dry_run, total, valid, new, dict(reasons.most_common()), dict(notes),
                         errors, len(errors), mapping.describe())

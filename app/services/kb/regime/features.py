@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from itertools import repeat
 from typing import Any
 
@@ -23,7 +24,7 @@ import orjson
 import pandas as pd
 
 from app.errors import BadInput
-from app.services.kb.regime.ohlcv import Series
+from app.services.kb.regime.ohlcv import Series, frame_arrays
 from app.services.kb.regime.snapshot import SCHEMA_VERSION, RegimeSnapshot
 from app.services.kb.regime.tags import tag_regime_batch
 
@@ -159,12 +160,78 @@ def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict
     }
 
 
+@cache
+def _aligned_weights(period: int, width: int) -> np.ndarray:
+    """Row L: the Wilder weights of an L-long series, right-aligned in `width` columns
+    (zeros before them)."""
+    table = np.zeros((width + 1, width), dtype=np.float64)
+    for length in range(1, width + 1):
+        table[length, width - length :] = _wilder_weights(length, period)
+    table.setflags(write=False)
+    return table
+
+
+def _features_aligned(h: np.ndarray, lo: np.ndarray, c: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """All features for windows of different lengths (each at least TREND_BARS) in one
+    (windows x bars) block: each window right-aligned, padded on the left with copies of
+    its first bar. The padding weighs nothing: zero Wilder weight, zero price change, no
+    new high or low. The trailing-bar features read the same columns as per length."""
+    k, m = c.shape
+    rows = np.arange(k)
+    first_col = m - lengths
+    last = c[:, -1]
+    delta = np.diff(c, axis=1)
+    prev = c[:, :-1]
+    tr = np.empty_like(c)
+    tr[:, 1:] = np.maximum(h[:, 1:] - lo[:, 1:], np.maximum(np.abs(h[:, 1:] - prev), np.abs(lo[:, 1:] - prev)))
+    # The first bar of a window has no previous close inside the window.
+    tr[rows, first_col] = h[rows, first_col] - lo[rows, first_col]
+    tr[:, 0] = h[:, 0] - lo[:, 0]
+    atr = np.einsum("ij,ij->i", tr, _aligned_weights(ATR_PERIOD, REGIME_WINDOW_BARS)[lengths, -m:])
+    w = _aligned_weights(RSI_PERIOD, REGIME_WINDOW_BARS - 1)[lengths - 1, -(m - 1):]
+    avg_gain = np.einsum("ij,ij->i", np.maximum(delta, 0.0), w)
+    avg_loss = np.einsum("ij,ij->i", np.maximum(-delta, 0.0), w)
+    rs = _safe_div(avg_gain, avg_loss)
+    rsi = np.where(avg_loss > 0, 100.0 - 100.0 / (1.0 + rs), np.where(avg_gain > 0, 100.0, 50.0))
+
+    tail = c[:, -BB_PERIOD:]
+    sma = tail.mean(axis=1)
+    std = np.sqrt(np.maximum(((tail - sma[:, None]) ** 2).mean(axis=1), 0.0))
+    std = np.where(std <= 1e-12 * np.abs(sma), 0.0, std)  # see _features_equal_length
+    r2, direction = _trend(c)
+
+    p = np.minimum(ER_MAX_PERIOD, lengths // 2)
+    path = np.where(np.arange(m - 1)[None, :] >= (m - 1 - p)[:, None], np.abs(delta), 0.0).sum(axis=1)
+    er = np.clip(_safe_div(np.abs(last - c[rows, m - 1 - p]), path), 0.0, 1.0)
+
+    first = c[rows, first_col]
+    ret = _safe_div(last, first, 1.0) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drift = np.log(_safe_div(last, first, 1.0)) / np.maximum(lengths - 1, 1) * 1e4
+    return {
+        "atr_pct": _safe_div(atr, last),
+        "rsi": rsi,
+        "bb_width_pct": _safe_div(2.0 * BB_STD * std, sma),
+        "std_pct": _safe_div(std, last),
+        "range_pct": _safe_div(h.max(axis=1) - lo.min(axis=1), last),
+        "zscore": _safe_div(last - sma, std),
+        "trend_strength": r2,
+        "trend_dir": direction,
+        "efficiency_ratio": er,
+        "return_pct": ret,
+        "drift_bps_per_bar": np.nan_to_num(drift, nan=0.0, posinf=0.0, neginf=0.0),
+        "_bad_ticks": (np.abs(_safe_div(delta, prev)) > BAD_TICK_JUMP).any(axis=1),
+    }
+
+
 def compute_feature_batch(
     high: np.ndarray, low: np.ndarray, close: np.ndarray, starts: np.ndarray, ends: np.ndarray
 ) -> FeatureBatch:
     """Features for windows [starts[i], ends[i]] (inclusive indices) of one series.
 
-    Each window is first cut to its trailing REGIME_WINDOW_BARS bars.
+    Each window is first cut to its trailing REGIME_WINDOW_BARS bars. Windows of at
+    least TREND_BARS bars (all a backfill computes) go through one aligned block per
+    chunk, whatever their lengths; shorter ones are computed per length.
     """
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
@@ -173,16 +240,27 @@ def compute_feature_batch(
     count = len(ends)
     values = {name: np.zeros(count) for name in _FEATURES}
     bad = np.zeros(count, dtype=bool)
-    for length in np.unique(lengths):
+
+    def put(chunk: np.ndarray, block: dict[str, np.ndarray]) -> None:
+        bad[chunk] = block.pop("_bad_ticks")
+        for name, arr in block.items():
+            values[name][chunk] = arr
+
+    long = np.flatnonzero(lengths >= TREND_BARS)
+    long = long[np.argsort(lengths[long], kind="stable")]  # similar lengths together: little padding
+    for lo_i in range(0, len(long), _CHUNK):
+        chunk = long[lo_i : lo_i + _CHUNK]
+        m = int(lengths[chunk].max())
+        idx = np.maximum(ends[chunk][:, None] - (m - 1) + np.arange(m)[None, :], starts[chunk][:, None])
+        put(chunk, _features_aligned(high[idx], low[idx], close[idx], lengths[chunk]))
+    short = lengths < TREND_BARS
+    for length in np.unique(lengths[short]):
         members = np.flatnonzero(lengths == length)
         offsets = np.arange(length)
         for lo_i in range(0, len(members), _CHUNK):
             chunk = members[lo_i : lo_i + _CHUNK]
             idx = starts[chunk][:, None] + offsets[None, :]
-            block = _features_equal_length(high[idx], low[idx], close[idx])
-            bad[chunk] = block.pop("_bad_ticks")
-            for name, arr in block.items():
-                values[name][chunk] = arr
+            put(chunk, _features_equal_length(high[idx], low[idx], close[idx]))
     for arr in values.values():
         np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return FeatureBatch(values, bad, lengths)
@@ -255,31 +333,6 @@ def snapshot_dicts(
     return [dict(zip(keys, row)) for row in zip(*cols)]  # noqa: B905  (repeat() columns are endless)
 
 
-def _frame_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    cols = {str(c).lower(): c for c in df.columns}
-    missing = [c for c in ("high", "low", "close") if c not in cols]
-    if missing:
-        raise ValueError(f"OHLCV frame lacks column(s): {', '.join(missing)}")
-    times: pd.DatetimeIndex | None
-    if isinstance(df.index, pd.DatetimeIndex):
-        times = df.index
-    else:
-        time_col = next((cols[c] for c in ("timestamp", "ts", "time", "datetime", "date") if c in cols), None)
-        times = pd.DatetimeIndex(pd.to_datetime(df[time_col], utc=True)) if time_col is not None else None
-    h = pd.to_numeric(df[cols["high"]], errors="coerce").to_numpy(dtype=np.float64)
-    lo = pd.to_numeric(df[cols["low"]], errors="coerce").to_numpy(dtype=np.float64)
-    c = pd.to_numeric(df[cols["close"]], errors="coerce").to_numpy(dtype=np.float64)
-    keep = np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
-    if times is not None:
-        if times.tz is None:
-            times = times.tz_localize("UTC")
-        ts = times.tz_convert("UTC").as_unit("ns").asi8.astype(np.int64)
-    else:
-        ts = np.arange(len(df), dtype=np.int64) * 0
-    total = len(df)
-    return ts[keep], h[keep], lo[keep], c[keep], total
-
-
 def series_regime(
     ts: np.ndarray,
     high: np.ndarray,
@@ -322,7 +375,7 @@ def compute_regime_snapshot(
     The caller slices `df` to the window it cares about. Fewer than MIN_EFFECTIVE_BARS
     usable bars still yields a snapshot, flagged `insufficient_bars`, with a warning.
     """
-    ts, h, lo, c, total = _frame_arrays(df)
+    ts, h, lo, c, total = frame_arrays(df)
     n = len(c)
     if n == 0:
         raise ValueError("no usable bars (every row has a missing high, low or close)")

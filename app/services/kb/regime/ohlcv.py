@@ -360,3 +360,29 @@ def calendar_slack_ns(series: Series, bar_ns: int) -> int:
         return bar_ns
     usual = float(np.quantile(np.diff(series.ts), 0.99))
     return int(max(bar_ns, min(usual, 5 * _DAY_NS)))
+
+
+def frame_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """A frame's usable bars (high, low, close all finite): times (ns), high, low, close, and the row count."""
+    cols = {str(c).lower(): c for c in df.columns}
+    missing = [c for c in ("high", "low", "close") if c not in cols]
+    if missing:
+        raise ValueError(f"OHLCV frame lacks column(s): {', '.join(missing)}")
+    times: pd.DatetimeIndex | None
+    if isinstance(df.index, pd.DatetimeIndex):
+        times = df.index
+    else:
+        time_col = next((cols[c] for c in ("timestamp", "ts", "time", "datetime", "date") if c in cols), None)
+        times = pd.DatetimeIndex(pd.to_datetime(df[time_col], utc=True)) if time_col is not None else None
+    h = pd.to_numeric(df[cols["high"]], errors="coerce").to_numpy(dtype=np.float64)
+    lo = pd.to_numeric(df[cols["low"]], errors="coerce").to_numpy(dtype=np.float64)
+    c = pd.to_numeric(df[cols["close"]], errors="coerce").to_numpy(dtype=np.float64)
+    keep = np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
+    if times is not None:
+        if times.tz is None:
+            times = times.tz_localize("UTC")
+        ts = times.tz_convert("UTC").as_unit("ns").asi8.astype(np.int64)
+    else:
+        ts = np.arange(len(df), dtype=np.int64) * 0
+    total = len(df)
+    return ts[keep], h[keep], lo[keep], c[keep], total
