@@ -18,8 +18,8 @@ async def candidacy_page(conn: Conn, workspace_id: uuid.UUID, after: Cursor, siz
     return await conn.fetch(q("select_candidacy_page"), workspace_id, after[0], after[1], size)
 
 
-async def candidacy_run(db: Database, run_id: uuid.UUID) -> Record | None:
-    return await db.fetchrow(q("select_candidacy_run"), run_id)
+async def candidacy_run(db: Database, workspace_id: uuid.UUID, run_id: uuid.UUID) -> Record | None:
+    return await db.fetchrow(q("select_candidacy_run"), run_id, workspace_id)
 
 
 async def promote_candidates(conn: Conn, run_ids: list[uuid.UUID], workspace_id: uuid.UUID,
@@ -40,14 +40,14 @@ async def write_regimes(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.
                                        backfill_run_id))
 
 
-async def undo_candidacy(conn: Conn, backfill_run_id: uuid.UUID, undo_id: uuid.UUID) -> tuple[Record, list[Record],
-                                                                                                 int]:
+async def undo_candidacy(conn: Conn, workspace_id: uuid.UUID, backfill_run_id: uuid.UUID,
+                         undo_id: uuid.UUID) -> tuple[Record, list[Record], int]:
     """Revert the runs a candidacy backfill changed (unless changed since): the counts, examples of
     runs left alone, and how many were undone before."""
-    result = await conn.fetchrow(q("undo_backfill_changes"), backfill_run_id, undo_id)
+    result = await conn.fetchrow(q("undo_backfill_changes"), backfill_run_id, undo_id, workspace_id)
     assert result is not None  # an aggregate always returns its row
-    examples = list(await conn.fetch(q("undo_skipped_examples"), backfill_run_id, undo_id))
-    already = int(await conn.fetchval(q("undo_already_undone"), backfill_run_id, undo_id))
+    examples = list(await conn.fetch(q("undo_skipped_examples"), backfill_run_id, undo_id, workspace_id))
+    already = int(await conn.fetchval(q("undo_already_undone"), backfill_run_id, undo_id, workspace_id))
     return result, examples, already
 
 

@@ -1,6 +1,7 @@
-"""The KB through PgBouncer (Debian's package) in transaction mode, with two server
+"""The KB through PgBouncer (Debian's package) in transaction mode, with four server
 connections for many clients, so consecutive transactions of one client land on
-different server connections: no session state may matter. KB_DB_POOLER=transaction
+different server connections: no session state may matter. (A running backfill pins
+two: the transaction that holds its lock, and its writer blocked on the test's row lock.) KB_DB_POOLER=transaction
 turns off statements kept prepared across transactions; locks are transaction-held."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from app.db import Database, with_database
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from tests.factories import run_row, trend_snapshot
+from tests.process.faultkit import candidacy_workload, kb_argv, poll, run_kb, start_kb
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 pytestmark = pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="pgbouncer is not installed (.ci/run installs it)")
@@ -54,7 +56,7 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {folder / 'users.txt'}
 pool_mode = transaction
-default_pool_size = 2
+default_pool_size = 4
 max_client_conn = 200
 ignore_startup_parameters = extra_float_digits
 logfile = {folder / 'pgbouncer.log'}
@@ -117,3 +119,29 @@ async def test_the_kb_works_through_a_transaction_pooler(pooled, db, make_worksp
     moments = await asyncio.gather(*(through.fetchval("SELECT created_at FROM backtest_runs WHERE workspace_id = $1 "
                                                       "ORDER BY created_at LIMIT 1", ws) for _ in range(6)))
     assert set(moments) == {min(r["created_at"] for r in _runs(ws, 0, 1))}
+
+
+async def test_upgrades_and_backfills_lock_through_the_pooler(pooled, db, make_workspace, insert_runs) -> None:
+    url, through = pooled
+    env_pooler = {"KB_DB_POOLER": "transaction"}
+    code, _, err = await run_kb(url, "db", "upgrade", env=env_pooler)
+    assert code == 0, err
+    ws = await make_workspace()
+    work = candidacy_workload(ws, n=400)
+    await insert_runs(work.rows)
+    held = work.rows[0]["id"] if work.rows[0]["id"] in work.expected else next(iter(work.expected))
+    async with db.acquire() as holder:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM backtest_runs WHERE workspace_id = $1 AND id = $2 FOR UPDATE", ws, held)
+        first = await start_kb(url, *kb_argv(work, ws), env=env_pooler)
+        await poll(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted", what="the lock",
+                   proc=first)
+        code, _, err = await run_kb(url, *kb_argv(work, ws), env=env_pooler)
+        assert code == 1 and "is running on workspace" in err  # the lock holds across server connections
+        await tx.rollback()
+    out, err = await asyncio.wait_for(first.communicate(), 120)
+    assert first.returncode == 0, err.decode()
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1 AND kb_status = 'candidate'",
+                             ws) == len(work.expected)
+    assert await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0  # nothing left behind

@@ -15,7 +15,7 @@ LIMIT $4
 SELECT id, workspace_id, created_at, run_kind, status, kb_status, experiment_type, trade_count,
        summary::text AS summary, regime_oos IS NOT NULL AS has_regime
 FROM backtest_runs
-WHERE id = $1
+WHERE id = $1 AND workspace_id = $2
 
 -- name: update_candidacy_batch
 -- Guarded: a row whose kb_status changed since it was read is left alone.

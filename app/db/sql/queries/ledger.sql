@@ -1,8 +1,19 @@
 -- The backfill ledger and its per-workspace advisory lock. The lock key is built here only:
--- hashtext('trading-kb:backfill:' || kind), hashtext(workspace_id).
+-- hashtext('trading-kb:backfill:' || kind), hashtext(workspace_id). The lock is held by a
+-- transaction left open on a connection of its own (it holds through a pooler in
+-- transaction mode); ending that transaction releases it.
+
+-- name: begin_lock_transaction
+BEGIN
+
+-- name: end_lock_transaction
+COMMIT
+
+-- name: abort_lock_transaction
+ROLLBACK
 
 -- name: try_backfill_lock
-SELECT pg_try_advisory_lock(hashtext('trading-kb:backfill:' || $1::text), hashtext($2::text))
+SELECT pg_try_advisory_xact_lock(hashtext('trading-kb:backfill:' || $1::text), hashtext($2::text))
 
 -- name: backfill_lock_holder
 SELECT pid FROM kb_backfill_runs
@@ -35,27 +46,28 @@ LIMIT 1
 UPDATE kb_backfill_runs
 SET status = 'running', heartbeat_at = now(), finished_at = NULL, error = NULL,
     invocations = invocations + 1, pid = $2, owner = $3
-WHERE id = $1
+WHERE id = $1 AND workspace_id = $4
 
 -- name: checkpoint_backfill_run
 UPDATE kb_backfill_runs
 SET cursor_created_at = $2, cursor_id = $3, counts = $4::jsonb, heartbeat_at = now()
-WHERE id = $1 AND owner = $5 AND status = 'running'
+WHERE id = $1 AND owner = $5 AND status = 'running' AND workspace_id = $6
 
 -- name: close_backfill_run
 -- Only a run still marked running by this owner: never overwrite what another process
 -- recorded (a run taken over after its lock was lost).
 UPDATE kb_backfill_runs
 SET status = $2, finished_at = now(), heartbeat_at = now(), error = $3
-WHERE id = $1 AND status = 'running' AND owner IS NOT DISTINCT FROM $4
+WHERE id = $1 AND status = 'running' AND owner IS NOT DISTINCT FROM $4 AND workspace_id = $5
 
 -- name: mark_backfill_run_undone
 UPDATE kb_backfill_runs
 SET status = 'undone', finished_at = now(), heartbeat_at = now(), error = NULL
-WHERE id = $1
+WHERE id = $1 AND workspace_id = $2
 
 -- name: heartbeat_backfill_run
-UPDATE kb_backfill_runs SET heartbeat_at = now() WHERE id = $1 AND owner = $2 AND status = 'running'
+UPDATE kb_backfill_runs SET heartbeat_at = now()
+WHERE id = $1 AND owner = $2 AND status = 'running' AND workspace_id = $3
 
 -- name: list_backfill_runs
 SELECT id, kind, dry_run, status, config::text AS config, counts::text AS counts,
@@ -66,22 +78,20 @@ ORDER BY started_at DESC
 LIMIT $2
 
 -- name: get_backfill_run
+-- all workspaces: `kb backfill-undo` is given a run id alone and finds its workspace here.
 SELECT id, workspace_id, kind, dry_run, status, config::text AS config, counts::text AS counts
 FROM kb_backfill_runs
 WHERE id = $1
 
--- name: release_backfill_lock
-SELECT pg_advisory_unlock(hashtext('trading-kb:backfill:' || $1::text), hashtext($2::text))
-
 -- name: backfill_cursor_is
 -- After a lost COMMIT acknowledgement: true when the batch ending at this cursor committed.
-SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1
+SELECT cursor_created_at = $2 AND cursor_id = $3 FROM kb_backfill_runs WHERE id = $1 AND workspace_id = $4
 
 -- name: backfill_run_status
-SELECT status, owner FROM kb_backfill_runs WHERE id = $1
+SELECT status, owner FROM kb_backfill_runs WHERE id = $1 AND workspace_id = $2
 
 -- name: backfill_run_counts
-SELECT counts::text AS counts FROM kb_backfill_runs WHERE id = $1
+SELECT counts::text AS counts FROM kb_backfill_runs WHERE id = $1 AND workspace_id = $2
 
 -- name: insert_undo_run
 INSERT INTO kb_backfill_runs (workspace_id, kind, config, config_key, dry_run, status, pid)
@@ -92,4 +102,4 @@ RETURNING id
 UPDATE kb_backfill_runs
 SET status = 'completed', finished_at = now(), heartbeat_at = now(),
     counts = jsonb_build_object('reverted', $2::int, 'changed_since', $3::int, 'already_undone', $4::int)
-WHERE id = $1
+WHERE id = $1 AND workspace_id = $5

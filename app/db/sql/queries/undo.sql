@@ -4,12 +4,13 @@
 WITH mine AS (
     SELECT h.run_id, h.from_status, h.to_status, h.id AS history_id
     FROM kb_status_history h
-    WHERE h.backfill_run_id = $1
+    WHERE h.workspace_id = $3 AND h.backfill_run_id = $1
 ),
 latest AS (
     SELECT DISTINCT ON (h.run_id) h.run_id, h.id
     FROM kb_status_history h
     JOIN mine m ON m.run_id = h.run_id
+    WHERE h.workspace_id = $3
     ORDER BY h.run_id, h.id DESC
 ),
 reverted AS (
@@ -21,7 +22,7 @@ reverted AS (
         auto_candidate_gate = NULL
     FROM mine m
     JOIN latest l ON l.run_id = m.run_id AND l.id = m.history_id
-    WHERE r.id = m.run_id AND r.kb_status = m.to_status
+    WHERE r.workspace_id = $3 AND r.id = m.run_id AND r.kb_status = m.to_status
     RETURNING r.id, r.workspace_id, m.to_status AS from_status, m.from_status AS to_status
 ),
 logged AS (
@@ -37,10 +38,11 @@ SELECT (SELECT count(*) FROM logged) AS reverted,
 -- Runs the backfill changed that have changed again since (left alone by undo).
 SELECT m.run_id, r.kb_status
 FROM kb_status_history m
-JOIN backtest_runs r ON r.id = m.run_id
-WHERE m.backfill_run_id = $1
-  AND EXISTS (SELECT 1 FROM kb_status_history later WHERE later.run_id = m.run_id AND later.id > m.id)
-  AND NOT EXISTS (SELECT 1 FROM kb_status_history u WHERE u.run_id = m.run_id AND u.id > m.id
+JOIN backtest_runs r ON r.workspace_id = m.workspace_id AND r.id = m.run_id
+WHERE m.workspace_id = $3 AND m.backfill_run_id = $1
+  AND EXISTS (SELECT 1 FROM kb_status_history later
+              WHERE later.workspace_id = $3 AND later.run_id = m.run_id AND later.id > m.id)
+  AND NOT EXISTS (SELECT 1 FROM kb_status_history u WHERE u.workspace_id = $3 AND u.run_id = m.run_id AND u.id > m.id
                   AND (u.backfill_run_id = $2 OR (u.actor = 'backfill-undo'
                        AND u.reason = 'undo of backfill ' || $1::text)))
 ORDER BY m.run_id
@@ -50,9 +52,9 @@ LIMIT 20
 -- Runs of this backfill that an earlier undo of it has reverted already.
 SELECT count(DISTINCT m.run_id)
 FROM kb_status_history m
-WHERE m.backfill_run_id = $1
+WHERE m.workspace_id = $3 AND m.backfill_run_id = $1
   AND EXISTS (SELECT 1 FROM kb_status_history u
-              WHERE u.run_id = m.run_id AND u.id > m.id AND u.actor = 'backfill-undo'
+              WHERE u.workspace_id = $3 AND u.run_id = m.run_id AND u.id > m.id AND u.actor = 'backfill-undo'
                 AND u.reason = 'undo of backfill ' || $1::text AND u.backfill_run_id IS DISTINCT FROM $2)
 
 -- name: undo_regime_changes

@@ -123,7 +123,7 @@ class Explanation:
 async def explain_run(db: Database, run_id: uuid.UUID, opts: CandidacyOptions) -> Explanation:
     """Every gate for one run: value, threshold, pass or fail, and why the scan would
     (not) pick the run up at all."""
-    row = await runs.candidacy_run(db, run_id)
+    row = await runs.candidacy_run(db, opts.workspace_id, run_id)
     if row is None or row["workspace_id"] != opts.workspace_id:
         raise NotFound(f"run {run_id} is not in workspace {opts.workspace_id}")
     not_selected = []

@@ -169,10 +169,11 @@ class _Run:
             await self.ensure_lock()
             conn = await self._writer()
             async with conn.transaction():
-                if attempt and await ledger.batch_committed(conn, self.run_id, cursor):
+                if attempt and await ledger.batch_committed(conn, self.opts.scan.workspace_id, self.run_id, cursor):
                     # A retry after a lost acknowledgement: the batch had committed. Its
                     # tallies are the ledger's, read back, never assumed.
-                    committed = Counters.from_json(await ledger.committed_counts(conn, self.run_id))
+                    ws = self.opts.scan.workspace_id
+                    committed = Counters.from_json(await ledger.committed_counts(conn, ws, self.run_id))
                     self.session.updated = committed.updated - self.base.updated
                     self.session.changed_concurrently = (committed.changed_concurrently
                                                          - self.base.changed_concurrently)
@@ -185,7 +186,8 @@ class _Run:
                 counts.updated += self.session.updated + updated
                 counts.changed_concurrently += self.session.changed_concurrently + (
                     0 if self.opts.scan.dry_run else len(batch) - updated)
-                await ledger.checkpoint(conn, self.run_id, self.owner, cursor, counts.to_json())
+                await ledger.checkpoint(conn, self.opts.scan.workspace_id, self.run_id, self.owner, cursor,
+                                        counts.to_json())
                 return False, updated
 
         # On failure only the writer is dropped, not release(): this runs inside the in-flight task.
@@ -202,15 +204,17 @@ class _Run:
     async def _heartbeat(self) -> None:
         now = time.monotonic()
         if now - self.last_heartbeat >= 2.0:
-            await self.on_lock_conn(lambda conn: ledger.heartbeat(conn, self.run_id, self.owner))
+            ws = self.opts.scan.workspace_id
+            await self.on_lock_conn(lambda conn: ledger.heartbeat(conn, ws, self.run_id, self.owner))
             self.last_heartbeat = now
 
     async def on_lock_conn(self, op: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run a ledger operation on the lock connection, re-taking the lock first if
-        the server dropped that connection."""
+        """A ledger operation under the lock (re-taken if its connection was dropped), on a pool
+        connection: the lock's own transaction runs nothing else, so others see the ledger at once."""
         async def attempt(_: int) -> T:
             await self.ensure_lock()
-            return await op(self.lock_conn)
+            async with self.db.acquire() as conn:
+                return await op(conn)
 
         return await retrying("updating the ledger", attempt)
 
@@ -223,7 +227,7 @@ class _Run:
         conn: Conn = await hold_connection(self.db)
         try:
             got = await ledger.try_lock(conn, self.job.kind, self.opts.scan.workspace_id)
-            mine = await ledger.owns_running(conn, self.run_id, self.owner)
+            mine = await ledger.owns_running(conn, self.opts.scan.workspace_id, self.run_id, self.owner)
             if got and not mine:
                 await ledger.release_lock(conn, self.job.kind, self.opts.scan.workspace_id)
         except BaseException:
@@ -268,13 +272,15 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     try:
         await ledger.acquire_lock(lock_conn, job.kind, opts.scan.workspace_id)
         try:
-            dead = await ledger.mark_dead_runs_interrupted(lock_conn, opts.scan.workspace_id, job.kind)
-            run_id, cursor, base = await _open_or_resume(lock_conn, job, opts, identity, owner)
+            async with db.acquire() as conn:  # the ledger, seen at once (not in the lock's transaction)
+                dead = await ledger.mark_dead_runs_interrupted(conn, opts.scan.workspace_id, job.kind)
+                run_id, cursor, base = await _open_or_resume(conn, job, opts, identity, owner)
             run = _Run(db, job, opts, run_id, base, lock_conn, owner)
             try:
                 with short_switch_interval():
                     status, error, last = await _loop(run, cursor)
-                await run.on_lock_conn(lambda conn: ledger.close_run(conn, run_id, owner, status, error))
+                ws = opts.scan.workspace_id
+                await run.on_lock_conn(lambda conn: ledger.close_run(conn, ws, run_id, owner, status, error))
                 remaining = None
                 if status == "limit_reached":
                     remaining = await run.on_lock_conn(lambda conn: job.count_after(conn, last))
@@ -305,14 +311,13 @@ async def run_backfill(db: Database, job: BackfillJob, opts: EngineOptions) -> B
     )
 
 
-async def _open_or_resume(lock_conn: Conn, job: BackfillJob, opts: EngineOptions, identity: dict[str, Any],
+async def _open_or_resume(conn: Conn, job: BackfillJob, opts: EngineOptions, identity: dict[str, Any],
                           owner: uuid.UUID) -> tuple[uuid.UUID, tuple[datetime, uuid.UUID], Counters]:
-    """The ledger row this invocation works under (new, or the one it resumes), its
-    cursor and the counts already committed."""
+    """The ledger row this invocation works under (new or resumed), its cursor and committed counts."""
     key = config_key(job.kind, identity)
     start = keyset_start(opts.scan.since)
     if opts.scan.resume:
-        row = await ledger.find_resumable(lock_conn, opts.scan.workspace_id, job.kind, key, opts.scan.dry_run)
+        row = await ledger.find_resumable(conn, opts.scan.workspace_id, job.kind, key, opts.scan.dry_run)
         if row is None or row["status"] not in ledger.RESUMABLE:
             what = "dry-run " if opts.scan.dry_run else ""
             found = f" (the last one, {row['id']}, is {row['status']})" if row is not None else ""
@@ -320,29 +325,25 @@ async def _open_or_resume(lock_conn: Conn, job: BackfillJob, opts: EngineOptions
                 f"no interrupted {what}backfill-{job.kind} run with this configuration to resume"
                 f"{found}; run without --resume to start a new one"
             )
-        await ledger.reopen_run(lock_conn, row["id"], owner)
+        await ledger.reopen_run(conn, opts.scan.workspace_id, row["id"], owner)
         cursor = (row["cursor_created_at"] or start[0], row["cursor_id"] or start[1])
         return row["id"], cursor, Counters.from_json(row["counts"])
     config = {**identity, "limit": opts.scan.limit, "batch_size": opts.scan.batch_size}
-    run_id = await ledger.open_run(lock_conn, opts.scan.workspace_id, job.kind, config, key, opts.scan.dry_run,
+    run_id = await ledger.open_run(conn, opts.scan.workspace_id, job.kind, config, key, opts.scan.dry_run,
                                    start, owner)
     return run_id, start, Counters()
 
 
 async def _mark_failed(run: _Run, exc: BaseException) -> None:
-    """Best effort, on the lock connection or else a fresh one, and only while this
-    process still owns the run (the guard is in the query). If even that fails the row
-    stays 'running', and the next run sees it as interrupted because the lock is free."""
+    """Best effort, only while this process still owns the run (the query's guard). If it fails the
+    row stays 'running', and the next run sees it as interrupted because the lock is free."""
     if run.lost or isinstance(exc, ledger.TakenOver):
         return
     status = "interrupted" if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) else "failed"
     message = (str(exc) or type(exc).__name__)[:500]
     try:
-        if not is_gone(run.lock_conn):
-            await ledger.close_run(run.lock_conn, run.run_id, run.owner, status, message)
-        else:
-            async with run.db.acquire() as conn:
-                await ledger.close_run(conn, run.run_id, run.owner, status, message)
+        async with run.db.acquire() as conn:
+            await ledger.close_run(conn, run.opts.scan.workspace_id, run.run_id, run.owner, status, message)
     except Exception:
         log.debug("could not record the failure of backfill run %s", run.run_id, exc_info=True)
 

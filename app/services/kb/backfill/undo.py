@@ -51,25 +51,27 @@ async def undo_backfill(db: Database, backfill_run_id: uuid.UUID) -> UndoResult:
         if row["dry_run"]:
             raise BadInput(f"backfill run {backfill_run_id} was a dry run and changed nothing")
         workspace_id = row["workspace_id"]
+        # The lock's transaction is the undo's: it commits with the release, or rolls back.
         await ledger.acquire_lock(conn, kind, workspace_id)
         try:
-            async with conn.transaction():
-                undo_id = await ledger.open_undo_run(conn, workspace_id, backfill_run_id)
-                done = await _REVERT[kind](conn, backfill_run_id, undo_id, row)
-                changed_since = max(done.changed - done.reverted - done.already, 0)
-                await ledger.complete_undo_run(conn, undo_id, reverted=done.reverted, changed_since=changed_since,
-                                               already_undone=done.already)
-                if done.reverted:
-                    await ledger.mark_undone(conn, backfill_run_id)
-        finally:
-            await ledger.release_lock(conn, kind, workspace_id)
+            undo_id = await ledger.open_undo_run(conn, workspace_id, backfill_run_id)
+            done = await _REVERT[kind](conn, backfill_run_id, undo_id, row)
+            changed_since = max(done.changed - done.reverted - done.already, 0)
+            await ledger.complete_undo_run(conn, workspace_id, undo_id, reverted=done.reverted,
+                                           changed_since=changed_since, already_undone=done.already)
+            if done.reverted:
+                await ledger.mark_undone(conn, workspace_id, backfill_run_id)
+        except BaseException:
+            await ledger.abandon_lock(conn)
+            raise
+        await ledger.release_lock(conn, kind, workspace_id)
     return UndoResult(backfill_run_id, undo_id, done.changed, done.reverted, changed_since, done.examples,
                       done.already)
 
 
 async def _revert_candidacy(conn: Conn, backfill_run_id: uuid.UUID, undo_id: uuid.UUID, row: Any) -> _Reverted:
     """Back to each run's previous kb_status, from the history rows the backfill wrote."""
-    result, examples, already = await runs.undo_candidacy(conn, backfill_run_id, undo_id)
+    result, examples, already = await runs.undo_candidacy(conn, row["workspace_id"], backfill_run_id, undo_id)
     return _Reverted(int(result["changed_by_backfill"]), int(result["reverted"]), already,
                      [(str(r["run_id"]), r["kb_status"]) for r in examples])
 
