@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -151,11 +151,16 @@ async def status_counts(db: Database, workspace_id: uuid.UUID) -> dict[str, Any]
         }
 
 
-async def trial_window_stats(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID] | None) -> list[Record]:
-    """Per active trial in the windows of these runs (None: in every window), its window's figures."""
-    if run_ids is None:
-        return list(await conn.fetch(q("trial_window_stats"), workspace_id))
-    return list(await conn.fetch(q("trial_window_stats_of_runs"), workspace_id, run_ids))
+async def trial_window_stats(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID] | None,
+                             chunk: int = 20_000) -> AsyncIterator[list[Record]]:
+    """Per active trial in the windows of these runs (None: in every window), its window's
+    figures, `chunk` rows at a time from a cursor (inside the caller's transaction), so a
+    workspace of any size is read in bounded memory."""
+    query, args = (("trial_window_stats", (workspace_id,)) if run_ids is None
+                   else ("trial_window_stats_of_runs", (workspace_id, run_ids)))
+    cursor = await conn.cursor(q(query), *args)
+    while rows := await cursor.fetch(chunk):
+        yield list(rows)
 
 
 async def trials_awaiting_dsr(conn: Conn, workspace_id: uuid.UUID) -> bool:

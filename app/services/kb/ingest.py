@@ -126,7 +126,7 @@ async def ingest(
     written = result.inserted + result.updated + result.evidence + result.archived
     keep = None if dry_run or since is not None else snapshot
     archived, stale, deflated = await retrying(
-        "archiving trials", lambda _: _finish(db, scan, dry_run, written, None if previous is None else touched, keep))
+        "archiving trials", lambda _: _finish(db, scan, dry_run, written, _windows_of(previous, touched), keep))
     result.archived += archived
     result.dsr_updated += deflated
     result.evidence += stale
@@ -151,7 +151,8 @@ async def _pages(db: Database, scan: Pass, cursor: tuple[Any, uuid.UUID], result
             if writing is not None:
                 await writing
             writing = asyncio.ensure_future(_write(db, scan.workspace_id, result, found, evidence, gone))
-            touched.extend(r["id"] for r in page)
+            if incremental and len(touched) <= TOUCHED_AT_MOST:
+                touched.extend(r["id"] for r in page)
             if progress is not None:
                 progress(result.scanned, result.scanned)
         if writing is not None:
@@ -236,6 +237,16 @@ async def _write_page(conn: Conn, workspace_id: uuid.UUID, found: list[TrialRow]
     inserted = sum(1 for r in rows if r["inserted"])
     evaluated = sum(1 for r in rows if r["inserted"] and r["evaluated"])
     return Written(inserted, len(rows) - inserted, len(changed), len(archived), removed, evaluated)
+
+
+# An incremental pass that read more runs than this finishes like a full one (the DSR of
+# every window): a list of the runs read stays bounded in memory and in its query.
+TOUCHED_AT_MOST = 100_000
+
+
+def _windows_of(previous: str | None, touched: list[uuid.UUID]) -> list[uuid.UUID] | None:
+    """The runs whose windows the pass touched (None: every window)."""
+    return None if previous is None or len(touched) > TOUCHED_AT_MOST else touched
 
 
 # After this many rows written, and a tenth of what the planner thinks the tables hold,
@@ -352,15 +363,17 @@ async def _deflate(conn: Conn, workspace_id: uuid.UUID, touched: list[uuid.UUID]
     (after the evidence of this ingest is in), in the windows of the runs touched (None:
     everywhere); only changed values are written. A trial with no window (no evidence)
     is marked evaluated with the reason."""
-    changed = []
-    for r in await trials.trial_window_stats(conn, workspace_id, touched):
-        found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
-        value = None if found is None else round(found.dsr, 6)
-        if value != r["dsr"] or not r["evaluated"]:
-            # A trial whose DSR cannot be computed is marked evaluated all the same.
-            inputs = orjson.dumps(found.to_dict() if found is not None else _NO_DSR).decode()
-            changed.append((r["id"], value, inputs))
-    written = await trials.update_trial_dsr(conn, workspace_id, changed)
+    written = 0
+    async for rows in trials.trial_window_stats(conn, workspace_id, touched):
+        changed = []
+        for r in rows:
+            found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
+            value = None if found is None else round(found.dsr, 6)
+            if value != r["dsr"] or not r["evaluated"]:
+                # A trial whose DSR cannot be computed is marked evaluated all the same.
+                inputs = orjson.dumps(found.to_dict() if found is not None else _NO_DSR).decode()
+                changed.append((r["id"], value, inputs))
+        written += await trials.update_trial_dsr(conn, workspace_id, changed)
     return written + await trials.mark_trials_without_dsr(conn, workspace_id, _NO_DSR_TEXT, touched)
 
 
