@@ -111,6 +111,13 @@ class EvidenceMatrix:
         shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         return shift + np.arange(int(lengths.sum()), dtype=np.int64)
 
+    def value(self, w: int, s: int) -> float:
+        """Set s's Sharpe in window w, NaN where it was not tested there (a window's cells
+        are sorted by set)."""
+        lo, hi = int(self.ptr[w]), int(self.ptr[w + 1])
+        at = lo + int(np.searchsorted(self.cell_set[lo:hi], s))
+        return float(self.cell_sharpe[at]) if at < hi and self.cell_set[at] == s else math.nan
+
     def run_of(self, w: int, s: int) -> uuid.UUID | None:
         lo, hi = int(self.ptr[w]), int(self.ptr[w + 1])
         hits = np.flatnonzero(self.cell_set[lo:hi] == s)

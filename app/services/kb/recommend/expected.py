@@ -42,7 +42,7 @@ def _evidence(m: EvidenceMatrix, scores: Scores, chosen: int, tags_only: bool) -
         "ex_ante_share": round(float(m.ex_ante.mean()), 4),
         "nearest_windows": [
             {"distance": round(float(d), 4), "weight": round(float(w), 4), "tags": list(m.tags[i]),
-             "sharpe_of_choice": rounded(m.row(i)[chosen]), "run_id": _text(m.run_of(i, chosen))}
+             "sharpe_of_choice": rounded(m.value(i, chosen)), "run_id": _text(m.run_of(i, chosen))}
             for i, d, w in zip(scores.nearest[:10].tolist(), scores.distance[:10], scores.weights[:10], strict=True)
         ],
     }

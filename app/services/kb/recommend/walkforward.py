@@ -155,11 +155,11 @@ class Scores:
         inside = self.sets[best(self.score, k)]
         taken = set(self.sets.tolist())
         others: list[int] = []
-        for s in self.outside.tolist():
-            if len(others) >= k:
-                break
-            if s not in taken:
-                others.append(s)
+        start = 0
+        while len(others) < k and start < len(self.outside):  # enough to pass over those taken
+            chunk = self.outside[start:start + k + len(taken)].tolist()
+            others += [s for s in chunk if s not in taken][:k - len(others)]
+            start += len(chunk)
         pool = [(float(self.score[self._at(int(s))]), int(s)) for s in inside]
         pool += [(self.estimate_of(s) - self.penalty, s) for s in others]
         pool = [p for p in pool if math.isfinite(p[0])]
