@@ -36,7 +36,7 @@ from app.services.kb.synthetic.seed import SEED_EPOCH, seed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 KB = [sys.executable, "-m", "app.services.kb.cli"]
-DB_NAME = "kb_bench_scale"
+DB_NAME = os.environ.get("BENCH_DB", "kb_bench_scale")
 
 
 def write_daily_ohlcv(folder: Path) -> Path:
