@@ -198,18 +198,38 @@ class _Cells:
     eligible: np.ndarray
 
     def merged(self, other: _Cells, n_sets: int) -> _Cells:
-        """Both, with cells of the same (window, set) combined; this one's come first."""
-        both = _Cells(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in _CELL_FIELDS))
-        key = both.window * max(n_sets, 1) + both.set
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
-        if not len(key):
-            return both
-        at = order[first]
-        return _Cells(both.window[at], both.set[at], np.add.reduceat(both.sum[order], first),
-                      np.add.reduceat(both.count[order], first), both.run[at],
-                      np.logical_or.reduceat(both.eligible[order], first))
+        """Both, with cells of the same (window, set) combined; this one's come first. This
+        one is sorted by (window, set) already: the other's cells (few, sorted here) are
+        added in place or inserted, so a merge costs one pass, not a sort of everything."""
+        if not len(self.window) or not len(other.window):
+            return _sorted_cells(self if len(self.window) else other, n_sets)
+        new = _sorted_cells(other, n_sets)
+        scale = max(n_sets, 1)
+        old_key, new_key = self.window * scale + self.set, new.window * scale + new.set
+        at = np.searchsorted(old_key, new_key)
+        hit = old_key[np.minimum(at, len(old_key) - 1)] == new_key
+        total, count, eligible = self.sum.copy(), self.count.copy(), self.eligible.copy()
+        total[at[hit]] += new.sum[hit]
+        count[at[hit]] += new.count[hit]
+        eligible[at[hit]] |= new.eligible[hit]
+        put, fresh = at[~hit], ~hit
+        return _Cells(np.insert(self.window, put, new.window[fresh]), np.insert(self.set, put, new.set[fresh]),
+                      np.insert(total, put, new.sum[fresh]), np.insert(count, put, new.count[fresh]),
+                      np.insert(self.run, put, new.run[fresh], axis=0), np.insert(eligible, put, new.eligible[fresh]))
+
+
+def _sorted_cells(both: _Cells, n_sets: int) -> _Cells:
+    """Cells sorted by (window, set), those of one (window, set) combined (the first's run kept)."""
+    if not len(both.window):
+        return both
+    key = both.window * max(n_sets, 1) + both.set
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    at = order[first]
+    return _Cells(both.window[at], both.set[at], np.add.reduceat(both.sum[order], first),
+                  np.add.reduceat(both.count[order], first), both.run[at],
+                  np.logical_or.reduceat(both.eligible[order], first))
 
 
 _CELL_FIELDS = ("window", "set", "sum", "count", "run", "eligible")

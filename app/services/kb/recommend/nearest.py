@@ -158,11 +158,12 @@ def _top_by_tags(matrix: TrialMatrix, mask: np.ndarray, query_tags: frozenset[st
 
 
 def _ranked(matrix: TrialMatrix, query: RecommendQuery, mask: np.ndarray, qvec: np.ndarray | None,
-            idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+            idx: np.ndarray | None,
+            considered: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """The top trials (indices into the matrix), their feature similarity, tag overlap,
     distance (None: a tags-only query) and score, best first."""
-    k = min(query.top_k, len(idx))
-    if qvec is None:
+    k = min(query.top_k, considered)
+    if qvec is None or idx is None:
         top, tag_sim, score = _top_by_tags(matrix, mask, query.tag_set, k)
         return top, tag_sim, tag_sim, None, score
     tag_sim = _tag_similarity(matrix, idx, query.tag_set)
@@ -183,32 +184,34 @@ def nearest_trials(matrix: TrialMatrix, query: RecommendQuery) -> Recommendation
     qvec = matrix.scaling.query(query.regime)
     if qvec is not None:
         mask &= matrix.has_features
-    idx = np.flatnonzero(mask)
+    # A tags-only query never needs the candidates' positions, only how many there are.
+    idx = np.flatnonzero(mask) if qvec is not None else None
+    considered = len(idx) if idx is not None else int(np.count_nonzero(mask))
     echo = {"strategy_name": query.strategy_name, "tags": sorted(query.tag_set),
             "features": None if query.regime is None else dict(zip(FEATURE_NAMES, query.regime.feature_vector(),
                                                                    strict=True))}
 
     def answer(status: str = "none", **kw: Any) -> Recommendation:
         return Recommendation(status=status, confidence=kw.pop("confidence", 0.0), params=kw.pop("params", {}),
-                              considered=len(idx), supporting_trials=kw.pop("supporting_trials", []),
+                              considered=considered, supporting_trials=kw.pop("supporting_trials", []),
                               reasons=tuple(reasons), suggested_actions=tuple(actions), query=echo,
                               method="median", **kw)
 
-    if len(idx) == 0:
+    if considered == 0:
         reasons.append("no_trials")
         actions.extend(["run backfill-regime and backfill-candidacy, then kb ingest",
                         f"check the strategy name {query.strategy_name!r}"])
         if query.symbol and not query.pool:
             actions.append("or pass --pool to use other instruments' trials at this bar size")
         return answer()
-    if qvec is not None:
+    if qvec is not None and idx is not None:
         nearest_d = float(rms_distances(matrix.scaled, matrix.squared_norms, qvec)[idx].min())
         if nearest_d > OOD_DISTANCE:
             reasons.append("out_of_distribution")
             actions.append("the KB has no trials from a regime like this one: backfill older data or wait for "
                            "runs in this regime")
             return answer(nearest_distance=nearest_d)
-    top, feat_sim, tag_sim, dist, score = _ranked(matrix, query, mask, qvec, idx)
+    top, feat_sim, tag_sim, dist, score = _ranked(matrix, query, mask, qvec, idx, considered)
     chosen_params = [orjson.loads(matrix.columns.params[i]) for i in top.tolist()]
     params, spread = aggregate_params(chosen_params, np.maximum(score, 1e-9))
     status = _support_status(len(top), reasons, actions)

@@ -135,8 +135,8 @@ class TrialMatrix:
     def of(cls, columns: TrialColumns, revision: int, tag_sets: Vocabulary, labels: Vocabulary) -> TrialMatrix:
         feats = columns.features
         has = ~np.isnan(feats).any(axis=1)
-        scaling = RobustScale.fit(feats[has].astype(float))
-        scaled = scaling.apply(feats).astype(np.float32)
+        scaling = RobustScale.fit(feats if has.all() else feats[has])
+        scaled = (feats - scaling.center.astype(np.float32)) / scaling.scale.astype(np.float32)
         known = sorted(set().union(*tag_sets.values)) if tag_sets.values else []
         vocab = {t: i for i, t in enumerate(known[:MAX_TAG_BITS])}
         bits = np.array([sum(1 << vocab[t] for t in ts if t in vocab) for ts in tag_sets.values], dtype=np.int64)
