@@ -1,4 +1,4 @@
-"""Shared set-up for the bench scripts: a fresh, migrated database."""
+"""Shared set-up for the bench scripts: a fresh, migrated database, and daily bars for seeded runs."""
 
 from __future__ import annotations
 
@@ -49,3 +49,23 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+def write_daily_ohlcv(folder: Path) -> Path:
+    """Daily bars of the seeded symbols SYM0..SYM2 (`kb seed`, bench_regime), from 400 days
+    before the first OOS window (2025-01-01) to well past the last."""
+    import numpy as np  # noqa: PLC0415  (only the benches that price runs need these)
+    import pandas as pd  # noqa: PLC0415
+
+    from app.services.kb.synthetic.seed import SEED_EPOCH  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    days = pd.date_range(pd.Timestamp(SEED_EPOCH) - pd.Timedelta(days=400), periods=1000, freq="D")
+    frames = []
+    for k in range(3):
+        close = 100 * np.exp(np.cumsum(rng.normal(0.0003 * (k - 1), 0.015, len(days))))
+        frames.append(pd.DataFrame({"symbol": f"SYM{k}", "timestamp": days, "open": close,
+                                    "high": close * 1.01, "low": close * 0.99, "close": close}))
+    path = folder / "daily.parquet"
+    pd.concat(frames).to_parquet(path)
+    return path

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-from _common import env_int, fresh_database, peak_rss_mb, run
+from _common import env_int, fresh_database, peak_rss_mb, run, write_daily_ohlcv
 
 from app.db import Database
 from app.db.runs import copy_run_records
@@ -34,20 +34,6 @@ from app.services.kb.regime.ohlcv import OhlcvData, load_ohlcv
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 _COLUMNS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_name", "params", "dataset_meta",
             "summary", "kb_status")
-
-
-def write_daily_ohlcv(folder: Path) -> Path:
-    """Daily bars of SYM0..SYM2 from 400 days before the first OOS window to well past the last."""
-    rng = np.random.default_rng(3)
-    days = pd.date_range(pd.Timestamp(EPOCH) - pd.Timedelta(days=400), periods=1000, freq="D")
-    frames = []
-    for k in range(3):
-        close = 100 * np.exp(np.cumsum(rng.normal(0.0003 * (k - 1), 0.015, len(days))))
-        frames.append(pd.DataFrame({"symbol": f"SYM{k}", "timestamp": days, "open": close,
-                                    "high": close * 1.01, "low": close * 0.99, "close": close}))
-    path = folder / "daily.parquet"
-    pd.concat(frames).to_parquet(path)
-    return path
 
 
 async def seed(db: Database, ws: uuid.UUID, runs: int) -> None:

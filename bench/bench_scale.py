@@ -27,31 +27,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
-import pandas as pd
-from _common import env_int, fresh_database, run
+from _common import env_int, fresh_database, run, write_daily_ohlcv
 
 from app.db import with_database
 from app.db.embedded import database_url
-from app.services.kb.synthetic.seed import SEED_EPOCH, seed_runs
+from app.services.kb.synthetic.seed import seed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 KB = [sys.executable, "-m", "app.services.kb.cli"]
 DB_NAME = os.environ.get("BENCH_DB", "kb_bench_scale")
-
-
-def write_daily_ohlcv(folder: Path) -> Path:
-    """Daily bars for the seeded symbols SYM0..SYM2, a year before the first OOS window
-    to well past the last."""
-    rng = np.random.default_rng(3)
-    days = pd.date_range(pd.Timestamp(SEED_EPOCH) - pd.Timedelta(days=400), periods=1000, freq="D")
-    frames = []
-    for k in range(3):
-        close = 100 * np.exp(np.cumsum(rng.normal(0.0003 * (k - 1), 0.015, len(days))))
-        frames.append(pd.DataFrame({"symbol": f"SYM{k}", "timestamp": days, "open": close,
-                                    "high": close * 1.01, "low": close * 0.99, "close": close}))
-    path = folder / "daily.parquet"
-    pd.concat(frames).to_parquet(path)
-    return path
 
 
 def run_measured(url: str, *argv: str) -> tuple[dict[str, object], float, float]:

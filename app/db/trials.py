@@ -27,11 +27,6 @@ def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(c) for c in zip(*rows, strict=True)]
 
 
-async def kb_revision(db: Database | Conn, workspace_id: uuid.UUID) -> int:
-    """The workspace's KB revision: bumped by every ingest that changes trials or evidence."""
-    return int(await db.fetchval(q("trial_revision"), workspace_id) or 0)
-
-
 async def begin_write(conn: Conn, workspace_id: uuid.UUID) -> int:
     """Inside a transaction: wait for the workspace's other KB writers, and return the
     revision this write stamps on the rows it changes."""

@@ -130,9 +130,6 @@ SET revision = greatest(s.revision, EXCLUDED.revision),
 -- name: strategy_revision
 SELECT revision, reset_revision FROM kb_strategy_revisions WHERE workspace_id = $1 AND strategy_name = $2
 
--- name: trial_revision
-SELECT revision FROM kb_trial_revisions WHERE workspace_id = $1
-
 -- name: load_trials
 -- Active trials of a strategy written after revision $3 (-1: all of them).
 SELECT id, source_run_id, symbol, timeframe, regime_features, regime_tags, sharpe, return_frac, max_dd_frac,

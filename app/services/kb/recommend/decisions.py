@@ -134,13 +134,6 @@ def _row(m: EvidenceMatrix, w: int) -> tuple[np.ndarray, np.ndarray]:
     return m.cell_set[lo:hi], m.cell_sharpe[lo:hi]
 
 
-def _lookup(sets: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Sharpe of each wanted set in a window, NaN where it was not tested."""
-    at = np.minimum(np.searchsorted(sets, wanted), max(len(sets) - 1, 0))
-    hit = (sets[at] == wanted) if len(sets) else np.zeros(len(wanted), dtype=bool)
-    return np.where(hit, values[at] if len(sets) else np.nan, np.nan)
-
-
 def _choices(m: EvidenceMatrix, h: History, near: np.ndarray, near_d: np.ndarray,
              tunings: tuple[Tuning, ...], sd: float, z: float) -> tuple[np.ndarray, np.ndarray]:
     """Per tuning: the set with the best local score and its estimate."""
@@ -199,7 +192,7 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome
         sd, z = h.pooled_sd, h.z
         gb = h.global_best(sd, z)
         sets_j, sharpe_j = _row(m, j)
-        realised_gb = _lookup(sets_j, sharpe_j, np.array([gb]))[0]
+        realised_gb = m.value(j, gb)
         if gb < 0 or not math.isfinite(realised_gb):
             continue
         d = rms_distances(scaled[:seen], norms[:seen], m.scaled_features[j])
@@ -209,8 +202,8 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome
         cand = sets_j[cand_at]
         means = h.total[cand] / h.n[cand]
         median_set = int(cand[np.argsort(means, kind="stable")][len(cand) // 2])
-        realised = _lookup(sets_j, sharpe_j, chosen)
+        realised = m.values(j, chosen)
         out.append(Outcome(j, np.isfinite(realised), chosen, estimate, np.nan_to_num(realised), gb, h.mean(gb),
-                           float(realised_gb), float(_lookup(sets_j, sharpe_j, np.array([median_set]))[0]),
+                           float(realised_gb), m.value(j, median_set),
                            float(np.mean(sharpe_j[cand_at])), float(np.max(sharpe_j)), h.prior))
     return out

@@ -111,12 +111,17 @@ class EvidenceMatrix:
         shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         return shift + np.arange(int(lengths.sum()), dtype=np.int64)
 
+    def values(self, w: int, wanted: np.ndarray) -> np.ndarray:
+        """Each wanted set's Sharpe in window w, NaN where it was not tested there (a
+        window's cells are sorted by set)."""
+        sets = self.cell_set[self.ptr[w]:self.ptr[w + 1]]
+        if not len(sets):
+            return np.full(len(wanted), np.nan)
+        at = np.minimum(np.searchsorted(sets, wanted), len(sets) - 1)
+        return np.where(sets[at] == wanted, self.cell_sharpe[self.ptr[w] + at], np.nan)
+
     def value(self, w: int, s: int) -> float:
-        """Set s's Sharpe in window w, NaN where it was not tested there (a window's cells
-        are sorted by set)."""
-        lo, hi = int(self.ptr[w]), int(self.ptr[w + 1])
-        at = lo + int(np.searchsorted(self.cell_set[lo:hi], s))
-        return float(self.cell_sharpe[at]) if at < hi and self.cell_set[at] == s else math.nan
+        return float(self.values(w, np.array([s]))[0])
 
     def run_of(self, w: int, s: int) -> uuid.UUID | None:
         lo, hi = int(self.ptr[w]), int(self.ptr[w + 1])

@@ -100,6 +100,45 @@ def _trend(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r2, direction
 
 
+def _rsi(avg_gain: np.ndarray, avg_loss: np.ndarray) -> np.ndarray:
+    rs = _safe_div(avg_gain, avg_loss)
+    return np.where(avg_loss > 0, 100.0 - 100.0 / (1.0 + rs), np.where(avg_gain > 0, 100.0, 50.0))
+
+
+def _band(tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread of the trailing bars. Constant prices leave floating-point residue in
+    the mean: a spread below 1e-12 of the price level is no spread (else zscore would be
+    +-1 on flat prices)."""
+    sma = tail.mean(axis=1)
+    std = np.sqrt(np.maximum(((tail - sma[:, None]) ** 2).mean(axis=1), 0.0))
+    return sma, np.where(std <= 1e-12 * np.abs(sma), 0.0, std)
+
+
+def _feature_dict(h: np.ndarray, lo: np.ndarray, c: np.ndarray, first: np.ndarray, steps: Any, atr: np.ndarray,
+                  rsi: np.ndarray, er: np.ndarray, bad: np.ndarray) -> dict[str, np.ndarray]:
+    """The features of a block from its parts (`steps`: bars minus one, per window or one for all)."""
+    last = c[:, -1]
+    sma, std = _band(c[:, -min(BB_PERIOD, c.shape[1]):])
+    r2, direction = _trend(c)
+    ret = _safe_div(last, first, 1.0) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drift = np.log(_safe_div(last, first, 1.0)) / np.maximum(steps, 1) * 1e4
+    return {
+        "atr_pct": _safe_div(atr, last),
+        "rsi": rsi,
+        "bb_width_pct": _safe_div(2.0 * BB_STD * std, sma),
+        "std_pct": _safe_div(std, last),
+        "range_pct": _safe_div(h.max(axis=1) - lo.min(axis=1), last),
+        "zscore": _safe_div(last - sma, std),
+        "trend_strength": r2,
+        "trend_dir": direction,
+        "efficiency_ratio": er,
+        "return_pct": ret,
+        "drift_bps_per_bar": np.nan_to_num(drift, nan=0.0, posinf=0.0, neginf=0.0),
+        "_bad_ticks": bad,
+    }
+
+
 def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
     """All features for a (windows x bars) block whose windows share one length."""
     n = c.shape[1]
@@ -115,22 +154,12 @@ def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict
     if n > 1:
         delta = np.diff(c, axis=1)
         w = _wilder_weights(n - 1, RSI_PERIOD)
-        avg_gain = np.maximum(delta, 0.0) @ w
-        avg_loss = np.maximum(-delta, 0.0) @ w
-        rs = _safe_div(avg_gain, avg_loss)
-        rsi = np.where(avg_loss > 0, 100.0 - 100.0 / (1.0 + rs), np.where(avg_gain > 0, 100.0, 50.0))
+        rsi = _rsi(np.maximum(delta, 0.0) @ w, np.maximum(-delta, 0.0) @ w)
+        bad = (np.abs(_safe_div(delta, c[:, :-1])) > BAD_TICK_JUMP).any(axis=1)
     else:
         delta = np.zeros((c.shape[0], 0))
         rsi = np.full(c.shape[0], 50.0)
-
-    tail = c[:, -min(BB_PERIOD, n):]
-    sma = tail.mean(axis=1)
-    std = np.sqrt(np.maximum(((tail - sma[:, None]) ** 2).mean(axis=1), 0.0))
-    # Constant prices leave floating-point residue in the mean: a spread below 1e-12 of the
-    # price level is no spread (else zscore would be +-1 on flat prices).
-    std = np.where(std <= 1e-12 * np.abs(sma), 0.0, std)
-
-    r2, direction = _trend(c)
+        bad = np.zeros(c.shape[0], dtype=bool)
 
     p = min(ER_MAX_PERIOD, n // 2)
     if p >= 1:
@@ -138,26 +167,7 @@ def _features_equal_length(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> dict
         er = np.clip(_safe_div(np.abs(last - c[:, -1 - p]), path), 0.0, 1.0)
     else:
         er = np.zeros(c.shape[0])
-
-    first = c[:, 0]
-    ret = _safe_div(last, first, 1.0) - 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drift = np.log(_safe_div(last, first, 1.0)) / max(n - 1, 1) * 1e4
-    return {
-        "atr_pct": _safe_div(atr, last),
-        "rsi": rsi,
-        "bb_width_pct": _safe_div(2.0 * BB_STD * std, sma),
-        "std_pct": _safe_div(std, last),
-        "range_pct": _safe_div(h.max(axis=1) - lo.min(axis=1), last),
-        "zscore": _safe_div(last - sma, std),
-        "trend_strength": r2,
-        "trend_dir": direction,
-        "efficiency_ratio": er,
-        "return_pct": ret,
-        "drift_bps_per_bar": np.nan_to_num(drift, nan=0.0, posinf=0.0, neginf=0.0),
-        "_bad_ticks": (np.abs(_safe_div(delta, c[:, :-1])) > BAD_TICK_JUMP).any(axis=1) if n > 1
-        else np.zeros(c.shape[0], dtype=bool),
-    }
+    return _feature_dict(h, lo, c, c[:, 0], n - 1, atr, rsi, er, bad)
 
 
 @cache
@@ -189,39 +199,12 @@ def _features_aligned(h: np.ndarray, lo: np.ndarray, c: np.ndarray, lengths: np.
     tr[:, 0] = h[:, 0] - lo[:, 0]
     atr = np.einsum("ij,ij->i", tr, _aligned_weights(ATR_PERIOD, REGIME_WINDOW_BARS)[lengths, -m:])
     w = _aligned_weights(RSI_PERIOD, REGIME_WINDOW_BARS - 1)[lengths - 1, -(m - 1):]
-    avg_gain = np.einsum("ij,ij->i", np.maximum(delta, 0.0), w)
-    avg_loss = np.einsum("ij,ij->i", np.maximum(-delta, 0.0), w)
-    rs = _safe_div(avg_gain, avg_loss)
-    rsi = np.where(avg_loss > 0, 100.0 - 100.0 / (1.0 + rs), np.where(avg_gain > 0, 100.0, 50.0))
-
-    tail = c[:, -BB_PERIOD:]
-    sma = tail.mean(axis=1)
-    std = np.sqrt(np.maximum(((tail - sma[:, None]) ** 2).mean(axis=1), 0.0))
-    std = np.where(std <= 1e-12 * np.abs(sma), 0.0, std)  # see _features_equal_length
-    r2, direction = _trend(c)
-
+    rsi = _rsi(np.einsum("ij,ij->i", np.maximum(delta, 0.0), w), np.einsum("ij,ij->i", np.maximum(-delta, 0.0), w))
     p = np.minimum(ER_MAX_PERIOD, lengths // 2)
     path = np.where(np.arange(m - 1)[None, :] >= (m - 1 - p)[:, None], np.abs(delta), 0.0).sum(axis=1)
     er = np.clip(_safe_div(np.abs(last - c[rows, m - 1 - p]), path), 0.0, 1.0)
-
-    first = c[rows, first_col]
-    ret = _safe_div(last, first, 1.0) - 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drift = np.log(_safe_div(last, first, 1.0)) / np.maximum(lengths - 1, 1) * 1e4
-    return {
-        "atr_pct": _safe_div(atr, last),
-        "rsi": rsi,
-        "bb_width_pct": _safe_div(2.0 * BB_STD * std, sma),
-        "std_pct": _safe_div(std, last),
-        "range_pct": _safe_div(h.max(axis=1) - lo.min(axis=1), last),
-        "zscore": _safe_div(last - sma, std),
-        "trend_strength": r2,
-        "trend_dir": direction,
-        "efficiency_ratio": er,
-        "return_pct": ret,
-        "drift_bps_per_bar": np.nan_to_num(drift, nan=0.0, posinf=0.0, neginf=0.0),
-        "_bad_ticks": (np.abs(_safe_div(delta, prev)) > BAD_TICK_JUMP).any(axis=1),
-    }
+    bad = (np.abs(_safe_div(delta, prev)) > BAD_TICK_JUMP).any(axis=1)
+    return _feature_dict(h, lo, c, c[rows, first_col], lengths - 1, atr, rsi, er, bad)
 
 
 def compute_feature_batch(
