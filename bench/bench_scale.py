@@ -1,5 +1,5 @@
-"""Scale check: the real `kb` commands on a 1,000,000-run workspace and on a 100,000-run
-one, each in its own process, with that process's peak RSS (from wait4). Flat memory
+"""Scale check: the real `kb` commands (import of a sweep file, both backfills, ingest) on a
+1,000,000-run workspace and on a 100,000-run one, each in its own process, with that process's peak RSS (from wait4). Flat memory
 means the two peaks are about equal. Then `kb serve` answers 200 concurrent recommend
 requests per round from a local client; prints errors and latency percentiles.
 
@@ -76,6 +76,38 @@ async def start_serve(url: str) -> tuple[asyncio.subprocess.Process, int]:
                 pass
             await asyncio.sleep(0.1)
     return server, port
+
+
+def write_sweep(path: Path, rows: int, seed: int) -> Path:
+    """A researcher's sweep export of `rows` runs (backtesting.py-style stats and param
+    columns) on the seeded symbols and dates, written in parts (memory stays small)."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    from app.services.kb.synthetic.seed import SEED_EPOCH  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    strategies = np.array(["mean_rev", "breakout", "trend_follow"])
+    writer = None
+    for lo in range(0, rows, 500_000):
+        n = min(500_000, rows - lo)
+        k = rng.integers(0, 3, n)
+        eligible, failure = rng.random(n) < 0.3, rng.integers(0, 3, n)  # the ineligible fail one gate each
+        start = np.datetime64(SEED_EPOCH.replace(tzinfo=None), "ms") + rng.integers(0, 300, n) * np.timedelta64(1, "D")
+        table = pa.table({
+            "strategy_name": strategies[k], "param_lookback": rng.integers(5, 100, n),
+            "param_z_entry": rng.uniform(0.5, 3, n).round(3), "symbol": np.char.add("SYM", k.astype(str)),
+            "timeframe": np.full(n, "1d"), "Start": start, "End": start + rng.integers(20, 120, n) * np.timedelta64(1, "D"),
+            "Sharpe Ratio": np.where(eligible | (failure != 2), rng.uniform(0.1, 3, n), rng.uniform(-2, 0.09, n)).round(4),
+            "Max. Drawdown [%]": -np.where(eligible | (failure != 1), rng.uniform(1, 25, n), rng.uniform(25.5, 80, n)).round(3),
+            "# Trades": np.where(eligible | (failure != 0), rng.integers(5, 200, n), rng.integers(0, 5, n)),
+            "Return [%]": rng.normal(5, 10, n).round(3), "run_id": np.char.add(f"s{seed}-", np.arange(lo, lo + n).astype(str)),
+        })
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    if writer is not None:
+        writer.close()
+    return path
 
 
 def rss_mb(pid: int) -> float:
@@ -193,13 +225,21 @@ async def main() -> None:
     url = with_database(database_url(), DB_NAME)
     ohlcv = write_daily_ohlcv(Path(tempfile.mkdtemp()))
     if big:  # BENCH_RUNS=0: only the one-strategy part
-        spaces = {}
+        spaces, peaks = {}, []
         for n in (small, big):
             ws = uuid.uuid4()
             t0 = time.perf_counter()
-            await seed_runs(db, ws, n)
-            print(f"seeded {n:,} runs in {time.perf_counter() - t0:.1f}s", flush=True)
+            sweep = write_sweep(ohlcv.parent / f"sweep-{n}.parquet", n, seed=n)
+            print(f"wrote a {n:,}-run sweep file in {time.perf_counter() - t0:.1f}s "
+                  f"({sweep.stat().st_size / 2**20:,.0f} MB)", flush=True)
+            report, wall, peak = run_measured(url, "import", str(sweep), "--workspace-id", str(ws))
+            sweep.unlink()
+            peaks.append(peak)
+            print(f"{'import':<19} {n:>9,} runs: read {report['rows']:,}, wrote {report['imported']:,} in {wall:.1f}s "
+                  f"({report['rows'] / wall:,.0f} rows/s wall incl. start-up); peak RSS {peak:,.0f} MB", flush=True)
             spaces[n] = ws
+        print(f"{'import':<19} peak RSS {peaks[0]:,.0f} MB at {small:,} runs vs {peaks[1]:,.0f} MB at {big:,} "
+              f"({peaks[1] / peaks[0]:.2f}x for {big / small:.0f}x the runs)", flush=True)
         await db.execute("VACUUM ANALYZE")
         steps = [
             ("backfill-regime", ["--ohlcv-file", str(ohlcv), "--timeframe", "1d", "--batch-size", "1000",

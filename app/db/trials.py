@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -49,26 +51,33 @@ async def strategy_revision(db: Database | Conn, workspace_id: uuid.UUID, strate
     return (0, 0) if row is None else (int(row["revision"]), int(row["reset_revision"]))
 
 
-async def load_snapshot(db: Database, query: str, workspace_id: uuid.UUID, strategy: str,
-                        after: int) -> tuple[int, int, list[Record]]:
-    """A strategy's (revision, reset revision) and its rows written after revision `after`
-    (-1: all), read in one snapshot: the rows are exactly those of that revision."""
+LOAD_CHUNK = 20_000  # rows per fetch of a matrix load: what it holds as records at once
+
+
+@dataclass
+class Snapshot:
+    """A strategy's rows as of one revision, read from a cursor in chunks."""
+
+    revision: int
+    after: int  # the rows are those written after this revision; -1: all of them
+    cursor: Any
+
+    async def chunks(self, size: int = LOAD_CHUNK) -> AsyncIterator[list[Record]]:
+        while rows := await self.cursor.fetch(size):
+            yield list(rows)
+
+
+@asynccontextmanager
+async def strategy_snapshot(db: Database, query: str, workspace_id: uuid.UUID, strategy: str,
+                            after: int) -> AsyncIterator[Snapshot]:
+    """A strategy's (revision) and a cursor over its rows written after revision `after`
+    (-1: all), in one snapshot: the rows are exactly those of that revision. After a
+    reset (rows already loaded changed or left) every row is read again."""
     async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         revision, reset = await strategy_revision(conn, workspace_id, strategy)
         if reset > after >= 0:
-            after = -1  # rows already loaded changed or left since: everything again
-        rows = await conn.fetch(q(query), workspace_id, strategy, after)
-        return revision, (-1 if after < 0 else after), list(rows)
-
-
-async def load_trials(db: Database, workspace_id: uuid.UUID, strategy: str,
-                      after: int = -1) -> tuple[int, int, list[Record]]:
-    return await load_snapshot(db, "load_trials", workspace_id, strategy, after)
-
-
-async def load_evidence(db: Database, workspace_id: uuid.UUID, strategy: str,
-                        after: int = -1) -> tuple[int, int, list[Record]]:
-    return await load_snapshot(db, "load_evidence", workspace_id, strategy, after)
+            after = -1
+        yield Snapshot(revision, -1 if after < 0 else after, await conn.cursor(q(query), workspace_id, strategy, after))
 
 
 async def trial_dsr(db: Database, workspace_id: uuid.UUID, trial_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:

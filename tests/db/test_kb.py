@@ -113,14 +113,14 @@ async def test_concurrent_cold_requests_share_one_trial_load(db, make_workspace,
                        for i in range(30)])
     await ingest(db, ws)
     loads = 0
-    load = trials_db.load_snapshot
+    snapshot = trials_db.strategy_snapshot
 
-    async def counting_load(db, query, *args):
+    def counting_snapshot(db, query, *args):
         nonlocal loads
         loads += query == "load_trials"
-        return await load(db, query, *args)
+        return snapshot(db, query, *args)
 
-    monkeypatch.setattr(trials_db, "load_snapshot", counting_load)
+    monkeypatch.setattr(trials_db, "strategy_snapshot", counting_snapshot)
     cache = TrialCache()
     results = await asyncio.gather(*(recommend(db, RecommendQuery(ws, "s", tags=("uptrend",), top_k=5), cache)
                                      for _ in range(50)))

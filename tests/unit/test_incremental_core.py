@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from app.services.kb.recommend.decisions import walk_forward
-from app.services.kb.recommend.evidence import EvidenceMatrix, build_matrix, extend_matrix
+from app.services.kb.recommend.evidence import EvidenceBuilder, EvidenceMatrix, build_matrix, extend_matrix
 from app.services.kb.recommend.nearest import (
     W_FEATURES,
     W_QUALITY,
@@ -34,7 +34,8 @@ from app.services.kb.recommend.nested import (
     replay,
 )
 from app.services.kb.recommend.query import RecommendQuery, Scope
-from app.services.kb.recommend.trial_matrix import build_trial_matrix
+from app.services.kb.recommend.scaling import RobustScale
+from app.services.kb.recommend.trial_matrix import TrialBuilder, build_trial_matrix
 from app.services.kb.recommend.walkforward import (
     MIN_PRIOR_WINDOWS,
     TUNINGS,
@@ -275,14 +276,23 @@ def _trial_rows(n: int, seed: int) -> list[dict[str, Any]]:
 
 def test_an_appended_trial_matrix_ranks_as_one_built_from_all_rows() -> None:
     rows = _trial_rows(500, 3)
-    appended = build_trial_matrix(rows[:300], 1).extend(rows[300:450], 2).extend(rows[450:], 3)
+    first = build_trial_matrix(rows[:300], 1)
+    first.by_tag_set()  # orders that exist are carried into the appended matrix by insertion
+    appended = first.extend(rows[300:450], 2).extend(rows[450:], 3)
+    again = first.extend(rows[300:320], 2)  # a second append from one matrix copies its rows
     fresh = build_trial_matrix(rows, 3)
+    assert [g.tolist() for g in appended.by_tag_set()[0]] == [g.tolist() for g in fresh.by_tag_set()[0]]
+    assert np.array_equal(appended.by_tag_set()[1], fresh.by_tag_set()[1])
+    assert np.array_equal(appended.scaling.center, fresh.scaling.center)
+    assert np.array_equal(appended.scaling.scale, fresh.scaling.scale)
+    assert [again.trial_id(i) for i in range(320)] == [r["id"] for r in rows[:320]]
+    assert [first.trial_id(i) for i in range(300)] == [r["id"] for r in rows[:300]]
     assert len(appended) == len(fresh) == 500 and appended.revision == 3
     assert [appended.trial_id(i) for i in range(500)] == [r["id"] for r in rows]
     assert np.array_equal(appended.scaled, fresh.scaled, equal_nan=True)
     assert np.array_equal(appended.tag_bits(np.arange(500)), fresh.tag_bits(np.arange(500)))
     assert [appended.tags(i) for i in range(500)] == [frozenset(r["regime_tags"]) for r in rows]
-    assert appended.nbytes() < 500 * 400  # compact: a few hundred bytes per trial
+    assert appended.nbytes() < 500 * 400  # compact: a few hundred bytes per trial, spare rows included
 
 
 def test_an_empty_matrix_appends() -> None:
@@ -326,3 +336,69 @@ def test_a_tags_query_takes_the_top_trials_as_scoring_every_trial(min_sharpe: fl
         expected = sorted(score.tolist(), reverse=True)[:20]
         top, _, got = _top_by_tags(m, mask, frozenset(tags), 20)
         assert got.tolist() == pytest.approx(expected) and mask[top].all() and len(set(top.tolist())) == 20
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 17, 1000, 4097])
+def test_the_robust_scale_of_sorted_columns_is_numpys_percentile_to_the_bit(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for values in (rng.normal(size=(n, 10)) * rng.choice([1e-3, 1.0, 100.0], size=10),
+                   np.round(rng.normal(size=(n, 10)), 1)):  # ties
+        x = values.astype(np.float32)
+        fitted = RobustScale.fit(x)
+        kept = RobustScale.of_sorted([np.sort(x[:, j]) for j in range(10)])
+        assert np.array_equal(fitted.center, kept.center) and np.array_equal(fitted.scale, kept.scale)
+    nothing = [np.zeros(0, np.float32)] * 10
+    assert np.array_equal(RobustScale.of_sorted(nothing).scale, RobustScale.fit(np.zeros((0, 10))).scale)
+
+
+# Matrices taken from rows chunk by chunk (as a cache load reads them from a cursor), and
+# appends that run beside each other or fail half-way.
+
+def _chunks(rows: list, size: int) -> list[list]:
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def test_a_trial_matrix_taken_in_chunks_is_the_one_built_at_once() -> None:
+    rows = _trial_rows(700, 5)
+    builder = TrialBuilder()
+    for chunk in _chunks(rows, 64):
+        builder.take(chunk)
+    chunked, whole = builder.finish(1), build_trial_matrix(rows, 1)
+    assert [chunked.trial_id(i) for i in range(700)] == [whole.trial_id(i) for i in range(700)]
+    assert np.array_equal(chunked.scaled, whole.scaled, equal_nan=True)
+    assert np.array_equal(chunked.quality, whole.quality)
+    assert [g.tolist() for g in chunked.by_tag_set()[0]] == [g.tolist() for g in whole.by_tag_set()[0]]
+    appended = TrialBuilder(build_trial_matrix(rows[:300], 1))
+    for chunk in _chunks(rows[300:], 50):
+        appended.take(chunk)
+    assert np.array_equal(appended.finish(2).scaled, whole.scaled, equal_nan=True)
+
+
+def test_an_evidence_matrix_taken_in_chunks_is_the_one_built_at_once() -> None:
+    rows = _evidence_rows(7)
+    builder = EvidenceBuilder()
+    for chunk in _chunks(rows, 37):
+        builder.take(chunk)
+    assert _cells(builder.finish(1)) == _cells(build_matrix(rows, 1))
+    base = build_matrix(rows[:500], 1)
+    appending = EvidenceBuilder(base)
+    for chunk in _chunks(rows[500:], 41):
+        appending.take(chunk)
+    assert _cells(appending.finish(2)) == _cells(build_matrix(rows, 2))
+
+
+def test_two_appends_to_one_matrix_at_once_and_a_failed_one_leave_every_matrix_right() -> None:
+    rows = _evidence_rows(8, windows=120)
+    base = build_matrix(rows[:400], 1)
+    first = EvidenceBuilder(base).take(rows[400:700])  # still taking rows when the second starts
+    second = EvidenceBuilder(base).take(rows[400:900])
+    assert second.index is not base.index  # the index was busy: the second works on a copy
+    assert _cells(second.finish(3)) == _cells(build_matrix(rows[:900], 3))
+    assert _cells(first.finish(2)) == _cells(build_matrix(rows[:700], 2))
+    EvidenceBuilder(base).take(rows[700:])  # a load that failed after taking rows: never finished
+    assert _cells(extend_matrix(base, rows[400:], 4)) == _cells(build_matrix(rows, 4))
+    fresh = build_matrix(rows[:400], 1)
+    failed = EvidenceBuilder(fresh).take(rows[400:800])  # took the index itself, then failed
+    assert failed.index is fresh.index
+    assert _cells(extend_matrix(fresh, rows[400:], 4)) == _cells(build_matrix(rows, 4))
+    assert _cells(extend_matrix(fresh, rows[400:600], 2)) == _cells(build_matrix(rows[:600], 2))

@@ -13,11 +13,11 @@ import pytest
 
 from app.services.kb.importing.fields import resolve_mapping
 from app.services.kb.importing.rows import prepare
+from app.services.kb.recommend.decisions import walk_forward
 from app.services.kb.recommend.evidence import build_matrix
 from app.services.kb.recommend.nested import MIN_CALIBRATION, Model, calibrate, replay
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.scaling import MIN_SCALE, RobustScale
-from app.services.kb.recommend.decisions import walk_forward
 from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, Outcome, Tuning
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from app.db import Database
-from app.db.trials import load_evidence, load_trials, strategy_revision
-from app.services.kb.recommend.evidence import EvidenceMatrix, build_matrix, extend_matrix
+from app.db import Database, trials
+from app.db.trials import strategy_revision
+from app.services.kb.recommend.evidence import EvidenceBuilder, EvidenceMatrix
 from app.services.kb.recommend.query import Scope
-from app.services.kb.recommend.trial_matrix import TrialMatrix, build_trial_matrix
+from app.services.kb.recommend.trial_matrix import TrialBuilder, TrialMatrix
 
 __all__ = ["EvidenceCache", "RevisionCache", "TrialCache", "strategy_revision"]
 
@@ -30,16 +30,24 @@ class Revisioned(Protocol):
 
 M = TypeVar("M", bound=Revisioned)
 Key = tuple[uuid.UUID, str, Scope]
-# (database, workspace, strategy, after revision) -> (revision, after revision used, rows)
-Loader = Callable[[Database, uuid.UUID, str, int], Awaitable[tuple[int, int, list[Any]]]]
+
+
+M_co = TypeVar("M_co", covariant=True)
+
+
+class Builder(Protocol[M_co]):
+    def take(self, rows: list[Any]) -> Any: ...
+
+    def finish(self, revision: int) -> M_co: ...
 
 
 class RevisionCache(Generic[M]):
-    def __init__(self, load: Loader, build: Callable[[list[Any], int, Scope], M],
-                 extend: Callable[[M, list[Any], int, Scope], M], entries: int = 32) -> None:
-        self._load_rows = load
-        self._build = build
-        self._extend = extend
+    """`query`: the named query of a strategy's rows after a revision; `builder(base,
+    scope)`: what takes them chunk by chunk into a matrix (appended to `base` when given)."""
+
+    def __init__(self, query: str, builder: Callable[[M | None, Scope], Builder[M]], entries: int = 32) -> None:
+        self._query = query
+        self._builder = builder
         self._size = entries
         self.appends = 0  # matrices brought up to date by appending (the rest were built)
         self.lagged = 0  # loads read again from the primary because the replica was behind
@@ -52,7 +60,7 @@ class RevisionCache(Generic[M]):
         """The matrix at `revision` (the current one read from `db` when None). `reads`: a
         replica to load from; a load older than `revision` there is done again on `db`."""
         if revision is None:
-            revision = (await strategy_revision(db, workspace_id, strategy))[0]
+            revision = (await trials.strategy_revision(db, workspace_id, strategy))[0]
         key = (workspace_id, strategy, scope or Scope())
         hit = self._entries.get(key)
         if hit is not None and hit.revision == revision:
@@ -75,22 +83,33 @@ class RevisionCache(Generic[M]):
 
     async def _load(self, db: Database, key: Key, base: M | None, reads: Database | None, wanted: int) -> M:
         self.loads += 1
-        since = -1 if base is None else base.revision
-        revision, after, rows = await self._load_rows(reads or db, key[0], key[1], since)
-        if reads is not None and revision < wanted:  # the replica has not replayed that write yet
+        matrix = await self._read(reads or db, key, base, None if reads is None else wanted)
+        if matrix is None:  # the replica has not replayed that write yet
             self.lagged += 1
-            revision, after, rows = await self._load_rows(db, key[0], key[1], since)
-        if base is not None and after >= 0:
-            matrix = await asyncio.to_thread(self._extend, base, rows, revision, key[2])
-            self.appends += 1
-        else:
-            matrix = await asyncio.to_thread(self._build, rows, revision, key[2])
-        self._adopt(base, matrix)
+            matrix = await self._read(db, key, base, None)
+        assert matrix is not None
         current = self._entries.get(key)
         if current is None or current.revision <= matrix.revision:  # a slower, older load never replaces a newer
             self._entries[key] = matrix
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
+        return matrix
+
+    async def _read(self, db: Database, key: Key, base: M | None, at_least: int | None) -> M | None:
+        """The matrix from one snapshot (rows after `base` appended to it, or all rows); None
+        when that snapshot is older than revision `at_least`. Chunks of rows are turned into
+        columns in a worker thread as they arrive, so a cold load holds one chunk of records."""
+        async with trials.strategy_snapshot(db, self._query, key[0], key[1],
+                                            -1 if base is None else base.revision) as snap:
+            if at_least is not None and snap.revision < at_least:
+                return None
+            appending = base is not None and snap.after >= 0
+            builder = self._builder(base if appending else None, key[2])
+            async for rows in snap.chunks():
+                await asyncio.to_thread(builder.take, rows)
+        matrix = await asyncio.to_thread(builder.finish, snap.revision)
+        self.appends += appending
+        self._adopt(base, matrix)
         return matrix
 
     def describe(self) -> list[dict[str, Any]]:
@@ -112,7 +131,7 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
     """Evidence matrices per (workspace, strategy) for one KB revision."""
 
     def __init__(self) -> None:
-        super().__init__(load_evidence, build_matrix, extend_matrix)
+        super().__init__("load_evidence", EvidenceBuilder)
 
     def _adopt(self, base: EvidenceMatrix | None, matrix: EvidenceMatrix) -> None:
         # The last finished walk-forward check, for answers that may use it while the new one runs.
@@ -129,8 +148,7 @@ class TrialCache(RevisionCache[TrialMatrix]):
     evidence matrices (with their walk-forward check) that recommend and evaluate read."""
 
     def __init__(self) -> None:
-        super().__init__(load_trials, lambda rows, revision, _scope: build_trial_matrix(rows, revision),
-                         lambda m, rows, revision, _scope: m.extend(rows, revision))
+        super().__init__("load_trials", lambda base, _scope: TrialBuilder(base))
         self.evidence = EvidenceCache()
 
     def describe_all(self) -> dict[str, Any]:

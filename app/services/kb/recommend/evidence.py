@@ -6,6 +6,7 @@ whether a set reached the KB. Ingest writes the rows; this builds the matrix fro
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,10 +133,26 @@ class EvidenceMatrix:
 @dataclass
 class EvidenceIndex:
     """Window and set codes given so far: shared by a matrix and those appended from it
-    (codes only grow, so an older matrix's codes stay valid)."""
+    (codes only grow, so an older matrix's codes stay valid). One builder at a time adds
+    codes (`owner`); the windows it opens are its matrix's rows."""
 
     windows: dict[tuple[Any, ...], int] = field(default_factory=dict)
     sets: dict[str, int] = field(default_factory=dict)
+    owner: object | None = None
+
+    def claimed(self, n_windows: int, n_sets: int, builder: object) -> EvidenceIndex:
+        """This index for a builder appending to a matrix of these many windows and sets;
+        a copy of that matrix's codes when another builder is adding codes, or when codes
+        were given that no matrix of this base holds (a newer append, a failed load)."""
+        with _CLAIMS:
+            if self.owner is None and len(self.windows) == n_windows and len(self.sets) == n_sets:
+                self.owner = builder
+                return self
+        return EvidenceIndex({k: w for k, w in self.windows.items() if w < n_windows},
+                             {k: c for k, c in self.sets.items() if c < n_sets}, builder)
+
+
+_CLAIMS = threading.Lock()
 
 
 @dataclass
@@ -285,18 +302,41 @@ _NO_WINDOWS = _Windows(np.zeros((0, len(FEATURE_NAMES))), np.zeros(0, dtype=bool
                        np.zeros(0, np.int64), [], frozenset())
 
 
+class EvidenceBuilder:
+    """Evidence rows taken chunk by chunk (no chunk kept as records) into a new matrix, or
+    into `base` with them added; equal to a build of all the rows at once."""
+
+    def __init__(self, base: EvidenceMatrix | None = None, scope: Scope | None = None) -> None:
+        if base is not None and (base.index is None or base.raw_cells is None):
+            raise ValueError("this evidence matrix cannot be appended to")  # not built by a builder
+        self.base, self.scope = base, scope
+        self.index = EvidenceIndex(owner=self) if base is None or base.index is None else \
+            base.index.claimed(base.n_windows, base.n_sets, self)
+        self.windows = _NO_WINDOWS if base is None else base.windows
+        self.parts: list[_Cells] = []
+
+    def take(self, rows: list[Any]) -> EvidenceBuilder:
+        found = _collect(rows, self.scope, self.index)
+        self.parts.append(_cells_of(found))
+        self.windows = self.windows + found
+        return self
+
+    def finish(self, revision: int) -> EvidenceMatrix:
+        new = _Cells(*(np.concatenate([getattr(p, f) for p in self.parts]) for f in _CELL_FIELDS)) \
+            if len(self.parts) > 1 else (self.parts[0] if self.parts else _cells_of(_Rows()))
+        n_sets = len(self.index.sets)
+        cells = _sorted_cells(new, n_sets) if self.base is None else self.base.raw_cells.merged(new, n_sets)
+        matrix = _assemble(cells, self.windows, self.index, revision)
+        self.index.owner = None
+        return matrix
+
+
 def build_matrix(rows: list[Any], revision: int, scope: Scope | None = None) -> EvidenceMatrix:
     """The matrix of the evidence rows the scope admits (all of them without one)."""
-    index = EvidenceIndex()
-    found = _collect(rows, scope, index)
-    empty = _cells_of(_Rows())
-    return _assemble(empty.merged(_cells_of(found), len(index.sets)), _NO_WINDOWS + found, index, revision)
+    return EvidenceBuilder(None, scope).take(rows).finish(revision)
 
 
 def extend_matrix(m: EvidenceMatrix, rows: list[Any], revision: int, scope: Scope | None = None) -> EvidenceMatrix:
     """`m` with the evidence written since its revision added (a new matrix: `m` stays
     valid for the requests still reading it). Equal to a fresh build of all the rows."""
-    if m.index is None:  # a matrix not built by build_matrix: nothing to append to
-        raise ValueError("this evidence matrix cannot be appended to")
-    found = _collect(rows, scope, m.index)
-    return _assemble(m.raw_cells.merged(_cells_of(found), len(m.index.sets)), m.windows + found, m.index, revision)
+    return EvidenceBuilder(m, scope).take(rows).finish(revision)

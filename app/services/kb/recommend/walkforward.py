@@ -74,8 +74,11 @@ class GlobalStats:
 
 def sums_of(m: EvidenceMatrix, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per set: how many of these windows tested it, and its Sharpe sum and sum of squares."""
-    cells = m.cells(windows)
-    sets, values = m.cell_set[cells], m.cell_sharpe[cells]
+    if len(windows) == m.n_windows:  # every window: every cell, as they lie
+        sets, values = m.cell_set, m.cell_sharpe
+    else:
+        cells = m.cells(windows)
+        sets, values = m.cell_set[cells], m.cell_sharpe[cells]
     return (np.bincount(sets, minlength=m.n_sets).astype(float),
             np.bincount(sets, weights=values, minlength=m.n_sets),
             np.bincount(sets, weights=values * values, minlength=m.n_sets))
@@ -126,7 +129,7 @@ class Scores:
     score: np.ndarray  # estimate minus the multiple-testing haircut (-inf: may not be recommended)
     local_n: np.ndarray  # effective number of near windows per set
     g: GlobalStats
-    outside: np.ndarray  # candidates by all-history mean, best first (the matrix's)
+    outside: ByMean  # candidates by all-history mean, best first (the matrix's)
     shrink: float
     penalty: float  # z x pooled sd / sqrt(shrink): a set without near evidence scores its mean minus this
     global_order: np.ndarray  # candidates by penalised all-history mean, best first (the matrix's)
@@ -157,7 +160,7 @@ class Scores:
         others: list[int] = []
         start = 0
         while len(others) < k and start < len(self.outside):  # enough to pass over those taken
-            chunk = self.outside[start:start + k + len(taken)].tolist()
+            chunk = self.outside.first(start + k + len(taken))[start:].tolist()
             others += [s for s in chunk if s not in taken][:k - len(others)]
             start += len(chunk)
         pool = [(float(self.score[self._at(int(s))]), int(s)) for s in inside]
@@ -169,16 +172,33 @@ class Scores:
         return int(self.global_order[0]) if len(self.global_order) else -1
 
 
-def _per_matrix(m: EvidenceMatrix, haircut: float) -> tuple[GlobalStats, np.ndarray, np.ndarray]:
+class ByMean:
+    """Candidates by all-history mean, best first (ties: the lower set), sorted only as far
+    as it is read: an answer reads its first few, not an order of every set."""
+
+    def __init__(self, g: GlobalStats) -> None:
+        self._values = np.where(g.candidates, g.mean0, -np.inf)
+        self._count = int(np.count_nonzero(g.candidates))
+        self._known = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def first(self, n: int) -> np.ndarray:
+        n = min(n, self._count)
+        if len(self._known) < n:
+            self._known = best(self._values, max(n, 2 * len(self._known), 256))
+        return self._known[:n]
+
+
+def _per_matrix(m: EvidenceMatrix, haircut: float) -> tuple[GlobalStats, ByMean, np.ndarray]:
     """The all-history figures and the two candidate orders, once per matrix."""
     key = ("global_stats", haircut)
     if key not in m.memo:
         g = global_stats(m, *sums_of(m, np.arange(m.n_windows)), haircut)
-        cand = np.flatnonzero(g.candidates)
-        by_mean = cand[np.lexsort((cand, -g.mean0[cand]))]
-        by_score = best(g.score, min(len(cand), 64))
-        m.memo[key] = (g, by_mean, by_score)
-    found: tuple[GlobalStats, np.ndarray, np.ndarray] = m.memo[key]
+        by_score = best(g.score, min(int(np.count_nonzero(g.candidates)), 64))
+        m.memo[key] = (g, ByMean(g), by_score)
+    found: tuple[GlobalStats, ByMean, np.ndarray] = m.memo[key]
     return found
 
 
