@@ -93,6 +93,26 @@ async def test_a_run_written_while_an_ingest_reads_is_read_by_the_next(db, make_
                              ws) == 11
 
 
+async def test_changed_runs_are_paged_in_transaction_order_across_a_digit_boundary(db, make_workspace,
+                                                                                   insert_runs):
+    ws = await make_workspace()
+    await insert_runs(_runs(ws, 0, 2))
+    await ingest(db, ws)
+    xmax = int((await trials_db.ingest_snapshot(db, ws)).split(":")[1])
+    boundary = 10 ** len(str(xmax))  # the next power of ten: its text sorts before the xids below it
+    late = _runs(ws, 10, 6)
+    await insert_runs(late)
+    async with db.acquire() as conn:
+        await conn.execute("SET session_replication_role = replica")  # the trigger would stamp its own xid
+        for i, run in enumerate(late):
+            await conn.execute("UPDATE backtest_runs SET kb_xid = $3::text::xid8 WHERE workspace_id = $1 AND id = $2",
+                               ws, run["id"], str(boundary - 3 + i))
+        await conn.execute("RESET session_replication_role")
+    after = await ingest(db, ws, batch_size=2)  # three pages, keyset on (kb_xid, id)
+    assert (after.mode, after.inserted) == ("incremental", 6)
+    assert await db.fetchval("SELECT count(*) FROM kb_trials WHERE workspace_id = $1", ws) == 8
+
+
 async def test_a_full_pass_on_request_and_after_since(db, make_workspace, insert_runs):
     ws = await make_workspace()
     await insert_runs(_runs(ws, 0, 8))

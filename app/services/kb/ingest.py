@@ -90,7 +90,10 @@ class Pass:
         return "full" if self.previous is None else "incremental"
 
     def start(self, since: datetime | None) -> tuple[Any, uuid.UUID]:
-        return keyset_start(since) if self.previous is None else ("0", uuid.UUID(int=0))
+        if self.previous is None:
+            return keyset_start(since)
+        # From the oldest transaction the snapshot did not see: its xmin (text "xmin:xmax:xips").
+        return (self.previous.split(":", 1)[0], uuid.UUID(int=0))
 
     async def read(self, db: Database, cursor: tuple[Any, uuid.UUID], _attempt: int) -> list[Record]:
         async with db.acquire() as conn:

@@ -15,6 +15,8 @@ LIMIT $4
 -- name: select_changed_runs_page
 -- The runs written by transactions the snapshot $2 did not see (committed after the last
 -- ingest read under it), whatever their status: a run that left the KB is among them.
+-- Ordered by the column, not by the text of it the select list shows (text order differs
+-- from transaction order: '10000' < '9999'), and the keyset starts at the snapshot's xmin.
 SELECT id, created_at, run_kind, status, strategy_name, experiment_type, kb_status, trade_count,
        params::text AS params, dataset_meta::text AS dataset_meta, summary::text AS summary,
        regime_oos::text AS regime_oos, regime_pre::text AS regime_pre, kb_xid::text AS kb_xid
@@ -23,7 +25,7 @@ WHERE workspace_id = $1
   AND kb_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(kb_xid, $2::text::pg_snapshot)
   AND (kb_xid, id) > ($3::text::xid8, $4::uuid)
-ORDER BY kb_xid, id
+ORDER BY backtest_runs.kb_xid, backtest_runs.id
 LIMIT $5
 
 -- name: current_snapshot
