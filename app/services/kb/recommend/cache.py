@@ -105,8 +105,15 @@ class RevisionCache(Generic[M]):
                 return None
             appending = base is not None and snap.after >= 0
             builder = self._builder(base if appending else None, key[2])
-            async for rows in snap.chunks():
-                await asyncio.to_thread(builder.take, rows)
+            taking: asyncio.Future[Any] | None = None
+            try:
+                async for rows in snap.chunks():  # the next chunk is read while this one is taken
+                    if taking is not None:
+                        await taking
+                    taking = asyncio.ensure_future(asyncio.to_thread(builder.take, rows))
+            finally:
+                if taking is not None:
+                    await taking
         matrix = await asyncio.to_thread(builder.finish, snap.revision)
         self.appends += appending
         self._adopt(base, matrix)

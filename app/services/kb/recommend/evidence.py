@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from app.errors import BadInput
 from app.services.kb.recommend.query import Scope
@@ -159,8 +160,8 @@ _CLAIMS = threading.Lock()
 class _Rows:
     """Evidence rows mapped to (window, set) codes, with the windows they opened."""
 
-    window_code: list[int] = field(default_factory=list)
-    set_code: list[int] = field(default_factory=list)
+    window_code: Any = field(default_factory=list)  # codes (a list or an array)
+    set_code: Any = field(default_factory=list)
     sharpe: list[float] = field(default_factory=list)
     run: list[uuid.UUID] = field(default_factory=list)
     eligible: list[bool] = field(default_factory=list)
@@ -173,37 +174,51 @@ class _Rows:
     labels: list[str] = field(default_factory=list)
     timeframes: set[str | None] = field(default_factory=set)
 
+    def open(self, r: Any, key: tuple[Any, ...]) -> None:
+        """A window first seen at row r: its ex-ante snapshot where there is one, else its OOS one."""
+        use_pre = r["pre_features"] is not None
+        self.feats.append(r["pre_features"] if use_pre else r["oos_features"])
+        self.ex_ante.append(use_pre)
+        self.tags.append(tuple(r["pre_tags"] if use_pre else r["oos_tags"]))
+        self.oos_tags.append(tuple(r["oos_tags"]))
+        self.timeframes.add(r["timeframe"])
+        self.starts.append(to_ns(r["oos_start"]))
+        self.ends.append(to_ns(r["oos_end"]))
+        self.labels.append("|".join(str(k) for k in key))
+
 
 def _collect(rows: list[Any], scope: Scope | None, index: EvidenceIndex) -> _Rows:
-    out = _Rows()
-    for r in rows:
+    """The rows the scope admits, with a complete regime and a finite Sharpe, as (window,
+    set) codes; the windows first seen here are opened (in order of first appearance, as
+    row by row would). Distinct windows and sets are looked up once per chunk."""
+    d = len(FEATURE_NAMES)
+    kept = []
+    for i, r in enumerate(rows):
         if scope is not None and not scope.admits(r["symbol"], r["timeframe"], r["oos_end"]):
             continue
-        use_pre = r["pre_features"] is not None
-        vector = r["pre_features"] if use_pre else r["oos_features"]
-        if vector is None or len(vector) != len(FEATURE_NAMES) or not math.isfinite(r["sharpe"]):
-            continue
-        key = (r["symbol"], r["timeframe"], r["oos_start"], r["oos_end"]) if r["oos_start"] is not None \
-            else ("run", r["source_run_id"])
-        w = index.windows.get(key)
-        if w is None:
-            w = index.windows[key] = len(index.windows)
-            out.feats.append(vector)
-            out.ex_ante.append(use_pre)
-            out.tags.append(tuple(r["pre_tags"] if use_pre else r["oos_tags"]))
-            out.oos_tags.append(tuple(r["oos_tags"]))
-            out.timeframes.add(r["timeframe"])
-            out.starts.append(to_ns(r["oos_start"]))
-            out.ends.append(to_ns(r["oos_end"]))
-            out.labels.append("|".join(str(k) for k in key))
-        s = index.sets.get(r["params"])
-        if s is None:
-            s = index.sets[r["params"]] = len(index.sets)
-        out.window_code.append(w)
-        out.set_code.append(s)
-        out.sharpe.append(float(r["sharpe"]))
-        out.run.append(r["source_run_id"])
-        out.eligible.append(bool(r["eligible"]))
+        vector = r["pre_features"] if r["pre_features"] is not None else r["oos_features"]
+        if vector is not None and len(vector) == d and math.isfinite(r["sharpe"]):
+            kept.append(i)
+    rows = [rows[i] for i in kept] if len(kept) < len(rows) else rows
+    out = _Rows()
+    if not rows:
+        return out
+    keys = [(r["symbol"], r["timeframe"], r["oos_start"], r["oos_end"]) if r["oos_start"] is not None
+            else ("run", r["source_run_id"]) for r in rows]
+    found, distinct = pd.factorize(pd.Series(keys, dtype=object), use_na_sentinel=False)
+    _, first = np.unique(found, return_index=True)
+    codes = [index.windows.get(key, -1) for key in distinct]
+    for u, key in enumerate(distinct):
+        if codes[u] < 0:
+            codes[u] = index.windows[key] = len(index.windows)
+            out.open(rows[int(first[u])], key)
+    sets, set_keys = pd.factorize(pd.Series([r["params"] for r in rows], dtype=object), use_na_sentinel=False)
+    set_codes = [index.sets.setdefault(k, len(index.sets)) for k in set_keys]
+    out.window_code = np.asarray(codes, dtype=np.int64)[found]
+    out.set_code = np.asarray(set_codes, dtype=np.int64)[sets]
+    out.sharpe = [float(r["sharpe"]) for r in rows]
+    out.run = [r["source_run_id"] for r in rows]
+    out.eligible = [bool(r["eligible"]) for r in rows]
     return out
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from app.services.kb.recommend.scaling import RobustScale
 from app.services.kb.regime.snapshot import FEATURE_NAMES
@@ -28,6 +30,19 @@ def _quality(sharpe: np.ndarray, max_dd: np.ndarray) -> np.ndarray:
     s = np.clip(np.nan_to_num(sharpe, nan=0.0) / 3.0, 0.0, 1.0)
     dd = 1.0 - np.clip(np.nan_to_num(max_dd, nan=0.25) / 0.5, 0.0, 1.0)
     return 0.7 * s + 0.3 * dd
+
+
+def _features(vectors: list[Any]) -> np.ndarray:
+    """Regime feature vectors as float32 rows, NaN where a trial has no complete one."""
+    d = len(FEATURE_NAMES)
+    complete = [v is not None and len(v) == d and None not in v for v in vectors]
+    out = np.full((len(vectors), d), np.nan, dtype=np.float32)
+    if all(complete):
+        return np.array(vectors, dtype=np.float32).reshape(len(vectors), d)
+    at = np.flatnonzero(complete)
+    if len(at):
+        out[at] = np.array([vectors[i] for i in at.tolist()], dtype=np.float32)
+    return out
 
 
 def uuid_halves(ids: list[uuid.UUID]) -> np.ndarray:
@@ -52,9 +67,13 @@ class Vocabulary:
     def empty(cls) -> Vocabulary:
         return cls([], {})
 
-    def codes_of(self, values: list[Any]) -> np.ndarray:
+    def codes_of(self, values: list[Any], key: Callable[[Any], Any] | None = None) -> np.ndarray:
+        """The code of each value (of `key(value)` when given, worked out once per distinct
+        value: chunks repeat a few symbols and tag sets many times)."""
+        found, seen = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=False)
         with self.lock:
-            return np.array([self.code(v) for v in values], dtype=np.int32)
+            distinct = [self.code(key(v) if key is not None else v) for v in seen]
+        return np.asarray(distinct, dtype=np.int32)[found] if distinct else np.zeros(0, np.int32)
 
     def code(self, value: Any) -> int:
         found = self.codes.get(value)
@@ -92,22 +111,17 @@ class TrialColumns:
 
     @classmethod
     def of(cls, rows: list[Any], tag_sets: Vocabulary, labels: Vocabulary) -> TrialColumns:
-        n, d = len(rows), len(FEATURE_NAMES)
-        feats = np.full((n, d), np.nan, dtype=np.float32)
-        for i, r in enumerate(rows):
-            if r["regime_features"] is not None and len(r["regime_features"]) == d:
-                feats[i] = r["regime_features"]
-
-        def col(name: str) -> np.ndarray:
-            return np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)
+        def col(name: str) -> np.ndarray:  # None reads as NaN
+            return np.array([r[name] for r in rows], dtype=float)
 
         sharpe, max_dd = col("sharpe"), col("max_dd_frac")
         promoted = np.array([r["kb_status"] == "promoted" for r in rows], dtype=bool)
         quality = _quality(sharpe, max_dd).astype(np.float32)
+        feats = _features([r["regime_features"] for r in rows])
         return cls(
             uuid_halves([r["id"] for r in rows]), uuid_halves([r["source_run_id"] for r in rows]), feats,
             sharpe, col("return_frac"), max_dd, col("n_trades"), promoted,
-            tag_sets.codes_of([frozenset(r["regime_tags"] or ()) for r in rows]),
+            tag_sets.codes_of([tuple(r["regime_tags"] or ()) for r in rows], frozenset),
             labels.codes_of([r["symbol"] or "" for r in rows]), labels.codes_of([r["timeframe"] or "" for r in rows]),
             np.asarray(~np.isnan(feats).any(axis=1)), quality,
             W_QUALITY_TERM * quality.astype(np.float64) + 1e-9 * promoted, [r["params"] for r in rows])
