@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from app.db import with_database
+from app.db.embedded import embedded_settings
 from app.db.migrate import load_migrations
 
 
@@ -26,3 +27,13 @@ async def test_status_on_a_fresh_database_lists_pending_then_upgrade_applies(cli
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_the_embedded_server_runs_with_the_kb_settings(db) -> None:
+    """Applied once per data directory; the buffer cache waits for the server's next start."""
+    for name, value in embedded_settings().items():
+        if name == "shared_buffers":
+            assert await db.fetchval("SELECT setting FROM pg_file_settings WHERE name = $1 AND applied IS NOT NULL "
+                                     "ORDER BY seqno DESC LIMIT 1", name) == value
+        else:
+            assert await db.fetchval(f"SHOW {name}") == value
