@@ -1,7 +1,8 @@
 """Scale check: the real `kb` commands (import of a sweep file, both backfills, ingest) on a
-1,000,000-run workspace and on a 100,000-run one, each in its own process, with that process's peak RSS (from wait4). Flat memory
-means the two peaks are about equal. Then `kb serve` answers 200 concurrent recommend
-requests per round from a local client; prints errors and latency percentiles.
+1,000,000-run workspace and on a 100,000-run one, each in its own process, with that
+process's peak RSS (from wait4). Flat memory means the two peaks are about equal. Then
+`kb serve` answers 200 concurrent recommend requests per round from a local client;
+prints errors and latency percentiles.
 
 Then one strategy of BENCH_TRIALS (1,000,000) trials in its own workspace: the cold
 first answer of a `kb serve`, the server's memory per cached trial, `kb evaluate`, and
@@ -94,14 +95,17 @@ def write_sweep(path: Path, rows: int, seed: int) -> Path:
         k = rng.integers(0, 3, n)
         eligible, failure = rng.random(n) < 0.3, rng.integers(0, 3, n)  # the ineligible fail one gate each
         start = np.datetime64(SEED_EPOCH.replace(tzinfo=None), "ms") + rng.integers(0, 300, n) * np.timedelta64(1, "D")
+        sharpe = np.where(eligible | (failure != 2), rng.uniform(0.1, 3, n), rng.uniform(-2, 0.09, n))
+        drawdown = np.where(eligible | (failure != 1), rng.uniform(1, 25, n), rng.uniform(25.5, 80, n))
         table = pa.table({
             "strategy_name": strategies[k], "param_lookback": rng.integers(5, 100, n),
             "param_z_entry": rng.uniform(0.5, 3, n).round(3), "symbol": np.char.add("SYM", k.astype(str)),
-            "timeframe": np.full(n, "1d"), "Start": start, "End": start + rng.integers(20, 120, n) * np.timedelta64(1, "D"),
-            "Sharpe Ratio": np.where(eligible | (failure != 2), rng.uniform(0.1, 3, n), rng.uniform(-2, 0.09, n)).round(4),
-            "Max. Drawdown [%]": -np.where(eligible | (failure != 1), rng.uniform(1, 25, n), rng.uniform(25.5, 80, n)).round(3),
+            "timeframe": np.full(n, "1d"), "Start": start,
+            "End": start + rng.integers(20, 120, n) * np.timedelta64(1, "D"),
+            "Sharpe Ratio": sharpe.round(4), "Max. Drawdown [%]": -drawdown.round(3),
             "# Trades": np.where(eligible | (failure != 0), rng.integers(5, 200, n), rng.integers(0, 5, n)),
-            "Return [%]": rng.normal(5, 10, n).round(3), "run_id": np.char.add(f"s{seed}-", np.arange(lo, lo + n).astype(str)),
+            "Return [%]": rng.normal(5, 10, n).round(3),
+            "run_id": np.char.add(f"s{seed}-", np.arange(lo, lo + n).astype(str)),
         })
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table)

@@ -75,9 +75,10 @@ def _configure(server: Any, data_dir: Path) -> None:
     the buffer cache's size takes effect when the server next starts)."""
     if (data_dir / SETTINGS_MARK).exists():
         return
-    statements = "".join(f"ALTER SYSTEM SET {k} = '{v}';" for k, v in embedded_settings().items())
+    from app.db.sql import q  # noqa: PLC0415  (only when a server is first set up)
+
     try:
-        server.psql(statements + "SELECT pg_reload_conf();")
+        server.psql(q("embedded_settings").format(**embedded_settings()))
         (data_dir / SETTINGS_MARK).write_text("\n".join(f"{k} = {v}" for k, v in embedded_settings().items()) + "\n")
     except Exception as exc:  # the server runs with PostgreSQL's defaults: slower at scale, still right
         logging.getLogger(__name__).warning("could not apply the embedded server's settings: %s", exc)

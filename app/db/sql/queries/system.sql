@@ -70,3 +70,13 @@ SELECT pg_current_wal_lsn()::text
 -- name: replayed_past
 -- On a replica: whether it has replayed the primary's WAL up to $1 (true on a primary).
 SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() >= $1::text::pg_lsn ELSE true END
+
+-- name: embedded_settings
+-- The embedded server's settings for KB sizes, once per data directory (app.db.embedded
+-- fills in the values; shared_buffers takes effect at the server's next start).
+ALTER SYSTEM SET shared_buffers = '{shared_buffers}';
+ALTER SYSTEM SET max_wal_size = '{max_wal_size}';
+ALTER SYSTEM SET checkpoint_timeout = '{checkpoint_timeout}';
+ALTER SYSTEM SET work_mem = '{work_mem}';
+ALTER SYSTEM SET maintenance_work_mem = '{maintenance_work_mem}';
+SELECT pg_reload_conf();
