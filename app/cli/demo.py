@@ -27,7 +27,7 @@ from app.db.embedded import kb_home
 from app.db.workspaces import reset_workspace, workspace_job
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.importing.service import ImportReport, import_frame, load_file
+from app.services.kb.importing.service import ImportReport, import_table, open_file
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, recommend
 from app.services.kb.regime.ohlcv import load_ohlcv
@@ -54,10 +54,10 @@ async def load_demo(db: Database, workspace_id: uuid.UUID, runs_csv: Path) -> Im
     """Reset the demo workspace and import its runs from the CSV export, as a user would."""
     async with db.acquire() as conn, conn.transaction():
         await reset_workspace(conn, workspace_id, "demo")
-    frame, mapping = load_file(runs_csv, None, {}, {})
-    progress = Progress("import")
+    table, mapping = open_file(runs_csv, None, {}, {})
+    progress = Progress("import", unit=table.progress_unit)
     try:
-        return await import_frame(db, workspace_id, frame, mapping, source=runs_csv.name, dry_run=False,
+        return await import_table(db, workspace_id, table, mapping, source=runs_csv.name, dry_run=False,
                                   progress=progress)
     finally:
         progress.close()

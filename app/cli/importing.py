@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from app.cli import render
-from app.cli.console import Progress
+from app.cli.console import Progress, ProgressFn
 from app.cli.options import opt, workspace_options
 from app.db import Database
 from app.services.kb.importing.fields import parse_pairs
 from app.services.kb.importing.optuna_source import study_frame
-from app.services.kb.importing.service import import_frame, load_file
+from app.services.kb.importing.service import ImportReport, import_frame, import_table, open_file
 from app.services.kb.importing.sources import FORMATS
 
 
@@ -42,12 +43,13 @@ def register(sub: Any) -> None:
 
 
 def _read_file(args: argparse.Namespace) -> Any:
-    """Before any database work: the file is readable and every field and column exists."""
+    """Before any database work: the file is readable and every field and column exists
+    (the rows are read while they are written)."""
     args.started = time.monotonic()
     maps = parse_pairs(args.map, "--map")
     sets = parse_pairs(args.set, "--set")
     path = Path(args.file)
-    return (*load_file(path, args.format, maps, sets), args.source or path.name)
+    return (*open_file(path, args.format, maps, sets), args.source or path.name)
 
 
 def _read_study(args: argparse.Namespace) -> Any:
@@ -57,26 +59,28 @@ def _read_study(args: argparse.Namespace) -> Any:
 
 
 async def cmd_import(db: Database, args: argparse.Namespace) -> int:
-    frame, mapping, source = args.prepared
-    report = await _run(db, args, frame, mapping, source)
+    table, mapping, source = args.prepared
+    report = await _run(args, table.progress_unit, lambda progress: import_table(
+        db, args.workspace_id, table, mapping, source=source, dry_run=args.dry_run, progress=progress))
     render.show(args.json, report, render.import_report)
     return 0
 
 
 async def cmd_import_optuna(db: Database, args: argparse.Namespace) -> int:
     frame, mapping, source, counts = args.prepared
-    report = await _run(db, args, frame, mapping, source)
+    report = await _run(args, "rows", lambda progress: import_frame(
+        db, args.workspace_id, frame, mapping, source=source, dry_run=args.dry_run, progress=progress))
     report["optuna"] = counts
     render.show(args.json, report, render.import_report)
     return 0
 
 
-async def _run(db: Database, args: argparse.Namespace, frame: Any, mapping: Any, source: str) -> dict[str, Any]:
+async def _run(args: argparse.Namespace, unit: str,
+               start: Callable[[ProgressFn], Awaitable[ImportReport]]) -> dict[str, Any]:
     started = getattr(args, "started", time.monotonic())
-    progress = Progress("import")
+    progress = Progress("import", unit=unit)
     try:
-        done = await import_frame(db, args.workspace_id, frame, mapping, source=source, dry_run=args.dry_run,
-                                  progress=progress)
+        done = await start(progress)
     finally:
         progress.close()
     elapsed = time.monotonic() - started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,8 +12,12 @@ import numpy as np
 import optuna
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from app.services.kb.importing import sources
+from app.services.kb.importing.service import CHUNK_ROWS, import_frame, import_table, load_file, open_file
 from tests.factories import API_TOKEN, ohlcv_frame
 
 EXPORTS = Path(__file__).parent.parent / "fixtures" / "exports"
@@ -294,3 +300,156 @@ async def test_imported_runs_go_through_the_pipeline_and_recommend_uses_them(cli
     # the answer (fast=10) was tried already and is skipped; the runner-up is queued
     assert [t.system_attrs["fixed_params"] for t in waiting] == [{"fast": 30}]
     assert waiting[0].user_attrs["kb_rank"] == 2 and answer["optuna_enqueued"]["enqueued"] == 1
+
+
+# --- streaming: a file is read a chunk at a time, as a whole-file read would read it -----
+
+# Columns a store fills (or a per-import time): everything else an import writes is compared.
+_PER_IMPORT = ("id", "workspace_id", "created_at", "kb_xid")
+
+
+def _sweep_export(path: Path, rows: int = 2 * CHUNK_ROWS + 2_000) -> Path:
+    """A sweep whose chunks, each read alone, would read differently from the whole file:
+    param a whole numbers in the first chunk and fractions after; param b numbers, then a
+    word in the last chunk; symbol numbers with gaps only in the last chunk; ids with
+    leading zeros on even rows and none on odd rows (their id is a content hash)."""
+    k = range(rows)
+    last = 2 * CHUNK_ROWS
+    columns = {
+        "strategy_name": ["sma"] * rows,
+        "param_a": [float(v % 7) if v < CHUNK_ROWS else v % 7 + 0.5 for v in k],
+        "param_b": ["auto" if v >= last and v % 3 == 0 else v % 5 for v in k],
+        "symbol": [None if v >= last and v % 2 == 0 else v % 4 for v in k],
+        "run_id": [f"{v:06d}" if v % 2 == 0 else None for v in k],
+        "sharpe": [v / 1000 for v in k], "trades": [v % 50 for v in k],
+        "oos_start": [f"2024-01-{1 + v % 28:02d}" for v in k], "oos_end": ["2024-03-01"] * rows,
+    }
+    if path.suffix == ".csv":
+        pd.DataFrame(columns).to_csv(path, index=False)
+    elif path.suffix == ".jsonl":
+        columns["param_a"] = [int(a) if v < CHUNK_ROWS else a for v, a in enumerate(columns["param_a"])]
+        records = ({n: c[i] for n, c in columns.items() if c[i] is not None} for i in range(rows))
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    else:
+        del columns["param_b"]  # one type per Parquet column
+        table = pa.table({**columns, "symbol": pa.array(columns["symbol"], pa.int64())})
+        pq.write_table(table, path, row_group_size=7_000)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+async def test_streamed_import_stores_what_the_whole_file_import_stored(cli, db, tmp_path, suffix) -> None:
+    """`kb import` reads a chunk at a time; rows imported by the whole-file read before it
+    are stored alike, and importing the file again finds every row already present."""
+    path = _sweep_export(tmp_path / f"sweep{suffix}")
+    whole, streamed = uuid.uuid4(), uuid.uuid4()
+    frame, mapping = load_file(path, None, {}, {})
+    before = await import_frame(db, whole, frame, mapping, source=path.name, dry_run=False)
+    code, out, err = await cli("import", path, "--workspace-id", streamed, "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert before.imported == report["imported"] == report["rows"] == 2 * CHUNK_ROWS + 2_000
+    assert report["mapping"] == before.mapping
+    old = [{k: v for k, v in r.items() if k not in _PER_IMPORT} for r in await _runs(db, whole)]
+    new = [{k: v for k, v in r.items() if k not in _PER_IMPORT} for r in await _runs(db, streamed)]
+    assert new == old
+    assert sum(r["import_source_id"].startswith("sha1:") for r in new) == len(new) // 2
+    code, out, err = await cli("import", path, "--workspace-id", whole, "--json")
+    assert code == 0, err
+    again = orjson.loads(out)
+    assert (again["imported"], again["already_present"]) == (0, before.valid)
+
+
+def _plain_csv(path: Path, rows: int, *, tail: bytes = b"") -> Path:
+    """Runs without param columns (nothing to scan before writing), then `tail`."""
+    lines = [b"strategy_name,sharpe,trades,run_id"]
+    lines += [f"s{v % 3},{v % 11 / 5:.2f},{v % 40},r{v}".encode() for v in range(rows)]
+    path.write_bytes(b"\n".join(lines) + b"\n" + tail)
+    return path
+
+
+@pytest.mark.parametrize("tail, needle", [
+    (b"s1,1.0,3,x,extra\n", "line 21002"),  # one field too many, in row 21,001 (line 1 is the header)
+    (b"s1,1.0,3,caf\xe9\n", "not UTF-8 text after row"),
+])
+async def test_a_file_unreadable_part_way_leaves_nothing_written(cli, db, tmp_path, tail, needle) -> None:
+    path = _plain_csv(tmp_path / "runs.csv", 2 * CHUNK_ROWS + 1_000, tail=tail)
+    code, out, err = await cli("import", path, "--workspace-id", uuid.uuid4())
+    assert code == 2 and out == "", err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs") == 0
+    assert await db.fetchval("SELECT count(*) FROM workspaces") == 0
+
+
+async def test_a_bad_json_line_anywhere_is_refused_before_any_write(cli, db, tmp_path) -> None:
+    path = tmp_path / "runs.jsonl"
+    good = [orjson.dumps({"strategy_name": "s", "sharpe": v / 10}) for v in range(2 * CHUNK_ROWS + 500)]
+    path.write_bytes(b"\n".join([*good, b'{"strategy_name": "s", "sharpe": }']) + b"\n")
+    code, _, err = await cli("import", path, "--workspace-id", uuid.uuid4())
+    assert code == 2 and f"line {len(good) + 1:d} is not valid JSON" in err and err.count("\n") == 1
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs") == 0
+
+
+async def test_more_rows_than_the_limit_are_refused_and_nothing_is_kept(cli, db, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sources, "MAX_ROWS", CHUNK_ROWS + 5_000)
+    code, _, err = await cli("import", _plain_csv(tmp_path / "runs.csv", 2 * CHUNK_ROWS + 1), "--workspace-id",
+                             uuid.uuid4())
+    assert code == 2 and "more than 15,000 rows; split the file" in err and err.count("\n") == 1
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs") == 0
+    code, _, err = await cli("import", _sweep_export(tmp_path / "runs.parquet"), "--workspace-id", uuid.uuid4())
+    assert code == 2 and "22,000 rows is more than 15,000" in err  # known from the metadata, before reading
+
+
+@pytest.mark.parametrize("suffix, unit", [(".parquet", "rows"), (".jsonl", "rows"), (".csv", "bytes")])
+async def test_progress_counts_rows_or_bytes_to_the_end(db, tmp_path, suffix, unit) -> None:
+    path = _sweep_export(tmp_path / f"sweep{suffix}")
+    table, mapping = open_file(path, None, {}, {})
+    seen: list[tuple[int, int]] = []
+    await import_table(db, uuid.uuid4(), table, mapping, source=path.name, dry_run=True,
+                       progress=lambda done, total: seen.append((done, total)))
+    total = 2 * CHUNK_ROWS + 2_000 if unit == "rows" else path.stat().st_size
+    assert table.progress_unit == unit and len(seen) == 3
+    assert [d for d, _ in seen] == sorted({d for d, _ in seen}) and seen[-1] == (total, total)
+
+
+async def test_a_lost_connection_reads_the_file_again_from_the_start(db, tmp_path, monkeypatch) -> None:
+    """The import's connection is ended between two chunks (the reader waits on the third
+    until it is, and two chunks are written): the retry opens the file again and imports
+    every row once."""
+    path = _sweep_export(tmp_path / "sweep.csv")
+    table, mapping = open_file(path, None, {}, {})
+    resume = threading.Event()
+    opened: list[int] = []
+    read = sources.Table.chunks
+
+    def held_chunks(self: sources.Table) -> sources.Chunks:
+        opened.append(1)
+        for i, chunk in enumerate(read(self)):
+            if len(opened) == 1 and i == 2:
+                resume.wait(60)
+            yield chunk
+
+    two_written = asyncio.Event()
+    calls: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 2:  # called once a chunk is written
+            two_written.set()
+
+    monkeypatch.setattr(sources.Table, "chunks", held_chunks)
+    ws = uuid.uuid4()
+    importing = asyncio.create_task(import_table(db, ws, table, mapping, source=path.name, dry_run=False,
+                                                progress=progress))
+    # No COPY is under way now: asyncpg waits forever in one whose connection is lost while
+    # the server is behind (its writer stays paused), so the connection is ended between two.
+    await asyncio.wait_for(two_written.wait(), 120)
+    ended = await db.fetchval(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(l.pid, 30000)) FROM pg_locks l "
+        "JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND d.datname = current_database() "
+        "AND l.pid <> pg_backend_pid()")
+    resume.set()
+    report = await importing
+    assert ended == 1 and len(opened) == 2 and report.retried == 1
+    assert report.rows == report.imported == 2 * CHUNK_ROWS + 2_000
+    assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1", ws) == report.rows

@@ -22,7 +22,7 @@ from app.errors import BadInput
 from app.services.kb.backfill.candidacy import CandidacyOptions, backfill_candidacy
 from app.services.kb.backfill.engine import BackfillResult
 from app.services.kb.backfill.regime import RegimeOptions, backfill_regime
-from app.services.kb.importing.service import import_frame, load_file
+from app.services.kb.importing.service import import_table, open_file
 from app.services.kb.ingest import ingest
 from app.services.kb.regime.ohlcv import check_timeframe, load_ohlcv
 from app.services.kb.runs.deflated import periods_per_year
@@ -101,8 +101,8 @@ def _counts(result: BackfillResult) -> dict[str, Any]:
 async def _import_all(db: Database, workspace_id: uuid.UUID, files: tuple[Path, ...]) -> list[dict[str, Any]]:
     out = []
     for path in files:
-        frame, mapping = load_file(path.expanduser(), None, {}, {})
-        report = await import_frame(db, workspace_id, frame, mapping, source=path.name, dry_run=False)
+        table, mapping = open_file(path.expanduser(), None, {}, {})
+        report = await import_table(db, workspace_id, table, mapping, source=path.name, dry_run=False)
         out.append({"file": str(path), "rows": report.rows, "imported": report.imported,
                     "already_present": report.already_present, "invalid": report.invalid,
                     "invalid_by_reason": report.invalid_by_reason})

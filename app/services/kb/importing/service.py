@@ -6,7 +6,8 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,17 @@ from app.db.retry import retrying
 from app.services.kb.backfill.gil import short_switch_interval
 from app.services.kb.importing.fields import FIELDS, Mapping, resolve_mapping
 from app.services.kb.importing.rows import RUN_COLUMNS, Prepared, prepare, run_records
-from app.services.kb.importing.sources import detect_format, read_table
+from app.services.kb.importing.sources import CHUNK_ROWS, Chunks, Table, detect_format, open_table, read_table
 
 ERRORS_LISTED = 1000
-CHUNK_ROWS = 10_000
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class ImportReport:
-    """One import: rows read, written, already present, refused (with row numbers and
-    reasons), notes on kept rows, the mapping used, and how many attempts a lost
-    connection cost."""
+    """One import: rows read, written, already present, refused (the first ERRORS_LISTED
+    with row numbers and reasons), notes on kept rows, the mapping used, and how many
+    attempts a lost connection cost."""
 
     workspace_id: uuid.UUID
     source: str
@@ -60,56 +61,101 @@ class ImportReport:
         return out
 
 
+@dataclass
+class _Tally:
+    """The counts of one import attempt, kept small however many rows it reads."""
+
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, prepared: Prepared) -> None:
+        self.valid += len(prepared.records)
+        self.invalid += len(prepared.errors)
+        self.errors += prepared.errors[: max(ERRORS_LISTED - len(self.errors), 0)]
+        self.reasons.update(_reason_kind(reason) for _, reason in prepared.errors)
+        self.notes.update(prepared.notes)
+
+
 async def import_frame(db: Database, workspace_id: uuid.UUID, frame: pd.DataFrame, mapping: Mapping, *,
-                       source: str, dry_run: bool, progress: Callable[[int, int], None] | None = None,
+                       source: str, dry_run: bool, progress: Progress | None = None,
                        first_row: int = 1) -> ImportReport:
     """Import the rows of `frame` as mapped; bad rows are reported, the rest written, in
     one transaction. A lost connection imports again from the start: rows a lost COMMIT
     acknowledgement did write then count as already present (the report says so)."""
+    def chunks() -> Chunks:
+        for start in range(0, len(frame), CHUNK_ROWS):
+            yield frame.iloc[start : start + CHUNK_ROWS], min(start + CHUNK_ROWS, len(frame))
+
+    return await _import(db, workspace_id, chunks, len(frame), mapping, source=source, dry_run=dry_run,
+                         progress=progress, first_row=first_row)
+
+
+async def import_table(db: Database, workspace_id: uuid.UUID, table: Table, mapping: Mapping, *, source: str,
+                       dry_run: bool, progress: Progress | None = None) -> ImportReport:
+    """Import a file opened with `open_file`, read a chunk at a time (memory does not grow
+    with the file), as `import_frame` imports a table; a lost connection reads the file
+    again from its start. `progress` counts `table.progress_unit`."""
+    return await _import(db, workspace_id, table.chunks, table.progress_total, mapping, source=source,
+                         dry_run=dry_run, progress=progress, first_row=1)
+
+
+async def _import(db: Database, workspace_id: uuid.UUID, chunks: Callable[[], Chunks], total: int,
+                  mapping: Mapping, *, source: str, dry_run: bool, progress: Progress | None,
+                  first_row: int) -> ImportReport:
     async def attempt(n: int) -> ImportReport:
-        report = await _import_once(db, workspace_id, frame, mapping, source=source, dry_run=dry_run,
+        report = await _import_once(db, workspace_id, chunks(), total, mapping, source=source, dry_run=dry_run,
                                     progress=progress, first_row=first_row)
         return replace(report, retried=n)
 
     return await retrying("importing runs", attempt)
 
 
-async def _import_once(db: Database, workspace_id: uuid.UUID, frame: pd.DataFrame, mapping: Mapping, *,
-                       source: str, dry_run: bool, progress: Callable[[int, int], None] | None,
-                       first_row: int) -> ImportReport:
-    """Chunks are checked in a worker thread while the database writes the previous one."""
-    total = len(frame)
-    # Chunk bounds stay at multiples of CHUNK_ROWS: a float param column is read as whole
-    # numbers per chunk, and that decides content hashes of rows already imported.
-    starts = list(range(0, total, CHUNK_ROWS)) or [0]
-    ends = [start + CHUNK_ROWS for start in starts]
+async def _import_once(db: Database, workspace_id: uuid.UUID, chunks: Chunks, total: int, mapping: Mapping, *,
+                       source: str, dry_run: bool, progress: Progress | None, first_row: int) -> ImportReport:
+    """Chunk i+1 is read and checked in a worker thread while the database writes chunk i."""
     imported_at = datetime.now(UTC)
+    tally = _Tally()
 
-    def check(i: int) -> Prepared:
-        prepared = prepare(frame.iloc[starts[i] : ends[i]], mapping, first_row=first_row + starts[i])
+    def check(rows_before: int) -> tuple[Prepared, int, int] | None:
+        got = next(chunks, None)
+        if got is None:
+            return None
+        frame, position = got
+        # Chunk bounds stay at multiples of CHUNK_ROWS: a float param column is read as whole
+        # numbers per chunk, and that decides content hashes of rows already imported.
+        prepared = prepare(frame, mapping, first_row=first_row + rows_before)
         prepared.records = run_records(prepared.records, workspace_id, source, imported_at)
-        return prepared
+        return prepared, len(frame), position
 
-    errors: list[tuple[int, str]] = []
-    notes: Counter[str] = Counter()
-    valid = 0
-    with short_switch_interval():
+    with closing(chunks), short_switch_interval():
         async with writer(db, workspace_id, source, RUN_COLUMNS, dry_run=dry_run) as out:
             pending = asyncio.create_task(asyncio.to_thread(check, 0))
-            for i in range(len(starts)):
-                prepared = await pending
-                if i + 1 < len(starts):
-                    pending = asyncio.create_task(asyncio.to_thread(check, i + 1))
-                await out.write(prepared.records)
-                valid += len(prepared.records)
-                errors += prepared.errors
-                notes.update(prepared.notes)
-                if progress is not None:
-                    progress(min(ends[i], total), total)
+            try:
+                while (got := await pending) is not None:
+                    prepared, rows, position = got
+                    tally.rows += rows
+                    pending = asyncio.create_task(asyncio.to_thread(check, tally.rows))
+                    await out.write(prepared.records)
+                    tally.add(prepared)
+                    if progress is not None:
+                        progress(position, total)
+            finally:
+                await _settled(pending)  # the file is closed only once no thread reads it
             new = await out.new_rows()
-    reasons = Counter(_reason_kind(reason) for _, reason in errors)
-    return ImportReport(workspace_id, source, dry_run, total, valid, new, dict(reasons.most_common()), dict(notes),
-                        errors, len(errors), mapping.describe())
+    return ImportReport(workspace_id, source, dry_run, tally.rows, tally.valid, new,
+                        dict(tally.reasons.most_common()), dict(tally.notes), tally.errors, tally.invalid,
+                        mapping.describe())
+
+
+async def _settled(task: asyncio.Task[Any]) -> None:
+    """Wait for a task to end, whatever its outcome (which the caller no longer needs)."""
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
 
 
 def _reason_kind(reason: str) -> str:
@@ -117,15 +163,32 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def load_file(path: Path, fmt: str | None, maps: dict[str, str], sets: dict[str, str]) -> tuple[pd.DataFrame, Mapping]:
-    """Read the file and decide the mapping (once, from its headers); every problem here
-    is bad input, before any write. CSV columns mapped to non-numeric fields are read as
-    text, so ids keep their leading zeros."""
+def _deciding(maps: dict[str, str], sets: dict[str, str],
+              decided: list[Mapping]) -> Callable[[list[str]], tuple[list[str], list[str]]]:
+    """Decides the mapping from the headers (kept in `decided`): CSV columns mapped to
+    non-numeric fields are read as text, so ids keep their leading zeros; param columns
+    and a `_strategy` column join a row's content as read."""
+    def decide(headers: list[str]) -> tuple[list[str], list[str]]:
+        mapping = resolve_mapping(headers, maps, sets)
+        decided.append(mapping)
+        text = [c for f, c in mapping.columns.items() if FIELDS[f] not in ("int", "float")]
+        return text, [*mapping.param_columns.values(), *filter(None, [mapping.strategy_repr])]
+
+    return decide
+
+
+def open_file(path: Path, fmt: str | None, maps: dict[str, str], sets: dict[str, str]) -> tuple[Table, Mapping]:
+    """Check the file and decide the mapping (once, from its headers), reading no more
+    than that needs; every problem here is bad input, before any write."""
     decided: list[Mapping] = []
+    table = open_table(path, detect_format(path, fmt), _deciding(maps, sets, decided))
+    return table, decided[-1]
 
-    def text_columns(headers: list[str]) -> list[str]:
-        decided.append(resolve_mapping(headers, maps, sets))
-        return [c for f, c in decided[0].columns.items() if FIELDS[f] not in ("int", "float")]
 
-    frame = read_table(path, detect_format(path, fmt), text_columns)
-    return frame, decided[0] if decided else resolve_mapping(list(frame.columns), maps, sets)
+def load_file(path: Path, fmt: str | None, maps: dict[str, str], sets: dict[str, str]) -> tuple[pd.DataFrame, Mapping]:
+    """The whole file in memory and its mapping, as `open_file` decides it (for callers
+    that need the table itself; `kb import` reads with `open_file`)."""
+    decided: list[Mapping] = []
+    decide = _deciding(maps, sets, decided)
+    frame = read_table(path, detect_format(path, fmt), lambda headers: decide(headers)[0])
+    return frame, decided[-1] if decided else resolve_mapping(list(frame.columns), maps, sets)
