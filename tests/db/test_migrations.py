@@ -116,7 +116,8 @@ async def test_a_populated_database_of_the_previous_release_migrates_in_place(se
             assert answer.considered == 20
             # Deleting a workspace still cascades through every partitioned table.
             await db.execute("DELETE FROM workspaces WHERE id = $1", ws)
-            assert await db.fetchval("SELECT count(*) FROM kb_status_history WHERE workspace_id = $1", ws) == 0
+            for table in ("kb_status_history", "kb_trials", "kb_evidence"):
+                assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE workspace_id = $1", ws) == 0
         finally:
             await db.close()
     finally:
