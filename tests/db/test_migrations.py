@@ -118,6 +118,16 @@ async def test_a_populated_database_of_the_previous_release_migrates_in_place(se
             await db.execute("DELETE FROM workspaces WHERE id = $1", ws)
             for table in ("kb_status_history", "kb_trials", "kb_evidence"):
                 assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE workspace_id = $1", ws) == 0
+            # Emptying the runs table (CASCADE: the history references it) empties the KB tables.
+            other = uuid.uuid4()
+            await db.execute("INSERT INTO workspaces (id, name) VALUES ($1, 'other')", other)
+            async with db.acquire() as c:
+                await copy_runs(c, [run_row(other, i, strategy_name="s", kb_status="candidate",
+                                            regime_oos=trend_snapshot(1, 0.002, i)) for i in range(5)], RUN_COLUMNS)
+            assert (await ingest(db, other)).inserted == 5
+            await db.execute("TRUNCATE backtest_runs CASCADE")
+            for table in ("kb_trials", "kb_evidence"):
+                assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table
         finally:
             await db.close()
     finally:
