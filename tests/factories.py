@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from app.services.kb.regime import compute_regime_snapshot
 
@@ -94,3 +98,40 @@ def trend_snapshot_frame(direction: int) -> dict:
     close = 100 * np.exp(np.arange(200) * 0.002 * direction)
     return {"timestamp": pd.date_range("2024-03-01", periods=200, freq="h", tz="UTC"),
             "high": close * 1.002, "low": close * 0.998, "close": close}
+
+
+def chunked_sweep_export(path: Path, rows: int, chunk_rows: int) -> Path:
+    """A sweep export whose chunks of `chunk_rows` rows, each read alone, would read
+    otherwise than the whole file: `param_a` whole numbers in the first chunk and fractions
+    after; `param_b` numbers, then a word on every third row after two chunks; `param_c`
+    whole numbers with gaps only after two chunks; `symbol` numbers missing from some late
+    rows; run ids with leading zeros on even rows (the others' id is a content hash).
+    CSV, JSON lines, one JSON array (`.json`) or Parquet (without `param_b`: one type per
+    column), by the path's suffix."""
+    k = range(rows)
+    late = 2 * chunk_rows
+    columns = {
+        "strategy_name": ["sma"] * rows,
+        "param_a": [float(v % 7) if v < chunk_rows else v % 7 + 0.5 for v in k],
+        "param_b": ["auto" if v >= late and v % 3 == 0 else v % 5 for v in k],
+        "param_c": [None if v >= late and v % 2 else v % 9 for v in k],
+        "symbol": [None if v >= late and v % 2 == 0 else v % 4 for v in k],
+        "run_id": [f"{v:07d}" if v % 2 == 0 else None for v in k],
+        "sharpe": [v / 1000 for v in k], "trades": [v % 50 for v in k],
+        "oos_start": [f"2024-01-{1 + v % 28:02d}" for v in k], "oos_end": ["2024-03-01"] * rows,
+    }
+    if path.suffix == ".csv":
+        pd.DataFrame({**columns, "param_c": pd.array(columns["param_c"], dtype="Int64")}).to_csv(path, index=False)
+    elif path.suffix in (".jsonl", ".json"):
+        columns["param_a"] = [int(a) if v < chunk_rows else a for v, a in enumerate(columns["param_a"])]
+        records = [{n: c[i] for n, c in columns.items() if c[i] is not None} for i in range(rows)]
+        if path.suffix == ".json":  # one array: read whole, then cut into chunks
+            path.write_bytes(b"[\n" + b",\n".join(orjson.dumps(r) for r in records) + b"\n]")
+        else:
+            path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    else:
+        del columns["param_b"]
+        table = pa.table({**columns, "param_c": pa.array(columns["param_c"], pa.int64()),
+                          "symbol": pa.array(columns["symbol"], pa.int64())})
+        pq.write_table(table, path, row_group_size=7_000)  # batches end at row-group ends
+    return path

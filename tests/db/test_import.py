@@ -12,13 +12,11 @@ import numpy as np
 import optuna
 import orjson
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from app.services.kb.importing import sources
 from app.services.kb.importing.service import CHUNK_ROWS, import_frame, import_table, load_file, open_file
-from tests.factories import API_TOKEN, ohlcv_frame
+from tests.factories import API_TOKEN, chunked_sweep_export, ohlcv_frame
 
 EXPORTS = Path(__file__).parent.parent / "fixtures" / "exports"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -308,33 +306,8 @@ async def test_imported_runs_go_through_the_pipeline_and_recommend_uses_them(cli
 _PER_IMPORT = ("id", "workspace_id", "created_at", "kb_xid")
 
 
-def _sweep_export(path: Path, rows: int = 2 * CHUNK_ROWS + 2_000) -> Path:
-    """A sweep whose chunks, each read alone, would read differently from the whole file:
-    param a whole numbers in the first chunk and fractions after; param b numbers, then a
-    word in the last chunk; symbol numbers with gaps only in the last chunk; ids with
-    leading zeros on even rows and none on odd rows (their id is a content hash)."""
-    k = range(rows)
-    last = 2 * CHUNK_ROWS
-    columns = {
-        "strategy_name": ["sma"] * rows,
-        "param_a": [float(v % 7) if v < CHUNK_ROWS else v % 7 + 0.5 for v in k],
-        "param_b": ["auto" if v >= last and v % 3 == 0 else v % 5 for v in k],
-        "symbol": [None if v >= last and v % 2 == 0 else v % 4 for v in k],
-        "run_id": [f"{v:06d}" if v % 2 == 0 else None for v in k],
-        "sharpe": [v / 1000 for v in k], "trades": [v % 50 for v in k],
-        "oos_start": [f"2024-01-{1 + v % 28:02d}" for v in k], "oos_end": ["2024-03-01"] * rows,
-    }
-    if path.suffix == ".csv":
-        pd.DataFrame(columns).to_csv(path, index=False)
-    elif path.suffix == ".jsonl":
-        columns["param_a"] = [int(a) if v < CHUNK_ROWS else a for v, a in enumerate(columns["param_a"])]
-        records = ({n: c[i] for n, c in columns.items() if c[i] is not None} for i in range(rows))
-        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    else:
-        del columns["param_b"]  # one type per Parquet column
-        table = pa.table({**columns, "symbol": pa.array(columns["symbol"], pa.int64())})
-        pq.write_table(table, path, row_group_size=7_000)
-    return path
+def _sweep_export(path: Path) -> Path:
+    return chunked_sweep_export(path, 2 * CHUNK_ROWS + 2_000, CHUNK_ROWS)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

@@ -9,47 +9,19 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from app.errors import BadInput
 from app.services.kb.importing import sources
 from app.services.kb.importing.rows import prepare
 from app.services.kb.importing.service import CHUNK_ROWS, load_file, open_file
+from tests.factories import chunked_sweep_export
 
 ROWS = 2 * CHUNK_ROWS + 5_000
 
 
 def _export(path: Path) -> Path:
-    """Columns whose type a chunk alone would read otherwise: `param_b` numbers with a word
-    after the first two chunks, `param_c` whole numbers with gaps only at the end, `symbol`
-    numbers missing from some late rows, ids with leading zeros on every other row."""
-    k = range(ROWS)
-    late = 2 * CHUNK_ROWS
-    columns = {
-        "strategy_name": ["s"] * ROWS,
-        "param_a": [float(v % 7) if v < CHUNK_ROWS else v % 7 + 0.25 for v in k],
-        "param_b": ["auto" if v >= late and v % 3 == 0 else v % 5 for v in k],
-        "param_c": [None if v >= late and v % 2 else v % 9 for v in k],
-        "symbol": [None if v >= late and v % 2 == 0 else v % 4 for v in k],
-        "run_id": [f"{v:07d}" if v % 2 else None for v in k],
-        "sharpe": [v / 1000 for v in k], "oos_start": ["2024-01-02"] * ROWS, "oos_end": ["2024-02-02"] * ROWS,
-    }
-    if path.suffix == ".csv":
-        pd.DataFrame({**columns, "param_c": pd.array(columns["param_c"], dtype="Int64")}).to_csv(path, index=False)
-    elif path.suffix in (".jsonl", ".json"):
-        records = [{n: c[i] for n, c in columns.items() if c[i] is not None} for i in range(ROWS)]
-        if path.suffix == ".json":  # one array: read whole, then cut into chunks
-            path.write_bytes(b"[\n" + b",\n".join(orjson.dumps(r) for r in records) + b"\n]")
-        else:
-            path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    else:
-        del columns["param_b"]
-        table = pa.table({**columns, "param_c": pa.array(columns["param_c"], pa.int64()),
-                          "symbol": pa.array(columns["symbol"], pa.int64())})
-        pq.write_table(table, path, row_group_size=7_000)  # batches end at row-group ends
-    return path
+    return chunked_sweep_export(path, ROWS, CHUNK_ROWS)
 
 
 def _records(chunks: list[pd.DataFrame], path: Path) -> list[object]:
@@ -77,7 +49,7 @@ def test_chunks_give_the_rows_a_whole_file_read_gives(tmp_path, suffix) -> None:
 
 @pytest.mark.parametrize("suffix, planned", [
     (".csv", {"param_b": str, "param_c": "float64"}),  # a word makes the column text; a gap, floats
-    (".jsonl", {"param_b": "object", "param_c": "float", "symbol": "float"}),
+    (".jsonl", {"param_a": "float", "param_b": "object", "param_c": "float", "symbol": "float"}),  # a: ints, fractions
     (".parquet", {"param_c": "float", "symbol": "float"}),
 ])
 def test_a_scan_before_reading_finds_the_whole_file_types(tmp_path, suffix, planned) -> None:
