@@ -171,7 +171,10 @@ def cases(ctx: Context) -> list[Case]:
     out = [
         Case("backfill", "select_candidacy_page (first page)", "select_candidacy_page", (ws, *first, BACKFILL_PAGE)),
         Case("backfill", "select_candidacy_page (mid cursor)", "select_candidacy_page", (ws, *mid, BACKFILL_PAGE)),
-        Case("backfill", f"run_window_stats (--min-dsr; {ctx.candidacy_source})", "run_window_stats",
+        Case("backfill", f"run_window_stats (--explain; {ctx.candidacy_source})", "run_window_stats",
+             (ws, ctx.candidacy_ids)),
+        Case("backfill", "workspace_window_stats (--min-dsr, once per backfill)", "workspace_window_stats", (ws,)),
+        Case("backfill", f"run_window_keys (--min-dsr, per page; {ctx.candidacy_source})", "run_window_keys",
              (ws, ctx.candidacy_ids)),
         Case("backfill", f"update_candidacy_batch ({ctx.candidacy_source})", "update_candidacy_batch",
              (batch, ws, None), write=True),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +58,21 @@ async def undo_regime(conn: Conn, backfill_run_id: uuid.UUID, workspace_id: uuid
 async def run_window_stats(db: Database | Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> list[Record]:
     """Per run: bars in its OOS window and the sets tried on that window with their Sharpe variance."""
     return list(await db.fetch(q("run_window_stats"), workspace_id, run_ids))
+
+
+async def workspace_window_stats(conn: Conn, workspace_id: uuid.UUID,
+                                 chunk: int = 20_000) -> AsyncIterator[list[Record]]:
+    """The sets tried and their Sharpe variance on every window of the workspace with more
+    than one set, by window key, `chunk` rows at a time (one scan, in one transaction)."""
+    async with conn.transaction(readonly=True):
+        cursor = await conn.cursor(q("workspace_window_stats"), workspace_id)
+        while rows := await cursor.fetch(chunk):
+            yield list(rows)
+
+
+async def run_window_keys(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> list[Record]:
+    """Per run: its Sharpe, OOS bars, timeframe and window key (see `workspace_window_stats`)."""
+    return list(await conn.fetch(q("run_window_keys"), workspace_id, run_ids))
 
 
 async def count_candidacy_after(conn: Conn, workspace_id: uuid.UUID, after: Cursor) -> int:

@@ -7,6 +7,7 @@ import statistics
 
 import orjson
 
+from app.services.kb.backfill.candidacy import WindowStats, deflated_of
 from app.services.kb.ingest import ingest
 from app.services.kb.runs.deflated import deflated_sharpe
 from tests.factories import run_row, trend_snapshot
@@ -57,3 +58,29 @@ async def test_min_dsr_gate_and_explain(cli, db, make_workspace, insert_runs) ->
     assert code == 0 and "min_dsr" in out and "FAIL" in out
     code, _, err = await cli("backfill-candidacy", "--workspace-id", ws, "--min-dsr", "1.5")
     assert code == 2 and "--min-dsr" in err
+
+
+async def test_a_backfills_window_figures_read_at_once_equal_the_per_run_query(db, make_workspace,
+                                                                               insert_runs) -> None:
+    """`--min-dsr` reads every window's figures in one scan; each run's DSR from them equals
+    the one its own query gives: windows shared by strategies, symbols written two ways
+    (missing and empty), repeated parameter sets, windows of one set, runs without a window
+    or strategy, a Sharpe that is not a number, and runs not completed or not variants."""
+    ws = await make_workspace()
+    snap = trend_snapshot(1, seed=1)
+    windows = [WINDOW, {**WINDOW, "symbol": "QQQ"}, {**WINDOW, "oos_end": "2024-01-10T08:00:00"},
+               {k: v for k, v in WINDOW.items() if k != "symbol"}, {**WINDOW, "symbol": ""}, {"timeframe": "1h"}]
+    rows = []
+    for i in range(60):
+        summary = {"trades": 30, "sharpe": "n/a" if i == 7 else round(((i * 37) % 23) / 10 - 0.8, 2)}
+        rows.append(run_row(ws, i, strategy_name=None if i == 11 else f"s{i % 2}", kb_status="excluded",
+                            params={"n": i % 4 if i % 3 else i}, regime_oos=snap, dataset_meta=windows[i % 6],
+                            summary=summary, status="failed" if i == 13 else "completed",
+                            run_kind="tune_variant" if i == 17 else "test_variant"))
+    rows.append(run_row(ws, 60, strategy_name="lonely", kb_status="excluded", params={"n": 1}, regime_oos=snap,
+                        dataset_meta=WINDOW, summary={"trades": 30, "sharpe": 1.2}))
+    ids = await insert_runs(rows)
+    per_run = await deflated_of(db, ws, ids)
+    async with db.acquire() as conn:
+        at_once = await (await WindowStats.read(conn, ws)).deflated(conn, ws, ids)
+    assert len(per_run) > 30 and at_once == per_run

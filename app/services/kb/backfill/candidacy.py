@@ -36,6 +36,7 @@ class CandidacyJob:
     def __init__(self, opts: CandidacyOptions) -> None:
         self.opts = opts
         self.dsr: dict[uuid.UUID, float] = {}  # of the page in hand, when the gate asks for it
+        self.windows: WindowStats | None = None  # read once per backfill, when the gate asks for DSR
 
     def identity(self) -> dict[str, Any]:
         gate = self.opts.gate
@@ -56,7 +57,9 @@ class CandidacyJob:
     ) -> Sequence[Record]:
         page = await runs.candidacy_page(conn, self.opts.workspace_id, after, size)
         if self.opts.gate.min_dsr is not None and page:
-            self.dsr = await deflated_of(conn, self.opts.workspace_id, [r["id"] for r in page])
+            if self.windows is None:
+                self.windows = await WindowStats.read(conn, self.opts.workspace_id)
+            self.dsr = await self.windows.deflated(conn, self.opts.workspace_id, [r["id"] for r in page])
         return page
 
     def evaluate(self, rows: Sequence[Record]) -> list[Outcome]:
@@ -107,6 +110,36 @@ async def deflated_of(db: Database | Conn, workspace_id: uuid.UUID, run_ids: lis
         if found is not None:
             out[r["id"]] = round(found.dsr, 6)
     return out
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Every window's sets tried and Sharpe variance, read in one scan of the workspace:
+    a backfill's pages then read only their own runs (a query per page over the whole
+    workspace took over a minute at ten million runs). Candidacy changes none of the
+    figures, so they hold for the whole backfill. Windows with one set are not kept."""
+
+    by_key: dict[bytes, tuple[int, float]]
+
+    @classmethod
+    async def read(cls, conn: Conn, workspace_id: uuid.UUID) -> WindowStats:
+        by_key = {}
+        async for rows in runs.workspace_window_stats(conn, workspace_id):
+            for r in rows:
+                by_key[bytes(r["key"])] = (int(r["n_sets"]), float(r["sharpe_var"]))
+        return cls(by_key)
+
+    async def deflated(self, conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
+        """As `deflated_of`, from the figures read."""
+        out = {}
+        for r in await runs.run_window_keys(conn, workspace_id, run_ids):
+            if r["key"] is None or r["sharpe"] is None:
+                continue
+            n_sets, variance = self.by_key.get(bytes(r["key"]), (1, 0.0))
+            found = window_dsr(float(r["sharpe"]), r["n_bars"], r["timeframe"], n_sets, variance)
+            if found is not None:
+                out[r["id"]] = round(found.dsr, 6)
+        return out
 
 
 @dataclass(frozen=True)
