@@ -2,9 +2,10 @@
 
 COPY has no ON CONFLICT, so the skipping is done before it: imports of one (workspace,
 source) are serialised on a transaction advisory lock, the ids already stored are read
-(only when the source has any rows in the workspace at all), and ids seen earlier in
-the same import are dropped, first one kept, as the unique index would. A dry run takes
-the same path and counts instead of writing.
+(only when the source has any rows in the workspace at all: the transaction sees its own
+earlier chunks there too), and ids seen earlier in the same import are dropped, first
+one kept, as the unique index would. A dry run takes the same path and counts instead
+of writing.
 """
 
 from __future__ import annotations
@@ -14,11 +15,40 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
+
 from app.db.connector import Conn, Database
 from app.db.sql import q
 from app.db.workspaces import ensure_workspace
 
 KEY_COLUMN = "import_source_id"
+
+
+class SeenIds:
+    """The ids written so far by one import, as 64-bit hashes (8 bytes an id, where a set
+    of the ids themselves took about 93): sorted runs, merged while the newest is at
+    least half the size of the one before, so a lookup searches a few runs only. A hash
+    that matches may be another id's: the caller confirms matches against the table."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    @staticmethod
+    def hashes(ids: Sequence[Any]) -> np.ndarray:
+        return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+
+    def matches(self, hashes: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(hashes), dtype=bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
+            found |= run[at] == hashes
+        return found
+
+    def add(self, hashes: np.ndarray) -> None:
+        self.runs.append(np.sort(hashes))
+        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
+            newest = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], newest]), kind="stable")
 
 
 class Writer:
@@ -31,7 +61,11 @@ class Writer:
         self.source = source
         self.dry_run = dry_run
         self.any_present = any_present
-        self.seen: set[Any] = set()
+        # Earlier chunks' ids: the table holds them (read with the stored ones) once the
+        # source has rows; a first import keeps their hashes; a dry run, which writes
+        # nothing, keeps the ids.
+        self.seen_ids: set[Any] = set()
+        self.seen_hashes = SeenIds()
         self.written = 0
 
     async def write(self, records: list[tuple[Any, ...]]) -> None:
@@ -39,21 +73,33 @@ class Writer:
         and to this import; in a dry run only count them."""
         if not records:
             return
-        key, seen = self.key, self.seen
-        present: set[Any] = set()
-        if self.any_present:
-            found = await self.conn.fetchval(q("import_present_ids"), self.workspace_id, self.source,
-                                             [r[key] for r in records])
-            present = set(found)
-        fresh = []
-        for record in records:
-            source_id = record[key]
-            if source_id not in seen and source_id not in present:
-                seen.add(source_id)
-                fresh.append(record)
+        key = self.key
+        first: dict[Any, tuple[Any, ...]] = {}
+        for record in records:  # the first of each id in the chunk
+            first.setdefault(record[key], record)
+        present = await self._present(list(first))
+        fresh = [r for i, r in first.items() if i not in present]
         if fresh and not self.dry_run:
             await self.conn.copy_records_to_table("backtest_runs", records=fresh, columns=self.columns)
         self.written += len(fresh)
+
+    async def _present(self, ids: list[Any]) -> set[Any]:
+        """Of a chunk's distinct ids, those stored before the import or written earlier in it."""
+        if self.any_present:
+            return set(await self._stored(ids))
+        if self.dry_run:
+            present = {i for i in ids if i in self.seen_ids}
+            self.seen_ids.update(ids)
+            return present
+        hashes = SeenIds.hashes(ids)
+        matched = self.seen_hashes.matches(hashes)
+        self.seen_hashes.add(hashes)
+        if not matched.any():
+            return set()
+        return set(await self._stored([i for i, m in zip(ids, matched, strict=True) if m]))
+
+    async def _stored(self, ids: list[Any]) -> list[Any]:
+        return list(await self.conn.fetchval(q("import_present_ids"), self.workspace_id, self.source, ids))
 
     async def new_rows(self) -> int:
         """Runs written (or, in a dry run, that would be written)."""

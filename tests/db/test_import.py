@@ -14,6 +14,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from app.db import imports
 from app.services.kb.importing import sources
 from app.services.kb.importing.service import CHUNK_ROWS, import_frame, import_table, load_file, open_file
 from tests.factories import API_TOKEN, chunked_sweep_export, ohlcv_frame
@@ -426,3 +427,27 @@ async def test_a_lost_connection_reads_the_file_again_from_the_start(db, tmp_pat
     assert ended == 1 and len(opened) == 2 and report.retried == 1
     assert report.rows == report.imported == 2 * CHUNK_ROWS + 2_000
     assert await db.fetchval("SELECT count(*) FROM backtest_runs WHERE workspace_id = $1", ws) == report.rows
+
+
+@pytest.mark.parametrize("collide", [False, True])
+async def test_an_id_repeated_in_a_later_chunk_is_kept_once(cli, db, tmp_path, monkeypatch, collide) -> None:
+    """A first import keeps 64-bit hashes of the ids it wrote and confirms any match against
+    the table: with every hash made equal (each id then matches all the earlier ones),
+    the rows written and counted are the same."""
+    if collide:
+        monkeypatch.setattr(imports.SeenIds, "hashes", staticmethod(lambda ids: np.zeros(len(ids), np.int64)))
+    rows = 2 * CHUNK_ROWS + 500
+    path = _plain_csv(tmp_path / "runs.csv", rows, tail=b"s0,9.99,3,r5\ns1,9.99,3,r15000\ns2,9.99,3,r5\n")
+    ws = uuid.uuid4()
+    code, out, err = await cli("import", path, "--workspace-id", ws, "--dry-run", "--json")
+    assert code == 0, err
+    preview = orjson.loads(out)
+    code, out, err = await cli("import", path, "--workspace-id", ws, "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert (report["imported"], report["already_present"]) == (rows, 3)
+    assert (preview["imported"], preview["already_present"]) == (rows, 3)
+    stored = await db.fetch("SELECT import_source_id, summary->>'sharpe' AS sharpe FROM backtest_runs "
+                            "WHERE workspace_id = $1 AND import_source_id IN ('r5', 'r15000')", ws)
+    # The first row of each id is the one kept.
+    assert sorted((r["import_source_id"], r["sharpe"]) for r in stored) == [("r15000", "1.4"), ("r5", "1.0")]
