@@ -85,12 +85,14 @@ class Writer:
 
     async def _present(self, ids: list[Any]) -> set[Any]:
         """Of a chunk's distinct ids, those stored before the import or written earlier in it."""
-        if self.any_present:
-            return set(await self._stored(ids))
-        if self.dry_run:
+        if self.dry_run:  # nothing written: earlier chunks are known by their ids only
             present = {i for i in ids if i in self.seen_ids}
             self.seen_ids.update(ids)
+            if self.any_present:
+                present.update(await self._stored([i for i in ids if i not in present]))
             return present
+        if self.any_present:
+            return set(await self._stored(ids))
         hashes = SeenIds.hashes(ids)
         matched = self.seen_hashes.matches(hashes)
         self.seen_hashes.add(hashes)

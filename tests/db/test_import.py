@@ -451,3 +451,12 @@ async def test_an_id_repeated_in_a_later_chunk_is_kept_once(cli, db, tmp_path, m
                             "WHERE workspace_id = $1 AND import_source_id IN ('r5', 'r15000')", ws)
     # The first row of each id is the one kept.
     assert sorted((r["import_source_id"], r["sharpe"]) for r in stored) == [("r15000", "1.4"), ("r5", "1.0")]
+    # Again with more rows, the last one repeating a new id of an earlier chunk: the dry run
+    # finds it among what it read, the import in what it wrote; both count it once.
+    more = rows + CHUNK_ROWS + 10
+    again = _plain_csv(tmp_path / "runs.csv", more, tail=f"s0,9.99,3,r{rows + 1}\n".encode())
+    for dry in (["--dry-run"], []):
+        code, out, err = await cli("import", again, "--workspace-id", ws, "--json", *dry)
+        assert code == 0, err
+        report = orjson.loads(out)
+        assert (report["imported"], report["already_present"]) == (more - rows, rows + 1), dry
