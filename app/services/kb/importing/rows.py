@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from app.ids import time_ordered_ids
 from app.services.kb.importing.fields import Mapping, split_strategy_repr
 from app.services.kb.importing.jsontext import json_objects
 from app.services.kb.runs.summary import decode_summary
@@ -25,7 +26,7 @@ from app.timestamps import EARLIEST, LATEST, RANGE_TEXT, epoch_to_ns
 STAGING_COLUMNS = ("source_id", "created_at", "run_kind", "status", "strategy_name", "experiment_type", "params",
                    "dataset_meta", "summary", "trade_count")
 # The `backtest_runs` columns an import writes: a checked record, then where it came from.
-RUN_COLUMNS = ("import_source_id", *STAGING_COLUMNS[1:], "workspace_id", "import_source")
+RUN_COLUMNS = ("import_source_id", *STAGING_COLUMNS[1:], "workspace_id", "import_source", "id")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The checked values a row is made of (its content hash, when it has no id of its own).
 _CONTENT = ("created_at", "run_kind", "status", "strategy_name", "experiment_type", "params", "symbol",
@@ -330,9 +331,11 @@ def _params_json(frame: pd.DataFrame, mapping: Mapping, params: list[dict[str, A
 
 def run_records(records: list[tuple[Any, ...]], workspace_id: uuid.UUID, source: str,
                 imported_at: datetime) -> list[tuple[Any, ...]]:
-    """Checked records as `RUN_COLUMNS` rows; a row with no creation time gets the import's."""
+    """Checked records as `RUN_COLUMNS` rows; a row with no creation time gets the import's.
+    Ids are time-ordered (`app.ids`)."""
+    ids = time_ordered_ids(len(records))
     return [(r[0], imported_at if r[1] is None else _EPOCH + timedelta(microseconds=r[1]), *r[2:],
-             workspace_id, source) for r in records]
+             workspace_id, source, i) for r, i in zip(records, ids, strict=True)]
 
 
 def _check_window(start: pd.Series, end: pd.Series, prefix: str, check: _Checker) -> None:
