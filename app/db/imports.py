@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from app.db.connector import Conn, Database
+from app.db.runs import copy_records
 from app.db.sql import q
 from app.db.workspaces import ensure_workspace
 
@@ -80,7 +81,7 @@ class Writer:
         present = await self._present(list(first))
         fresh = [r for i, r in first.items() if i not in present]
         if fresh and not self.dry_run:
-            await self.conn.copy_records_to_table("backtest_runs", records=fresh, columns=self.columns)
+            await copy_records(self.conn, "backtest_runs", fresh, self.columns)
         self.written += len(fresh)
 
     async def _present(self, ids: list[Any]) -> set[Any]:
