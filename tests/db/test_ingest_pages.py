@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import orjson
 
-from app.db import trials as trials_db
 from app.services.kb.ingest import ingest
 from tests.factories import run_row, trend_snapshot
 
@@ -76,25 +75,3 @@ async def test_deleted_runs_take_their_trials_and_evidence(db, make_workspace, i
         assert left == 0, table
     assert await db.fetchval("SELECT count(*) FROM kb_trials WHERE workspace_id = $1", ws) == 12 - 2 - 2
 
-
-async def test_a_run_deleted_while_its_page_is_written_is_left_out(db, make_workspace, insert_runs,
-                                                                   monkeypatch) -> None:
-    """The page's write holds its runs (a key share lock, as a foreign key's check takes):
-    a run deleted after the page was read and before it is written is not written, and
-    the ingest goes on."""
-    ws = await make_workspace()
-    rows = _runs(ws, 6)
-    await insert_runs(rows)
-    victim = rows[1]["id"]  # a candidate with a regime: a trial and an evidence row
-    begin_write = trials_db.begin_write
-
-    async def delete_then_begin(conn, workspace_id):
-        await db.execute("DELETE FROM backtest_runs WHERE workspace_id = $1 AND id = $2", ws, victim)
-        return await begin_write(conn, workspace_id)
-
-    monkeypatch.setattr(trials_db, "begin_write", delete_then_begin)
-    result = await ingest(db, ws)
-    # Five candidates read; the deleted one is counted with the runs left as they were.
-    assert (result.scanned, result.inserted, result.skipped, result.errors) == (5, 4, 1, 0)
-    for table in ("kb_trials", "kb_evidence"):
-        assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE source_run_id = $1", victim) == 0, table

@@ -133,3 +133,25 @@ async def test_a_populated_database_of_the_previous_release_migrates_in_place(se
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_each_kb_partition_references_its_run_partition(db: Database) -> None:
+    """kb_trials and kb_evidence check their runs partition to partition (migration 0013):
+    every partition has one cascading key to the backtest_runs partition of its bounds
+    (the schema dump lists the parents' constraints only)."""
+    keys = await db.fetch(
+        "SELECT c.conrelid::regclass::text AS kb, c.confrelid::regclass::text AS runs, c.confdeltype, "
+        "       pg_get_expr(k.relpartbound, k.oid) = pg_get_expr(r.relpartbound, r.oid) AS same_bounds "
+        "FROM pg_constraint c JOIN pg_class k ON k.oid = c.conrelid JOIN pg_class r ON r.oid = c.confrelid "
+        "JOIN pg_inherits i ON i.inhrelid = c.conrelid "
+        "WHERE c.contype = 'f' AND i.inhparent IN ('kb_trials'::regclass, 'kb_evidence'::regclass)")
+    partitions = await db.fetchval(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent IN ('kb_trials'::regclass, 'kb_evidence'::regclass)")
+    assert partitions == 32 and len(keys) == partitions and len({k["kb"] for k in keys}) == partitions
+    assert all(k["same_bounds"] and k["confdeltype"] == b"c" and k["runs"].startswith("backtest_runs_") for k in keys)
+    # A cascade deletes from the partition: each one moves the revisions itself.
+    bumps = await db.fetchval(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_inherits i ON i.inhrelid = t.tgrelid "
+        "WHERE i.inhparent IN ('kb_trials'::regclass, 'kb_evidence'::regclass) AND NOT t.tgisinternal "
+        "AND t.tgfoid = 'kb_bump_revision_after_delete'::regproc")
+    assert bumps == partitions

@@ -49,7 +49,7 @@ class IngestResult:
     scanned: int = 0
     inserted: int = 0
     updated: int = 0
-    skipped: int = 0  # unchanged (or their run deleted while their page was written)
+    skipped: int = 0
     archived: int = 0
     evidence: int = 0
     errors: int = 0

@@ -61,7 +61,7 @@ WHERE r.id = u.id
   AND r.regime_oos IS NULL
 
 -- name: run_window_stats
--- For candidacy runs (`--min-dsr`, `--explain`): bars in each run's OOS window and, over the
+-- For one candidacy run (`--explain`): bars in each run's OOS window and, over the
 -- completed test variants of its strategy on the same window, the sets tried and their Sharpe variance.
 WITH target AS (
     SELECT r.id, r.strategy_name, r.dataset_meta, r.regime_oos ->> 'n_bars' AS n_bars,
@@ -84,7 +84,8 @@ GROUP BY t.id, t.sharpe, t.n_bars, t.dataset_meta ->> 'timeframe'
 -- The figures of `run_window_stats` for every window of the workspace at once (one scan,
 -- for a whole candidacy backfill), keyed by a digest of (strategy, symbol, timeframe, OOS
 -- start, OOS end) as `run_window_keys` computes it. Windows with one set only are left out:
--- their figures are a run's own (one set, no variance).
+-- a run there counts one set tried, and with one set its DSR does not depend on the
+-- variance (`expected_max_sharpe`), so the caller takes (1 set, variance 0) for them.
 SELECT decode(md5(concat_ws(chr(31), strategy_name, coalesce(dataset_meta ->> 'symbol', ''),
                             coalesce(dataset_meta ->> 'timeframe', ''), dataset_meta ->> 'oos_start',
                             dataset_meta ->> 'oos_end')), 'hex') AS key,

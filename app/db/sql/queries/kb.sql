@@ -72,9 +72,6 @@ WITH before AS (
          AS u(run_id, strategy, symbol, timeframe, experiment_type, params, sharpe, return_frac, max_dd_frac,
               win_rate, profit_factor, n_trades, features, tags, ts_end, kb_status, content_hash, pre_features,
               pre_tags, dsr_inputs)
-    -- The run is there, and stays until commit: a run deleted meanwhile is not written.
-    CROSS JOIN LATERAL (SELECT 1 FROM backtest_runs r WHERE r.workspace_id = $1 AND r.id = u.run_id
-                        FOR KEY SHARE) run
     ON CONFLICT (workspace_id, source_run_id) DO UPDATE
     SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
         experiment_type = EXCLUDED.experiment_type, params = EXCLUDED.params, sharpe = EXCLUDED.sharpe,
@@ -188,8 +185,6 @@ WITH before AS (
                 $15::bool[], $16::text[])
          AS u(run_id, strategy, symbol, timeframe, params, sharpe, n_trades, oos_start, oos_end, pre_features,
               oos_features, pre_tags, oos_tags, eligible, content_hash)
-    CROSS JOIN LATERAL (SELECT 1 FROM backtest_runs r WHERE r.workspace_id = $1 AND r.id = u.run_id
-                        FOR KEY SHARE) run  -- as in upsert_trials
     ON CONFLICT (workspace_id, source_run_id) DO UPDATE
     SET strategy_name = EXCLUDED.strategy_name, symbol = EXCLUDED.symbol, timeframe = EXCLUDED.timeframe,
         params = EXCLUDED.params, sharpe = EXCLUDED.sharpe, n_trades = EXCLUDED.n_trades,
