@@ -28,8 +28,11 @@ KEY_COLUMN = "import_source_id"
 class SeenIds:
     """The ids written so far by one import, as 64-bit hashes (8 bytes an id, where a set
     of the ids themselves took about 93): sorted runs, merged while the newest is at
-    least half the size of the one before, so a lookup searches a few runs only. A hash
-    that matches may be another id's: the caller confirms matches against the table."""
+    least half the size of the one before and the result at most RUN_CAP hashes, so a
+    lookup searches a few runs and a merge never copies much at once. A hash that matches
+    may be another id's: the caller confirms matches against the table."""
+
+    RUN_CAP = 1 << 20
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
@@ -46,10 +49,14 @@ class SeenIds:
         return found
 
     def add(self, hashes: np.ndarray) -> None:
-        self.runs.append(np.sort(hashes))
-        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
-            newest = self.runs.pop()
-            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], newest]), kind="stable")
+        runs = self.runs
+        runs.append(np.sort(hashes))
+        while (len(runs) > 1 and 2 * len(runs[-1]) >= len(runs[-2])
+               and len(runs[-1]) + len(runs[-2]) <= self.RUN_CAP):
+            newest = runs.pop()
+            merged = np.concatenate((runs[-1], newest))
+            merged.sort(kind="stable")  # two sorted runs: merged in one pass
+            runs[-1] = merged
 
 
 class Writer:

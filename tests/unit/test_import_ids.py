@@ -22,3 +22,16 @@ def test_every_added_id_is_found_and_no_other() -> None:
     assert sum(len(r) for r in seen.runs) == len(added)
     assert all((np.diff(r) >= 0).all() for r in seen.runs)
     assert not seen.matches(SeenIds.hashes([f"other-{i}" for i in range(1000)])).any()
+
+
+def test_runs_stop_merging_at_the_cap(monkeypatch) -> None:
+    monkeypatch.setattr(SeenIds, "RUN_CAP", 1000)
+    seen = SeenIds()
+    added: list[str] = []
+    for chunk in range(30):
+        ids = [f"run-{chunk}-{i}" for i in range(300)]
+        seen.add(SeenIds.hashes(ids))
+        added += ids
+    assert max(len(r) for r in seen.runs) <= 1000 and len(seen.runs) >= 9
+    assert seen.matches(SeenIds.hashes(added)).all()
+    assert not seen.matches(SeenIds.hashes([f"other-{i}" for i in range(1000)])).any()
