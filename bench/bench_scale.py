@@ -1,6 +1,7 @@
 """Scale check: the real `kb` commands (import of a sweep file, both backfills, ingest) on a
 1,000,000-run workspace and on a 100,000-run one, each in its own process, with that
-process's peak RSS (from wait4). Flat memory means the two peaks are about equal. Then
+process's peak RSS (from wait4, through a small launcher: see `_LAUNCHER`). Flat memory
+means the two peaks are about equal. Then
 `kb serve` answers 200 concurrent recommend requests per round from a local client;
 prints errors and latency percentiles.
 
@@ -39,22 +40,35 @@ KB = [sys.executable, "-m", "app.services.kb.cli"]
 DB_NAME = os.environ.get("BENCH_DB", "kb_bench_scale")
 
 
+# Linux keeps a process's peak RSS across exec, so a child's peak from wait4 counts the
+# pages of the process that forked it: a `kb` command started from this bench (hundreds of
+# MB once it has written a sweep) would report the bench's own peak. A small launcher
+# starts each command instead and reports that command's peak.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "code = os.waitstatus_to_exitcode(status)\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    f.write(str(usage.ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_measured(url: str, *argv: str) -> tuple[dict[str, object], float, float]:
     """Run one `kb` command; return its JSON report, wall seconds and peak RSS in MB."""
     started = time.perf_counter()
-    # Both outputs go to files: reading one pipe while the other fills could stall the child,
-    # and wait4 (for this child's own peak RSS) must be what reaps it.
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*KB, *argv, "--json"], cwd=ROOT, env={**os.environ, "DATABASE_URL": url},
-                                stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    # Both outputs go to files: reading one pipe while the other fills could stall the child.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as peak:
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, peak.name, *KB, *argv, "--json"], cwd=ROOT,
+                              env={**os.environ, "DATABASE_URL": url}, stdout=out, stderr=err, check=False)
         wall = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"kb {' '.join(argv)} failed ({proc.returncode}): {err.read().decode().strip()}")
-        return orjson.loads(out.read()), wall, usage.ru_maxrss / 1024.0
+        return orjson.loads(out.read()), wall, int(peak.read()) / 1024.0
 
 
 def free_port() -> int:
