@@ -82,21 +82,16 @@ GROUP BY t.id, t.sharpe, t.n_bars, t.dataset_meta ->> 'timeframe'
 
 -- name: workspace_window_stats
 -- The figures of `run_window_stats` for every window of the workspace at once (one scan,
--- for a whole candidacy backfill), keyed by a digest of (strategy, symbol, timeframe, OOS
--- start, OOS end) as `run_window_keys` computes it. Windows with one set only are left out:
--- a run there counts one set tried, and with one set its DSR does not depend on the
+-- for a whole candidacy backfill), by `kb_window_key`. Windows with one set only are left
+-- out: a run there counts one set tried, and with one set its DSR does not depend on the
 -- variance (`expected_max_sharpe`), so the caller takes (1 set, variance 0) for them.
-SELECT decode(md5(concat_ws(chr(31), strategy_name, coalesce(dataset_meta ->> 'symbol', ''),
-                            coalesce(dataset_meta ->> 'timeframe', ''), dataset_meta ->> 'oos_start',
-                            dataset_meta ->> 'oos_end')), 'hex') AS key,
-       count(DISTINCT params) AS n_sets,
+SELECT kb_window_key(strategy_name, dataset_meta) AS key, count(DISTINCT params) AS n_sets,
        coalesce(var_samp(CASE WHEN jsonb_typeof(summary -> 'sharpe') = 'number'
                               THEN (summary ->> 'sharpe')::float8 END), 0) AS sharpe_var
 FROM backtest_runs
 WHERE workspace_id = $1 AND run_kind = 'test_variant' AND status IN ('completed', 'success')
-  AND strategy_name IS NOT NULL AND dataset_meta ->> 'oos_start' IS NOT NULL AND dataset_meta ->> 'oos_end' IS NOT NULL
-GROUP BY strategy_name, coalesce(dataset_meta ->> 'symbol', ''), coalesce(dataset_meta ->> 'timeframe', ''),
-         dataset_meta ->> 'oos_start', dataset_meta ->> 'oos_end'
+  AND kb_window_key(strategy_name, dataset_meta) IS NOT NULL
+GROUP BY 1
 HAVING count(DISTINCT params) > 1
 
 -- name: run_window_keys
@@ -104,11 +99,7 @@ HAVING count(DISTINCT params) > 1
 -- `workspace_window_stats` (NULL: the run has no strategy or no OOS window).
 SELECT id, regime_oos ->> 'n_bars' AS n_bars, dataset_meta ->> 'timeframe' AS timeframe,
        CASE WHEN jsonb_typeof(summary -> 'sharpe') = 'number' THEN (summary ->> 'sharpe')::float8 END AS sharpe,
-       CASE WHEN strategy_name IS NOT NULL AND dataset_meta ->> 'oos_start' IS NOT NULL
-                 AND dataset_meta ->> 'oos_end' IS NOT NULL
-            THEN decode(md5(concat_ws(chr(31), strategy_name, coalesce(dataset_meta ->> 'symbol', ''),
-                                      coalesce(dataset_meta ->> 'timeframe', ''), dataset_meta ->> 'oos_start',
-                                      dataset_meta ->> 'oos_end')), 'hex') END AS key
+       kb_window_key(strategy_name, dataset_meta) AS key
 FROM backtest_runs WHERE workspace_id = $1 AND id = ANY($2::uuid[])
 
 -- name: count_candidacy_after

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -100,15 +100,18 @@ async def backfill_candidacy(db: Database, opts: CandidacyOptions, hooks: Hooks 
 
 async def deflated_of(db: Database | Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
     """Deflated Sharpe ratios of these runs, from the other sets tried on each one's window."""
+    rows = await runs.run_window_stats(db, workspace_id, run_ids)
+    return _deflated((r["id"], r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], r["sharpe_var"]) for r in rows)
+
+
+def _deflated(rows: Iterable[tuple[uuid.UUID, Any, Any, Any, Any, Any]]) -> dict[uuid.UUID, float]:
+    """(run, Sharpe, OOS bars, timeframe, sets tried, their Sharpe variance) as each run's
+    DSR, where one can be computed."""
     out = {}
-    for r in await runs.run_window_stats(db, workspace_id, run_ids):
-        row_sharpe = None
-        found = None
-        if r["sharpe"] is not None:
-            row_sharpe = float(r["sharpe"])
-            found = window_dsr(row_sharpe, r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
+    for run_id, sharpe, n_bars, timeframe, n_sets, variance in rows:
+        found = None if sharpe is None else window_dsr(float(sharpe), n_bars, timeframe, n_sets, float(variance))
         if found is not None:
-            out[r["id"]] = round(found.dsr, 6)
+            out[run_id] = round(found.dsr, 6)
     return out
 
 
@@ -131,15 +134,9 @@ class WindowStats:
 
     async def deflated(self, conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
         """As `deflated_of`, from the figures read."""
-        out = {}
-        for r in await runs.run_window_keys(conn, workspace_id, run_ids):
-            if r["key"] is None or r["sharpe"] is None:
-                continue
-            n_sets, variance = self.by_key.get(bytes(r["key"]), (1, 0.0))
-            found = window_dsr(float(r["sharpe"]), r["n_bars"], r["timeframe"], n_sets, variance)
-            if found is not None:
-                out[r["id"]] = round(found.dsr, 6)
-        return out
+        rows = [r for r in await runs.run_window_keys(conn, workspace_id, run_ids) if r["key"] is not None]
+        return _deflated((r["id"], r["sharpe"], r["n_bars"], r["timeframe"],
+                          *self.by_key.get(bytes(r["key"]), (1, 0.0))) for r in rows)
 
 
 @dataclass(frozen=True)
