@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ from app.db.runs import copy_runs
 from tests.factories import API_TOKEN, RUN_COLUMNS
 
 TEMPLATE_DB = f"kb_test_template_{os.getpid()}"
+# Matrices kept between processes go to a directory of this session's, never the user's KB_HOME.
+os.environ.setdefault("KB_MATRIX_CACHE", tempfile.mkdtemp(prefix="kb-matrices-"))
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def create_app(db: Database | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.cache = TrialCache()
+        app.state.cache = TrialCache(store="env")
         if db is not None:
             app.state.db = db
             async with read_replica(db) as app.state.replica:

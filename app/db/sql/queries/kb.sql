@@ -305,3 +305,20 @@ ANALYZE kb_evidence (workspace_id, source_run_id, strategy_name, symbol, timefra
                      eligible, change_revision),
         kb_trials (id, workspace_id, source_run_id, strategy_name, symbol, timeframe, sharpe, kb_status, archived_at,
                    dsr_inputs, change_revision)
+
+-- name: trials_fingerprint
+-- A strategy's active trials up to revision $3: how many, a digest of their ids and
+-- revisions, and the strategy's reset revision (above $3: rows up to $3 changed or left).
+SELECT count(*) AS n, coalesce(sum(uuid_hash_extended(id, change_revision)), 0)::text AS digest,
+       coalesce((SELECT reset_revision FROM kb_strategy_revisions
+                 WHERE workspace_id = $1 AND strategy_name = $2), 0) AS reset
+FROM kb_trials
+WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL AND change_revision <= $3
+
+-- name: evidence_fingerprint
+-- The same of the strategy's evidence rows that `load_evidence` reads.
+SELECT count(*) AS n, coalesce(sum(uuid_hash_extended(source_run_id, change_revision)), 0)::text AS digest,
+       coalesce((SELECT reset_revision FROM kb_strategy_revisions
+                 WHERE workspace_id = $1 AND strategy_name = $2), 0) AS reset
+FROM kb_evidence
+WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL AND change_revision <= $3

@@ -5,7 +5,9 @@ trials costs 1,000 rows read, not the whole strategy.
 
 Concurrent requests for a matrix that is not cached share one load (no stampede of
 identical queries), and the CPU-bound build runs in a worker thread so the event loop
-keeps answering requests whose matrices are cached."""
+keeps answering requests whose matrices are cached. With a `MatrixStore`, a matrix
+built afresh is also kept on disk, and a process that has none in memory starts from
+that file (checked against the database) instead of every row (`persist`)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from app.db import Database, trials
 from app.db.trials import strategy_revision
 from app.services.kb.recommend.evidence import EvidenceBuilder, EvidenceMatrix
+from app.services.kb.recommend.persist import Fingerprint, MatrixStore
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.trial_matrix import TrialBuilder, TrialMatrix
 
@@ -45,7 +49,8 @@ class RevisionCache(Generic[M]):
     """`query`: the named query of a strategy's rows after a revision; `builder(base,
     scope)`: what takes them chunk by chunk into a matrix (appended to `base` when given)."""
 
-    def __init__(self, query: str, builder: Callable[[M | None, Scope], Builder[M]], entries: int = 32) -> None:
+    def __init__(self, query: str, builder: Callable[[M | None, Scope], Builder[M]], entries: int = 32, *,
+                 kind: str = "", store: MatrixStore | Literal["env"] | None = None) -> None:
         self._query = query
         self._builder = builder
         self._size = entries
@@ -54,6 +59,16 @@ class RevisionCache(Generic[M]):
         self.loads = 0
         self._entries: OrderedDict[Key, M] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, str, Scope, int], asyncio.Task[M]] = {}
+        self.kind = kind  # names the files of `store` and their fingerprint query
+        self._store = store  # "env": resolved from the environment on first use
+        self.disk = {"loads": 0, "stale": 0, "saves": 0}  # files used, files not trusted, files written
+        self._saved_size: dict[Key, int] = {}  # per key, the size of the matrix its file holds
+
+    @property
+    def store(self) -> MatrixStore | None:
+        if self._store == "env":
+            self._store = MatrixStore.from_env()
+        return self._store
 
     async def get(self, db: Database, workspace_id: uuid.UUID, strategy: str, revision: int | None = None,
                   scope: Scope | None = None, reads: Database | None = None) -> M:
@@ -83,11 +98,16 @@ class RevisionCache(Generic[M]):
 
     async def _load(self, db: Database, key: Key, base: M | None, reads: Database | None, wanted: int) -> M:
         self.loads += 1
-        matrix = await self._read(reads or db, key, base, None if reads is None else wanted)
-        if matrix is None:  # the replica has not replayed that write yet
+        if base is None and self.store is not None:
+            base = await self._from_disk(db, key)
+        read = await self._read(reads or db, key, base, None if reads is None else wanted)
+        if read is None:  # the replica has not replayed that write yet
             self.lagged += 1
-            matrix = await self._read(db, key, base, None)
-        assert matrix is not None
+            read = await self._read(db, key, base, None)
+        assert read is not None
+        matrix, appended = read
+        if self.store is not None:
+            await self._to_disk(db, key, matrix, appended)
         current = self._entries.get(key)
         if current is None or current.revision <= matrix.revision:  # a slower, older load never replaces a newer
             self._entries[key] = matrix
@@ -95,10 +115,11 @@ class RevisionCache(Generic[M]):
             self._entries.popitem(last=False)
         return matrix
 
-    async def _read(self, db: Database, key: Key, base: M | None, at_least: int | None) -> M | None:
-        """The matrix from one snapshot (rows after `base` appended to it, or all rows); None
-        when that snapshot is older than revision `at_least`. Chunks of rows are turned into
-        columns in a worker thread as they arrive, so a cold load holds one chunk of records."""
+    async def _read(self, db: Database, key: Key, base: M | None, at_least: int | None) -> tuple[M, bool] | None:
+        """The matrix from one snapshot (rows after `base` appended to it, or all rows), and
+        whether it was appended; None when that snapshot is older than revision `at_least`.
+        Chunks of rows are turned into columns in a worker thread as they arrive, so a cold
+        load holds one chunk of records."""
         async with trials.strategy_snapshot(db, self._query, key[0], key[1],
                                             -1 if base is None else base.revision) as snap:
             if at_least is not None and snap.revision < at_least:
@@ -117,13 +138,58 @@ class RevisionCache(Generic[M]):
         matrix = await asyncio.to_thread(builder.finish, snap.revision)
         self.appends += appending
         self._adopt(base, matrix)
+        return matrix, appending
+
+    def _file(self, db: Database, key: Key) -> tuple[Path, dict[str, str]]:
+        assert self.store is not None
+        identity = {"kind": self.kind, "workspace_id": str(key[0]), "strategy": key[1], "scope": key[2].key()}
+        return self.store.path(db.dsn, self.kind, key[0], key[1], key[2].key()), identity
+
+    async def _fingerprint(self, db: Database, key: Key, revision: int) -> Fingerprint:
+        return Fingerprint(*await trials.rows_fingerprint(db, f"{self.kind}_fingerprint", key[0], key[1], revision))
+
+    async def _from_disk(self, db: Database, key: Key) -> M | None:
+        """The matrix of the key's file when the database still holds exactly its rows."""
+        assert self.store is not None
+        path, identity = self._file(db, key)
+        saved = await asyncio.to_thread(self.store.read, path, identity)
+        if saved is None:
+            return None
+        if not saved.matches(await self._fingerprint(db, key, saved.revision)):
+            self.disk["stale"] += 1
+            return None
+        self.disk["loads"] += 1
+        self._saved_size[key] = saved.size
+        matrix: M = saved.matrix
         return matrix
+
+    async def _to_disk(self, db: Database, key: Key, matrix: M, appended: bool) -> None:
+        """Keep a matrix built afresh, or one grown by the store's share since its file."""
+        assert self.store is not None
+        size, last = self._size_of(matrix), self._saved_size.get(key)
+        if appended and last is not None and size < last * (1 + self.store.growth):
+            return
+        found = await self._fingerprint(db, key, matrix.revision)
+        if found.reset > matrix.revision:
+            return  # rows it holds changed meanwhile: the next load rebuilds anyway
+        path, identity = self._file(db, key)
+        if await asyncio.to_thread(self._write, path, identity, matrix, found, size):
+            self.disk["saves"] += 1
+            self._saved_size[key] = size
+
+    def _write(self, path: Path, identity: dict[str, str], matrix: M, found: Fingerprint, size: int) -> bool:
+        assert self.store is not None
+        return self.store.write(path, identity, matrix, matrix.revision, found, size)
+
+    @staticmethod
+    def _size_of(matrix: M) -> int:
+        return len(matrix) if isinstance(matrix, TrialMatrix) else int(getattr(matrix, "n_cells", 0))
 
     def describe(self) -> list[dict[str, Any]]:
         """Each cached matrix: its workspace, strategy, scope, revision, rows and bytes."""
         out = []
         for (workspace_id, strategy, scope), m in self._entries.items():
-            rows = len(m) if isinstance(m, TrialMatrix) else getattr(m, "n_cells", 0)
+            rows = self._size_of(m)
             size = m.nbytes() if hasattr(m, "nbytes") else 0
             out.append({"workspace_id": str(workspace_id), "strategy_name": strategy, "scope": scope.key(),
                         "revision": m.revision, "rows": rows, "bytes": size,
@@ -137,8 +203,13 @@ class RevisionCache(Generic[M]):
 class EvidenceCache(RevisionCache[EvidenceMatrix]):
     """Evidence matrices per (workspace, strategy) for one KB revision."""
 
-    def __init__(self) -> None:
-        super().__init__("load_evidence", EvidenceBuilder)
+    def __init__(self, store: MatrixStore | Literal["env"] | None = None) -> None:
+        super().__init__("load_evidence", EvidenceBuilder, kind="evidence", store=store)
+
+    def _write(self, path: Path, identity: dict[str, str], matrix: EvidenceMatrix, found: Fingerprint,
+               size: int) -> bool:
+        with matrix.codes_held() as held:  # no builder adds window or set codes while they are written
+            return held and super()._write(path, identity, matrix, found, size)
 
     def _adopt(self, base: EvidenceMatrix | None, matrix: EvidenceMatrix) -> None:
         # The last finished walk-forward check, for answers that may use it while the new one runs.
@@ -154,17 +225,22 @@ class TrialCache(RevisionCache[TrialMatrix]):
     """Trial matrices per (workspace, strategy) for one KB revision, and beside them the
     evidence matrices (with their walk-forward check) that recommend and evaluate read."""
 
-    def __init__(self) -> None:
-        super().__init__("load_trials", lambda base, _scope: TrialBuilder(base))
-        self.evidence = EvidenceCache()
+    def __init__(self, store: MatrixStore | Literal["env"] | None = None) -> None:
+        """`store`: where matrices are kept between processes (None: nowhere; "env": as
+        `KB_MATRIX_CACHE` and `KB_HOME` say, see `persist`)."""
+        super().__init__("load_trials", lambda base, _scope: TrialBuilder(base), kind="trials", store=store)
+        self.evidence = EvidenceCache(store)
 
     def describe_all(self) -> dict[str, Any]:
+        store = self.store
+        disk = {k: self.disk[k] + self.evidence.disk[k] for k in self.disk}
         return {"trials": self.describe(), "evidence": self.evidence.describe(),
-                "appends": self.appends + self.evidence.appends, "loads": self.loads + self.evidence.loads}
+                "appends": self.appends + self.evidence.appends, "loads": self.loads + self.evidence.loads,
+                "disk": {"directory": None if store is None else str(store.root), **disk}}
 
     def counts(self) -> tuple[int, int]:
         """Loads so far, and those a replica was too far behind for (both caches)."""
         return self.loads + self.evidence.loads, self.lagged + self.evidence.lagged
 
 
-DEFAULT_CACHE = TrialCache()
+DEFAULT_CACHE = TrialCache(store="env")

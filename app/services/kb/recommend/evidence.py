@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,26 @@ class EvidenceMatrix:
     index: EvidenceIndex | None = None
     raw_cells: Any = None  # the cells as sums and counts, for appends
     windows: Any = None  # the per-window columns, for appends
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a file keeps: everything but the derived results (`memo`), which may hold tasks."""
+        return {**self.__dict__, "memo": {}}
+
+    @contextmanager
+    def codes_held(self) -> Iterator[bool]:
+        """Hold this matrix's window and set codes still (no builder claims them to add
+        codes) while they are copied; yields False when a builder is adding codes now."""
+        index = self.index
+        with _CLAIMS:
+            free = index is not None and index.owner is None
+            if free:
+                index.owner = _HELD  # type: ignore[union-attr]
+        try:
+            yield free
+        finally:
+            if free:
+                with _CLAIMS:
+                    index.owner = None  # type: ignore[union-attr]
 
     @property
     def window_labels(self) -> list[str]:
@@ -141,6 +163,9 @@ class EvidenceIndex:
     sets: dict[str, int] = field(default_factory=dict)
     owner: object | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "owner": None}  # read back, no builder holds it
+
     def claimed(self, n_windows: int, n_sets: int, builder: object) -> EvidenceIndex:
         """This index for a builder appending to a matrix of these many windows and sets;
         a copy of that matrix's codes when another builder is adding codes, or when codes
@@ -154,6 +179,7 @@ class EvidenceIndex:
 
 
 _CLAIMS = threading.Lock()
+_HELD = object()  # the owner of an index while a matrix file is written
 
 
 @dataclass

@@ -67,6 +67,13 @@ class Vocabulary:
     def empty(cls) -> Vocabulary:
         return cls([], {})
 
+    def __getstate__(self) -> dict[str, Any]:
+        with self.lock:  # another load may be adding codes
+            return {"values": list(self.values), "codes": dict(self.codes)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
+
     def codes_of(self, values: list[Any], key: Callable[[Any], Any] | None = None) -> np.ndarray:
         """The code of each value (of `key(value)` when given, worked out once per distinct
         value: chunks repeat a few symbols and tag sets many times)."""
@@ -128,6 +135,9 @@ class TrialColumns:
 
     def __len__(self) -> int:
         return len(self.params)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "room": None}  # the columns alone; the next append makes room
 
     def __add__(self, other: TrialColumns) -> TrialColumns:
         """Both in one: written into the spare rows after this one's arrays when it is the

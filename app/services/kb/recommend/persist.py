@@ -1,0 +1,124 @@
+"""Matrices kept on disk between processes, so a new `kb serve`, `kb recommend` or notebook
+does not read a strategy's every trial and evidence row again: it reads the file of the
+last matrix built, checks it against the database, and appends what was written since.
+
+A file is trusted only when the database still holds exactly the rows it was built from:
+the strategy's rows up to the file's revision are counted and digested (a hash of each
+row's id and revision, summed) and must match the file's, and no row up to that revision
+may have changed or left since (the strategy's reset revision). Any mismatch, an
+unreadable file, or a file of another format is a cache miss: the matrix is built from
+the database as if there were no file, and the file is replaced.
+
+Where: `KB_MATRIX_CACHE` (a directory, or `off`), else `matrices/` under `KB_HOME`.
+The files are pickles written by this process's user into a directory only they can
+read; one file per (database, workspace, strategy, scope, kind), replaced atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pickle
+import stat
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.db.embedded import kb_home
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when a matrix class changes shape: older files are then ignored
+ENV = "KB_MATRIX_CACHE"
+_OFF = {"off", "0", "false", "no", "none"}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the database holds of a strategy up to one revision."""
+
+    rows: int
+    digest: str
+    reset: int  # the strategy's reset revision: rows up to `revision` changed or left when above it
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A matrix read back from its file, with what it was built from."""
+
+    matrix: Any
+    revision: int
+    rows: int  # rows in the database at that revision
+    digest: str
+    size: int  # the matrix's own size when saved (trials or cells)
+
+    def matches(self, found: Fingerprint) -> bool:
+        """The database still holds exactly the rows this matrix was built from."""
+        return found.reset <= self.revision and found.rows == self.rows and found.digest == self.digest
+
+
+@dataclass(frozen=True)
+class MatrixStore:
+    root: Path
+    growth: float = 0.10  # an appended matrix is saved again once it has grown by this share
+
+    @classmethod
+    def from_env(cls) -> MatrixStore | None:
+        configured = os.environ.get(ENV, "").strip()
+        if configured.lower() in _OFF:
+            return None
+        return cls(Path(configured).expanduser() if configured else kb_home() / "matrices")
+
+    def path(self, dsn: str, kind: str, workspace_id: uuid.UUID, strategy: str, scope: str) -> Path:
+        """The file of one matrix; the connection string (never stored) keeps databases apart."""
+        name = hashlib.sha256(repr((dsn, kind, str(workspace_id), strategy, scope)).encode()).hexdigest()[:40]
+        return self.root / f"{kind}-{name}.pickle"
+
+    def read(self, path: Path, identity: dict[str, str]) -> Saved | None:
+        """The matrix in `path` when it is of this format and identity; None otherwise."""
+        try:
+            with path.open("rb") as f:
+                if not _own(path, f.fileno()):
+                    log.warning("ignoring the cached matrix %s: not written by this user alone", path)
+                    return None
+                fmt, header, matrix = pickle.load(f)  # noqa: S301  (this user's own file: see _own)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # a damaged or foreign file is a miss, never a failure
+            log.warning("ignoring the cached matrix %s: %s", path, exc)
+            return None
+        if fmt != FORMAT or not isinstance(header, dict) or header.get("identity") != identity:
+            return None
+        return Saved(matrix, int(header["revision"]), int(header["rows"]), str(header["digest"]), int(header["size"]))
+
+    def write(self, path: Path, identity: dict[str, str], matrix: Any, revision: int, found: Fingerprint,
+              size: int) -> bool:
+        """Write the matrix (atomically: a reader sees the old file or the new one). False
+        when it could not be written (disk full, no permission): the cache is an aid only."""
+        header = {"identity": identity, "revision": revision, "rows": found.rows, "digest": found.digest,
+                  "size": size}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
+                pickle.dump((FORMAT, header, matrix), f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        except Exception as exc:  # disk full, no permission: answer anyway
+            log.warning("could not keep the matrix in %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return False
+        return True
+
+
+def _own(path: Path, fd: int) -> bool:
+    """The file and its directory belong to this user and no one else may write them: a
+    pickle runs code when read, so only files this user wrote are read."""
+    uid = os.getuid()
+    for st in (os.fstat(fd), path.parent.stat()):
+        if st.st_uid != uid or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
