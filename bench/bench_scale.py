@@ -8,7 +8,9 @@ prints errors and latency percentiles.
 Then one strategy of BENCH_TRIALS (1,000,000) trials in its own workspace: the cold
 first answer of a `kb serve`, the server's memory per cached trial, `kb evaluate`, and
 the first answer after 1,000 more runs were seeded, backfilled and ingested (the cached
-matrices take the new rows), then warm latency percentiles of one client.
+matrices take the new rows), then warm latency percentiles of one client, then the
+first answer of a second `kb serve` started after the first stopped (from the matrix
+files the first kept).
 
 BENCH_RUNS (default 1,000,000) and BENCH_SMALL (100,000) set the two sizes;
 BENCH_ROUNDS (5) the number of 200-request rounds; BENCH_TRIALS=0 skips the one-strategy part.
@@ -234,10 +236,29 @@ async def one_strategy(url: str, db_url: str, trials: int, ohlcv: Path) -> None:
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 30)
-        await db.close()
+    await restarted(url, body)
+    await db.close()
+
+
+async def restarted(url: str, body: dict[str, object]) -> None:
+    """A new `kb serve`: its first answer starts from the matrix files the last one kept
+    (KB_MATRIX_CACHE), checked against the database."""
+    server, port = await start_serve(url)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600,
+                                     headers={"Authorization": "Bearer bench"}) as client:
+            ms, answer = await timed_post(client, "/kb/trials/recommend", {**body, "wait_for_check": True})
+            disk = (await client.get("/kb/cache")).json()["disk"]
+            print(f"first answer of a restarted kb serve: {ms:,.0f} ms (status {answer['status']}; matrices read "
+                  f"from files {disk['loads']}, files not trusted {disk['stale']}, files written {disk['saves']})",
+                  flush=True)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 30)
 
 
 async def main() -> None:
+    os.environ.setdefault("KB_MATRIX_CACHE", tempfile.mkdtemp(prefix="bench-matrices-"))  # not the user's KB_HOME
     big, small, rounds = env_int("BENCH_RUNS", 1_000_000), env_int("BENCH_SMALL", 100_000), env_int("BENCH_ROUNDS", 5)
     db = await fresh_database(DB_NAME)
     url = with_database(database_url(), DB_NAME)

@@ -15,7 +15,14 @@ from app.services.kb.importing.fields import resolve_mapping
 from app.services.kb.importing.rows import prepare
 from app.services.kb.recommend.decisions import walk_forward
 from app.services.kb.recommend.evidence import build_matrix
-from app.services.kb.recommend.nested import MIN_CALIBRATION, Model, calibrate, replay
+from app.services.kb.recommend.nested import (
+    MIN_CALIBRATION,
+    Model,
+    adaptive_miss_rate,
+    calibrate,
+    conformal_band,
+    replay,
+)
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.scaling import MIN_SCALE, RobustScale
 from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, Outcome, Tuning
@@ -110,9 +117,9 @@ def test_calibration_pays_back_the_winners_curse() -> None:
     promise = calibrate(2.0, raw, realised, realised, 1.0, prior=0.0)
     assert promise.expected == pytest.approx(0.5)  # the slope is 0: expected is what such answers realised
     residuals = np.linspace(-1, 1, 50)
-    promise = calibrate(0.0, np.zeros(50), residuals, np.zeros(50), 1.0, prior=0.0)
-    assert promise.low == pytest.approx(np.quantile(residuals, 0.1))
-    assert promise.high == pytest.approx(np.quantile(residuals, 0.9))
+    promise = calibrate(0.0, np.zeros(50), residuals[::-1], np.zeros(50), 1.0, prior=0.0)
+    # The finite-sample ranks of an 80% band over 50 residuals: the 5th and the 46th smallest.
+    assert (promise.low, promise.high) == pytest.approx((residuals[4], residuals[45]))
     assert promise.confidence == pytest.approx((25 + 1) / 52)  # P(Sharpe > 0) from the residuals
     # No track record: the promise is the no-skill prior (what an average tested set realised),
     # whatever the raw estimate; one earlier answer moves it toward what answers realised.
@@ -120,6 +127,38 @@ def test_calibration_pays_back_the_winners_curse() -> None:
     early = calibrate(3.0, np.array([3.0]), np.array([0.0]), np.array([0.5]), 1.0, prior=0.5)
     assert early.expected == pytest.approx(0.5 * 10 / 11)
     assert MIN_CALIBRATION == 10
+
+
+def test_intervals_widen_after_misses_and_narrow_after_too_few() -> None:
+    residuals = np.linspace(-1, 1, 50)
+    assert adaptive_miss_rate(50, 10) == pytest.approx(0.2)  # one in five missed: nominal
+    assert adaptive_miss_rate(50, 20) == pytest.approx(0.1)  # 0.2 + 0.01 * (10 - 20)
+    assert adaptive_miss_rate(50, 0) == pytest.approx(0.3)
+    assert adaptive_miss_rate(50, 50) == 0.0 and adaptive_miss_rate(1000, 0) == 0.5
+    nominal = calibrate(0.0, np.zeros(50), residuals, np.zeros(50), 1.0, prior=0.0, past_missed=10)
+    wide = calibrate(0.0, np.zeros(50), residuals, np.zeros(50), 1.0, prior=0.0, past_missed=20)
+    narrow = calibrate(0.0, np.zeros(50), residuals, np.zeros(50), 1.0, prior=0.0, past_missed=0)
+    assert narrow.high - narrow.low < nominal.high - nominal.low < wide.high - wide.low
+    assert conformal_band(residuals, 0.0) == (-1.0, 1.0)  # every residual
+    assert conformal_band(residuals[:10], 0.2) == (residuals[0], residuals[9])  # few: the widest, not narrower
+
+
+def test_a_drifting_world_gets_the_coverage_it_was_promised() -> None:
+    """Residuals whose spread doubles half-way: fixed split-conformal intervals keep the first
+    half's width and miss more than one time in five; the adaptive ones end near one in five."""
+    rng = np.random.default_rng(3)
+    n = 600
+    realised = rng.normal(0, 1, n) * np.where(np.arange(n) < n // 2, 1.0, 2.5)
+    ends = np.arange(n, dtype=np.int64) * 10 + 5
+    starts = np.arange(n, dtype=np.int64) * 10
+    outcomes = [_outcome(w, float(realised[w]), float(realised[w])) for w in range(n)]
+    model = replay(outcomes, (TUNINGS[0],), 0, ends, starts, 1.0)
+    late = [d for d in model.decisions if d.window >= n // 2]
+    covered = np.mean([d.low <= d.realised <= d.high for d in late])
+    assert 0.74 <= covered <= 0.86, covered
+    fixed = [calibrate(0.0, np.zeros(w), realised[:w], np.zeros(w), 1.0, prior=0.0) for w in range(n // 2, n)]
+    fixed_cover = np.mean([f.low <= realised[w] <= f.high for f, w in zip(fixed, range(n // 2, n), strict=True)])
+    assert fixed_cover < 0.74, fixed_cover
 
 
 def test_model_promise_uses_every_decision() -> None:

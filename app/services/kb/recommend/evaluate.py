@@ -60,6 +60,8 @@ async def stored_check(db: Database, workspace_id: uuid.UUID, strategy: str, sco
     revision, from memory or the database) is returned instead of waiting for it."""
     if "check" not in m.memo and scope.as_of is None:
         found = await load_walkforward(db, workspace_id, strategy, scope.key())
+        if found is not None and not Model.current(found[1]):
+            found = None  # made by an earlier version's rules
         if found is not None and found[0] == m.revision:
             done: asyncio.Future[WalkForwardCheck] = asyncio.get_running_loop().create_future()
             done.set_result(_stored(found))

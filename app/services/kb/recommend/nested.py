@@ -13,9 +13,15 @@ At each decision (the start of a window with enough earlier windows):
    shrinkage toward their mean realised Sharpe: the winner's curse is paid back); with
    fewer than MIN_CALIBRATION earlier answers the promise is the no-skill prior (the
    mean Sharpe of the sets that may be recommended) moved toward those answers' mean;
-4. the 80% interval is split-conformal: the 10% and 90% quantiles of the earlier answers'
-   realised-minus-calibrated residuals; `confidence` is the share of those residuals that
-   would leave the answer's Sharpe above zero, i.e. P(realised Sharpe > 0).
+4. the 80% interval is split-conformal: order statistics of the earlier answers'
+   realised-minus-calibrated residuals at the levels a/2 and 1 - a/2 (the finite-sample
+   ranks, so few residuals give a wider interval, not a narrower one). `a` starts at 0.2
+   and adapts to the misses so far (adaptive conformal inference, Gibbs and Candes 2021):
+   a = 0.2 + GAMMA * (0.2 * answers - misses), so when the realised Sharpe left earlier
+   intervals more often than one time in five, later intervals widen until the long-run
+   share of misses is one in five again, whatever the drift of the market; `confidence`
+   is the share of those residuals that would leave the answer's Sharpe above zero, i.e.
+   P(realised Sharpe > 0).
 `Model.now()` applies the same rules to every decision so far: what recommend answers with.
 """
 
@@ -38,6 +44,8 @@ MIN_CALIBRATION = 10
 COVERAGE = 0.8
 Z_COVERAGE = 1.2816  # the normal quantile of 90%: an 80% two-sided interval before residuals exist
 BLOCKS = 10
+METHOD = 2  # of the replay's rules: a stored check of another method is computed again
+GAMMA = 0.01  # step of the adaptive miss rate; fixed beforehand, never fitted to the decisions scored
 
 
 def block_se(diff: np.ndarray, blocks: int = BLOCKS) -> float:
@@ -63,11 +71,13 @@ class Promise:
 
 
 def calibrate(raw: float, past_raw: np.ndarray, past_realised: np.ndarray, past_cal: np.ndarray,
-              fallback_sd: float, prior: float) -> Promise:
+              fallback_sd: float, prior: float, past_missed: int | None = None) -> Promise:
     """The promise for an answer whose method expects `raw`, from earlier answers only.
     `prior` is the no-skill expectation: the mean all-history Sharpe of the sets that may
     be recommended. Until MIN_CALIBRATION earlier answers show how raw estimates relate to
-    what was realised, the promise is that prior moved toward the earlier answers' mean."""
+    what was realised, the promise is that prior moved toward the earlier answers' mean.
+    `past_missed`: how many earlier answers' realised Sharpe fell outside their interval
+    (None: aim at the nominal miss rate)."""
     n = len(past_raw)
     base = prior if np.isfinite(prior) else 0.0
     if n >= MIN_CALIBRATION and np.isfinite(raw):
@@ -82,13 +92,31 @@ def calibrate(raw: float, past_raw: np.ndarray, past_realised: np.ndarray, past_
         expected = base
     residuals = past_realised - past_cal
     if len(residuals) >= MIN_CALIBRATION:
-        lo_q, hi_q = np.quantile(residuals, [(1 - COVERAGE) / 2, (1 + COVERAGE) / 2])
+        rate = 1 - COVERAGE if past_missed is None else adaptive_miss_rate(len(residuals), past_missed)
+        lo_r, hi_r = conformal_band(residuals, rate)
         above = int((residuals > -expected).sum())
         confidence = (above + 1) / (len(residuals) + 2)
-        return Promise(expected, expected + float(lo_q), expected + float(hi_q), confidence)
+        return Promise(expected, expected + lo_r, expected + hi_r, confidence)
     sd = max(fallback_sd, 1e-6)
     confidence = 0.5 * (1.0 + math.erf(expected / sd / math.sqrt(2.0)))
     return Promise(expected, expected - Z_COVERAGE * sd, expected + Z_COVERAGE * sd, confidence)
+
+
+def adaptive_miss_rate(answers: int, misses: int) -> float:
+    """The miss rate the next interval aims at: the nominal one, moved by GAMMA per earlier
+    answer toward making the long-run share of misses nominal; within [0, 0.5] (at 0 the
+    interval spans every earlier residual, at 0.5 their middle half)."""
+    return min(max(1 - COVERAGE + GAMMA * ((1 - COVERAGE) * answers - misses), 0.0), 0.5)
+
+
+def conformal_band(residuals: np.ndarray, miss_rate: float) -> tuple[float, float]:
+    """The residuals' order statistics of finite-sample ranks floor(a/2 (n+1)) and
+    ceil((1 - a/2)(n+1)), clipped to the smallest and largest residual."""
+    ordered = np.sort(residuals)
+    n = len(ordered)
+    lo = min(max(math.floor(miss_rate / 2 * (n + 1)), 1), n)
+    hi = min(max(math.ceil((1 - miss_rate / 2) * (n + 1)), 1), n)
+    return float(ordered[lo - 1]), float(ordered[hi - 1])
 
 
 @dataclass(frozen=True)
@@ -133,12 +161,18 @@ class Model:
     def to_json(self) -> str:
         """The model as JSON (NaN as null), to store per KB revision."""
         return orjson.dumps({
+            "method": METHOD,
             "tunings": [[tu.k, tu.shrink, tu.haircut] for tu in self.tunings],
             "decisions": [[None if isinstance(v, float) and not math.isfinite(v) else v for v in astuple(d)]
                           for d in self.decisions],
             "tuning": [self.tuning.k, self.tuning.shrink, self.tuning.haircut], "conditioned": self.conditioned,
             "uplift": _finite_or_none(self.uplift), "uplift_se": _finite_or_none(self.uplift_se),
             "fallback_sd": self.fallback_sd, "prior": _finite_or_none(self.prior)}).decode()
+
+    @staticmethod
+    def current(text: str) -> bool:
+        """Whether a stored model was made by this version's rules."""
+        return bool(orjson.loads(text).get("method") == METHOD)
 
     @classmethod
     def from_json(cls, text: str) -> Model:
@@ -152,15 +186,17 @@ class Model:
                    0.0 if data.get("prior") is None else data["prior"])
 
     @cached_property
-    def _history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(raw expected, realised, calibrated expected) of every decision, built once: each
-        answer asks for several promises (the answer, its runner-ups, the global best)."""
+    def _history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(raw expected, realised, calibrated expected) of every decision, and how many
+        missed their interval, built once: each answer asks for several promises (the
+        answer, its runner-ups, the global best)."""
         ds = self.decisions
         return (np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
-                np.array([d.expected for d in ds]))
+                np.array([d.expected for d in ds]), sum(not (d.low <= d.realised <= d.high) for d in ds))
 
     def promise(self, raw: float) -> Promise:
-        return calibrate(raw, *self._history, self.fallback_sd, self.prior)
+        raws, reals, cals, missed = self._history
+        return calibrate(raw, raws, reals, cals, self.fallback_sd, self.prior, missed)
 
 
 def _decision(values: list[Any]) -> Decision:
@@ -199,6 +235,7 @@ def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, e
     ended = np.zeros(size, dtype=bool)
     # Per decision made: regime uplift, raw and calibrated expectation, realised Sharpe.
     diffs, raws, cals, reals = (np.zeros(size) for _ in range(4))
+    missed = np.zeros(size, dtype=bool)  # realised outside the decision's own interval
     gain_rows, ok_rows = np.zeros((size, n_t)), np.zeros((size, n_t), dtype=bool)
     gains, counts = np.zeros(n_t), np.zeros(n_t)  # over the decisions ended so far
     for o in outcomes:
@@ -216,12 +253,14 @@ def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, e
         conditioned, _, _ = _rule(diffs[:n][prior])
         chosen = int(o.chosen[t]) if conditioned else o.global_best
         raw = float(o.estimate[t]) if conditioned else o.global_mean
-        promise = calibrate(raw, raws[:n][prior], reals[:n][prior], cals[:n][prior], fallback_sd, o.prior)
+        promise = calibrate(raw, raws[:n][prior], reals[:n][prior], cals[:n][prior], fallback_sd, o.prior,
+                            int(missed[:n][prior].sum()))
         realised = float(o.realised[t]) if conditioned else o.realised_global
         made.append(Decision(o.window, t, conditioned, chosen, o.global_best, raw, promise.expected, promise.low,
                              promise.high, promise.confidence, realised, o.realised_global,
                              o.realised_median, o.realised_random, o.realised_oracle, float(o.realised[t])))
         diffs[n], raws[n], cals[n], reals[n] = float(o.realised[t]) - o.realised_global, raw, promise.expected, realised
+        missed[n] = not promise.low <= realised <= promise.high
         gain_rows[n], ok_rows[n] = np.where(o.ok, o.realised - o.realised_global, 0.0), o.ok
         heapq.heappush(pending, (int(end_ns[o.window]), n))
     n = len(made)
