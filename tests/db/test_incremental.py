@@ -9,6 +9,7 @@ import asyncio
 import threading
 import uuid
 
+import orjson
 import pytest
 
 from app.db import trials as trials_db
@@ -166,3 +167,20 @@ async def test_a_server_answers_with_the_last_check_while_the_new_one_runs(db, m
     assert fresh["stale"] is False and fresh["kb_revision"] > first["kb_revision"]
     stored = await trials_db.load_walkforward(db, ws, "s", Scope().key())
     assert stored is not None and stored[0] == fresh["kb_revision"]
+
+
+async def test_a_check_stored_by_an_earlier_version_of_the_rules_is_computed_again(db, make_workspace, insert_runs):
+    ws = await make_workspace()
+    await insert_runs(_runs(ws, 0, 20))
+    await ingest(db, ws)
+    query = RecommendQuery(ws, "s", tags=("uptrend",), top_k=5)
+    await recommend(db, query, TrialCache())
+    revision, model, _ = await trials_db.load_walkforward(db, ws, "s", Scope().key())
+    older = orjson.loads(model)
+    del older["method"]  # as the rules before versioned checks stored it
+    older["decisions"] = []  # and a marker this test can see
+    await db.execute("UPDATE kb_walkforward SET model = $2::jsonb WHERE workspace_id = $1",
+                     ws, orjson.dumps(older).decode())
+    await recommend(db, query, TrialCache())  # a new process: nothing in memory
+    again = await trials_db.load_walkforward(db, ws, "s", Scope().key())
+    assert again[0] == revision and orjson.loads(again[1]) == orjson.loads(model)  # computed again, stored
