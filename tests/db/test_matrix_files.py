@@ -9,6 +9,7 @@ import os
 import pickle
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -169,3 +170,15 @@ async def test_a_second_kb_recommend_process_reads_the_files_the_first_wrote(db,
     # Started from the files: a load from the database would have replaced them (a new inode).
     assert {kind: p.stat().st_ino for kind, p in _files(tmp_path / "m").items()} == written
     assert second == first
+
+
+async def test_a_look_at_the_past_keeps_no_file(db, make_workspace, insert_runs, tmp_path):
+    """`--as-of` answers (a backtest of the KB, one scope per decision) stay in memory."""
+    store = MatrixStore(tmp_path / "m")
+    ws = await make_workspace()
+    await insert_runs(_runs(ws, 0, 12))
+    await ingest(db, ws)
+    cache = TrialCache(store=store)
+    as_of = datetime(2030, 1, 1, tzinfo=UTC)
+    await recommend(db, RecommendQuery(ws, "s", tags=("uptrend",), top_k=5, as_of=as_of), cache)
+    assert set(_files(store.root)) == {"trials"}  # the trials matrix has no scope; the as-of evidence is not kept

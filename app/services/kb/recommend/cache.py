@@ -98,7 +98,8 @@ class RevisionCache(Generic[M]):
 
     async def _load(self, db: Database, key: Key, base: M | None, reads: Database | None, wanted: int) -> M:
         self.loads += 1
-        if base is None and self.store is not None:
+        keep = self.store is not None and key[2].as_of is None  # a look at the past is a one-off: memory only
+        if base is None and keep:
             base = await self._from_disk(db, key)
         read = await self._read(reads or db, key, base, None if reads is None else wanted)
         if read is None:  # the replica has not replayed that write yet
@@ -106,7 +107,7 @@ class RevisionCache(Generic[M]):
             read = await self._read(db, key, base, None)
         assert read is not None
         matrix, appended = read
-        if self.store is not None:
+        if keep:
             await self._to_disk(db, key, matrix, appended)
         current = self._entries.get(key)
         if current is None or current.revision <= matrix.revision:  # a slower, older load never replaces a newer
