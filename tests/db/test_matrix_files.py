@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 
+from app.errors import BadInput
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from app.services.kb.recommend.persist import MatrixStore
@@ -182,3 +184,36 @@ async def test_a_look_at_the_past_keeps_no_file(db, make_workspace, insert_runs,
     as_of = datetime(2030, 1, 1, tzinfo=UTC)
     await recommend(db, RecommendQuery(ws, "s", tags=("uptrend",), top_k=5, as_of=as_of), cache)
     assert set(_files(store.root)) == {"trials"}  # the trials matrix has no scope; the as-of evidence is not kept
+
+
+def test_the_directory_is_trimmed_to_its_limit_least_recently_used_first(tmp_path):
+    store = MatrixStore(tmp_path / "m", max_bytes=2_500)
+    store.root.mkdir(mode=0o700)
+    for i, name in enumerate(("old", "used", "new")):
+        p = store.root / f"trials-{name}.pickle"
+        p.write_bytes(b"x" * 1_000)
+        os.utime(p, (1_000 + i, 1_000 + i))
+    os.utime(store.root / "trials-used.pickle", (5_000, 5_000))  # read since: kept before "new"
+    assert store.trim(keep=store.root / "trials-new.pickle") == 1
+    assert sorted(p.name for p in store.root.iterdir()) == ["trials-new.pickle", "trials-used.pickle"]
+
+
+async def test_a_file_read_counts_as_used(db, make_workspace, insert_runs, tmp_path):
+    store = MatrixStore(tmp_path / "m")
+    ws = await make_workspace()
+    await insert_runs(_runs(ws, 0, 12))
+    await ingest(db, ws)
+    await _answer(db, ws, store)
+    for p in _files(store.root).values():
+        os.utime(p, (1_000, 1_000))
+    await _answer(db, ws, store)
+    assert all(p.stat().st_mtime > 1_000 for p in _files(store.root).values())
+
+
+def test_the_limit_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("KB_MATRIX_CACHE", str(tmp_path / "x"))
+    monkeypatch.setenv("KB_MATRIX_CACHE_MB", "1.5")
+    assert MatrixStore.from_env() == MatrixStore(tmp_path / "x", max_bytes=int(1.5 * 2**20))
+    monkeypatch.setenv("KB_MATRIX_CACHE_MB", "lots")
+    with pytest.raises(BadInput, match="KB_MATRIX_CACHE_MB must be a number of megabytes"):
+        MatrixStore.from_env()

@@ -9,7 +9,9 @@ may have changed or left since (the strategy's reset revision). Any mismatch, an
 unreadable file, or a file of another format is a cache miss: the matrix is built from
 the database as if there were no file, and the file is replaced.
 
-Where: `KB_MATRIX_CACHE` (a directory, or `off`), else `matrices/` under `KB_HOME`.
+Where: `KB_MATRIX_CACHE` (a directory, or `off`), else `matrices/` under `KB_HOME`; at
+most `KB_MATRIX_CACHE_MB` megabytes (default 8 GiB), the files used least recently
+removed first.
 The files are pickles written by this process's user into a directory only they can
 read; one file per (database, workspace, strategy, scope, kind), replaced atomically."""
 
@@ -28,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from app.db.embedded import kb_home
+from app.errors import BadInput
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when a matrix class changes shape: older files are then ignored
 ENV = "KB_MATRIX_CACHE"
+LIMIT_ENV = "KB_MATRIX_CACHE_MB"
 _OFF = {"off", "0", "false", "no", "none"}
 
 
@@ -64,13 +68,19 @@ class Saved:
 class MatrixStore:
     root: Path
     growth: float = 0.10  # an appended matrix is saved again once it has grown by this share
+    max_bytes: int = 8 * 2**30  # beyond this, the files used least recently are removed
 
     @classmethod
     def from_env(cls) -> MatrixStore | None:
         configured = os.environ.get(ENV, "").strip()
         if configured.lower() in _OFF:
             return None
-        return cls(Path(configured).expanduser() if configured else kb_home() / "matrices")
+        limit = os.environ.get(LIMIT_ENV, "").strip()
+        try:
+            max_bytes = int(float(limit) * 2**20) if limit else 8 * 2**30
+        except ValueError:
+            raise BadInput(f"{LIMIT_ENV} must be a number of megabytes, got {limit!r}") from None
+        return cls(Path(configured).expanduser() if configured else kb_home() / "matrices", max_bytes=max_bytes)
 
     def path(self, dsn: str, kind: str, workspace_id: uuid.UUID, strategy: str, scope: str) -> Path:
         """The file of one matrix; the connection string (never stored) keeps databases apart."""
@@ -92,6 +102,8 @@ class MatrixStore:
             return None
         if fmt != FORMAT or not isinstance(header, dict) or header.get("identity") != identity:
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: the last to go when the directory is trimmed
         return Saved(matrix, int(header["revision"]), int(header["rows"]), str(header["digest"]), int(header["size"]))
 
     def write(self, path: Path, identity: dict[str, str], matrix: Any, revision: int, found: Fingerprint,
@@ -106,12 +118,33 @@ class MatrixStore:
             with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
                 pickle.dump((FORMAT, header, matrix), f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
+            self.trim(keep=path)
         except Exception as exc:  # disk full, no permission: answer anyway
             log.warning("could not keep the matrix in %s: %s", path, exc)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             return False
         return True
+
+
+    def trim(self, keep: Path | None = None) -> int:
+        """Remove the files used least recently until the directory holds at most
+        `max_bytes` (never `keep`, the file just written); returns how many went."""
+        files = []
+        for p in self.root.glob("*.pickle"):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        total, removed = sum(size for _, size, _ in files), 0
+        for _, size, p in sorted(files, key=lambda f: f[0]):
+            if total <= self.max_bytes:
+                break
+            if p != keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    total -= size
+                    removed += 1
+        return removed
 
 
 def _own(path: Path, fd: int) -> bool:
