@@ -199,7 +199,8 @@ def reference_replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], defau
         chosen = int(o.chosen[t]) if conditioned else o.global_best
         raw = float(o.estimate[t]) if conditioned else o.global_mean
         promise = calibrate(raw, np.array([d.raw_expected for d in prior]), np.array([d.realised for d in prior]),
-                            np.array([d.expected for d in prior]), fallback_sd, o.prior)
+                            np.array([d.expected for d in prior]), fallback_sd, o.prior,
+                            sum(not d.low <= d.realised <= d.high for d in prior))
         made.append(Decision(o.window, t, conditioned, chosen, o.global_best, raw, promise.expected, promise.low,
                              promise.high, promise.confidence,
                              float(o.realised[t]) if conditioned else o.realised_global, o.realised_global,
