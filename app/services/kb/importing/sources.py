@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.errors import BadInput
+from app.services.kb.importing.kinds import batch_kinds, kind_of, whole_file_plan
 from app.services.kb.regime.ohlcv import check_text_head
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -156,12 +157,12 @@ def _open_csv(path: Path, decide: Decide) -> Table:
             for frame in reader:
                 rows += len(frame)
                 for name in scanned:
-                    kinds[name].add(_kind(frame[name]))
+                    kinds[name].add(kind_of(frame[name]))
         _check_headers(path, headers, rows)
     # A column whose whole-file dtype is text is read as text in every chunk (numbers
     # keep their spelling); one of floats is read as floats (a chunk of ints is not ints).
     dtypes = dict.fromkeys(text, str) | {c: str if whole == "object" else "float64"
-                                         for c, whole in _plan(kinds).items()}
+                                         for c, whole in whole_file_plan(kinds).items()}
     return Table(path, "csv", tuple(headers), path.stat().st_size, dtypes=dtypes)
 
 
@@ -198,16 +199,16 @@ def _open_json(path: Path, decide: Decide) -> Table:
     columns: dict[str, set[str]] = {}
     rows = 0
     for batch in _json_batches(path):
-        frame = pd.DataFrame.from_records(batch)
-        for name in frame.columns:
+        found = batch_kinds(batch)
+        for name in found:
             columns.setdefault(name, {"empty"} if rows else set())  # missing from earlier rows
         for name, kinds in columns.items():
-            kinds.add(_kind(frame[name]) if name in frame.columns else "empty")
+            kinds.add(found.get(name, "empty"))
         rows += len(batch)
     headers = list(columns)
     _check_headers(path, headers, rows)
     decide(headers)
-    return Table(path, "jsonl", tuple(headers), size, rows=rows, plan=_plan(columns))
+    return Table(path, "jsonl", tuple(headers), size, rows=rows, plan=whole_file_plan(columns))
 
 
 def _check_file(path: Path, fmt: str) -> None:
@@ -252,38 +253,6 @@ def _read_csv(source: Any, path: Path, **options: Any) -> Any:
     nothing else is ("NA" may be a symbol); dtypes are inferred from all rows read at once."""
     return pd.read_csv(source, sep=_separator(path), keep_default_na=False, na_values=[""], encoding="utf-8-sig",
                        low_memory=False, **options)
-
-
-def _kind(column: pd.Series) -> str:
-    """The class of dtype a reader gave one chunk's column: empty, int, float, bool, text,
-    object (mixed Python values) or other (timestamps, categories: fixed by a schema)."""
-    if not column.notna().any():
-        return "empty"
-    dtype = column.dtype
-    if isinstance(dtype, pd.StringDtype):
-        return "text"
-    if not isinstance(dtype, np.dtype):
-        return "other"
-    if dtype.kind in "iufb":
-        return {"i": "int", "u": "int", "f": "float", "b": "bool"}[dtype.kind]
-    if dtype.kind != "O":
-        return "other"
-    types = set(map(type, column.dropna()))
-    return "bool" if types == {bool} else "text" if types == {str} else "object"
-
-
-def _plan(kinds: dict[str, set[str]]) -> dict[str, str]:
-    """The columns whose chunks a whole-file read would give another dtype, and that dtype.
-    Read whole, ints with a gap anywhere are floats; numbers beside words or booleans are
-    text in a CSV and Python objects in JSON."""
-    plan = {}
-    for name, found in kinds.items():
-        seen = found - {"empty"}
-        if seen and seen <= {"int", "float"} and ("float" in seen or "empty" in found) and "int" in seen:
-            plan[name] = "float"
-        elif len(seen) > 1 and not seen <= {"int", "float"}:
-            plan[name] = "object"
-    return plan
 
 
 def _as_whole(frame: pd.DataFrame, plan: dict[str, str], rows: list[dict[str, Any]] | None = None) -> pd.DataFrame:
