@@ -23,7 +23,7 @@ from tests.factories import API_TOKEN, RUN_COLUMNS
 
 TEMPLATE_DB = f"kb_test_template_{os.getpid()}"
 # Matrices kept between processes go to a directory of this session's, never the user's KB_HOME.
-os.environ.setdefault("KB_MATRIX_CACHE", tempfile.mkdtemp(prefix="kb-matrices-"))
+os.environ["KB_MATRIX_CACHE"] = tempfile.mkdtemp(prefix="kb-matrices-")
 
 
 @pytest.fixture(scope="session")

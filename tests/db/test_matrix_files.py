@@ -90,6 +90,42 @@ async def test_a_file_whose_rows_changed_or_left_is_not_trusted(db, make_workspa
     assert shown[2] == 19
 
 
+async def test_a_file_whose_rows_differ_only_in_content_is_not_trusted(db, make_workspace, insert_runs, tmp_path):
+    """Same rows by count, ids and revisions; one trial's content changed behind the KB's
+    back: only the digest can tell, and it does."""
+    store = MatrixStore(tmp_path / "m")
+    ws = await make_workspace()
+    await insert_runs(_runs(ws, 0, 12))
+    await ingest(db, ws)
+    await _answer(db, ws, store)
+    await db.execute("UPDATE kb_trials SET content_hash = 'changed' WHERE id = "
+                     "(SELECT id FROM kb_trials WHERE workspace_id = $1 LIMIT 1)", ws)
+    _, disk = await _answer(db, ws, store)
+    assert disk == {"loads": 1, "stale": 1, "saves": 1}  # the evidence file holds; the trials one is built again
+
+
+async def test_a_workspace_made_again_under_its_id_never_extends_an_older_matrix(db, make_workspace, insert_runs,
+                                                                                tmp_path):
+    """`kb demo` deletes its workspace and makes it again with the same id: a server's
+    matrix of the deleted rows (and a file of them) is rebuilt, not appended to."""
+    store = MatrixStore(tmp_path / "m")
+    ws = await make_workspace()
+    await insert_runs(_runs(ws, 0, 12))
+    await ingest(db, ws)
+    cache = TrialCache()
+    query = RecommendQuery(ws, "s", tags=("uptrend",), top_k=5)
+    assert (await recommend(db, query, cache)).considered == 12
+    assert (await _answer(db, ws, store))[1]["saves"] == 2
+    name = await db.fetchval("SELECT name FROM workspaces WHERE id = $1", ws)
+    await db.execute("DELETE FROM workspaces WHERE id = $1", ws)
+    await db.execute("INSERT INTO workspaces (id, name) VALUES ($1, $2)", ws, name)
+    await insert_runs(_runs(ws, 500, 5))
+    await ingest(db, ws)
+    assert (await recommend(db, query, cache)).considered == 5  # in memory: rebuilt
+    shown, disk = await _answer(db, ws, store)
+    assert shown[2] == 5 and disk["loads"] == 0 and disk["stale"] == 2  # the files of the deleted rows
+
+
 async def test_a_file_of_another_database_with_the_same_revision_is_not_trusted(db, make_workspace, insert_runs,
                                                                                tmp_path):
     """Same workspace, strategy and revision, other rows (a database dropped and made

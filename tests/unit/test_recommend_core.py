@@ -161,6 +161,20 @@ def test_a_drifting_world_gets_the_coverage_it_was_promised() -> None:
     assert fixed_cover < 0.74, fixed_cover
 
 
+def test_the_model_promises_with_the_misses_of_its_decisions() -> None:
+    ends = np.arange(60, dtype=np.int64) * 10 + 5
+    starts = np.arange(60, dtype=np.int64) * 10
+    rng = np.random.default_rng(5)
+    model = replay([_outcome(w, float(rng.normal(0, 1 + w / 20)), 0.0) for w in range(60)], (TUNINGS[0],), 0,
+                   ends, starts, 1.0)
+    ds = model.decisions
+    missed = sum(not d.low <= d.realised <= d.high for d in ds)
+    args = (np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
+            np.array([d.expected for d in ds]), 1.0)
+    assert model.promise(0.5) == calibrate(0.5, *args, prior=model.prior, past_missed=missed)
+    assert model.promise(0.5) != calibrate(0.5, *args, prior=model.prior)  # the nominal rate would differ here
+
+
 def test_model_promise_uses_every_decision() -> None:
     model = Model((Tuning(),), (), Tuning(), True, float("nan"), float("nan"), 2.0, prior=0.4)
     promise = model.promise(1.0)

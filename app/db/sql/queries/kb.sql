@@ -121,9 +121,11 @@ UPDATE kb_trial_revisions SET revision = greatest(revision, $2::bigint), updated
 
 -- name: bump_strategy_revisions
 -- The strategies a write changed move to its revision; those in $4 (rows already there
--- changed or left) also reset: a cached matrix older than that is rebuilt.
+-- changed or left) also reset: a cached matrix older than that is rebuilt. A strategy with
+-- no row yet (new, or its workspace deleted and made again) starts reset: a matrix cached
+-- before is of rows that are gone.
 INSERT INTO kb_strategy_revisions AS s (workspace_id, strategy_name, revision, reset_revision)
-SELECT $1, u.strategy, $2::bigint, CASE WHEN u.strategy = ANY($4::text[]) THEN $2::bigint ELSE 0 END
+SELECT $1, u.strategy, $2::bigint, $2::bigint
 FROM unnest($3::text[]) AS u(strategy)
 ON CONFLICT (workspace_id, strategy_name) DO UPDATE
 SET revision = greatest(s.revision, EXCLUDED.revision),
@@ -307,9 +309,13 @@ ANALYZE kb_evidence (workspace_id, source_run_id, strategy_name, symbol, timefra
                    dsr_inputs, change_revision)
 
 -- name: trials_fingerprint
--- A strategy's active trials up to revision $3: how many, a digest of their ids and
--- revisions, and the strategy's reset revision (above $3: rows up to $3 changed or left).
-SELECT count(*) AS n, coalesce(sum(uuid_hash_extended(id, change_revision)), 0)::text AS digest,
+-- A strategy's active trials up to revision $3: how many, a digest (the database's oid, and
+-- the sum of a hash of each row's id, revision and content), and the strategy's reset
+-- revision (above $3: rows up to $3 changed or left).
+SELECT count(*) AS n,
+       (SELECT oid FROM pg_database WHERE datname = current_database())::text || ':'
+         || coalesce(sum(uuid_hash_extended(id, change_revision) # hashtextextended(content_hash, 0)), 0)::text
+         AS digest,
        coalesce((SELECT reset_revision FROM kb_strategy_revisions
                  WHERE workspace_id = $1 AND strategy_name = $2), 0) AS reset
 FROM kb_trials
@@ -317,7 +323,10 @@ WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL AND chang
 
 -- name: evidence_fingerprint
 -- The same of the strategy's evidence rows that `load_evidence` reads.
-SELECT count(*) AS n, coalesce(sum(uuid_hash_extended(source_run_id, change_revision)), 0)::text AS digest,
+SELECT count(*) AS n,
+       (SELECT oid FROM pg_database WHERE datname = current_database())::text || ':'
+         || coalesce(sum(uuid_hash_extended(source_run_id, change_revision) # hashtextextended(content_hash, 0)), 0)::text
+         AS digest,
        coalesce((SELECT reset_revision FROM kb_strategy_revisions
                  WHERE workspace_id = $1 AND strategy_name = $2), 0) AS reset
 FROM kb_evidence

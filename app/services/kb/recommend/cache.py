@@ -12,6 +12,7 @@ that file (checked against the database) instead of every row (`persist`)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,9 +28,16 @@ from app.services.kb.recommend.trial_matrix import TrialBuilder, TrialMatrix
 
 __all__ = ["EvidenceCache", "RevisionCache", "TrialCache", "strategy_revision"]
 
+log = logging.getLogger(__name__)
+
 
 class Revisioned(Protocol):
     revision: int
+    source_rows: int  # the database rows it was built from (before any filter of its own)
+
+
+class _BaseAhead(Exception):
+    """A matrix to append to is of a later revision than the snapshot read."""
 
 
 M = TypeVar("M", bound=Revisioned)
@@ -99,14 +107,15 @@ class RevisionCache(Generic[M]):
     async def _load(self, db: Database, key: Key, base: M | None, reads: Database | None, wanted: int) -> M:
         self.loads += 1
         keep = self.store is not None and key[2].as_of is None  # a look at the past is a one-off: memory only
-        if base is None and keep:
-            base = await self._from_disk(db, key)
-        read = await self._read(reads or db, key, base, None if reads is None else wanted)
-        if read is None:  # the replica has not replayed that write yet
-            self.lagged += 1
-            read = await self._read(db, key, base, None)
-        assert read is not None
-        matrix, appended = read
+        kept = await self._from_disk(db, key) if base is None and keep else None
+        try:
+            matrix, appended = await self._current(db, key, base or kept, reads, wanted)
+        except Exception:
+            if kept is None:
+                raise
+            log.warning("the kept matrix of %r could not be brought up to date: built afresh", key[1], exc_info=True)
+            self.disk["stale"] += 1
+            matrix, appended = await self._current(db, key, None, reads, wanted)
         if keep:
             await self._to_disk(db, key, matrix, appended)
         current = self._entries.get(key)
@@ -115,6 +124,20 @@ class RevisionCache(Generic[M]):
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return matrix
+
+    async def _current(self, db: Database, key: Key, base: M | None, reads: Database | None,
+                       wanted: int) -> tuple[M, bool]:
+        """The matrix at the current revision (from `reads` when it is not behind `wanted`),
+        and whether it was appended to `base`."""
+        try:
+            read = await self._read(reads or db, key, base, None if reads is None else wanted)
+            if read is None:  # the replica has not replayed that write yet
+                self.lagged += 1
+                read = await self._read(db, key, base, None)
+        except _BaseAhead:  # a base newer than what the database shows: never appended to
+            read = await self._read(db, key, None, None)
+        assert read is not None
+        return read
 
     async def _read(self, db: Database, key: Key, base: M | None, at_least: int | None) -> tuple[M, bool] | None:
         """The matrix from one snapshot (rows after `base` appended to it, or all rows), and
@@ -125,11 +148,15 @@ class RevisionCache(Generic[M]):
                                             -1 if base is None else base.revision) as snap:
             if at_least is not None and snap.revision < at_least:
                 return None
+            if base is not None and snap.revision < base.revision:
+                raise _BaseAhead
             appending = base is not None and snap.after >= 0
             builder = self._builder(base if appending else None, key[2])
             taking: asyncio.Future[Any] | None = None
+            fetched = 0
             try:
                 async for rows in snap.chunks():  # the next chunk is read while this one is taken
+                    fetched += len(rows)
                     if taking is not None:
                         await taking
                     taking = asyncio.ensure_future(asyncio.to_thread(builder.take, rows))
@@ -137,6 +164,7 @@ class RevisionCache(Generic[M]):
                 if taking is not None:
                     await taking
         matrix = await asyncio.to_thread(builder.finish, snap.revision)
+        matrix.source_rows = fetched + (base.source_rows if appending and base is not None else 0)
         self.appends += appending
         self._adopt(base, matrix)
         return matrix, appending
@@ -150,33 +178,43 @@ class RevisionCache(Generic[M]):
         return Fingerprint(*await trials.rows_fingerprint(db, f"{self.kind}_fingerprint", key[0], key[1], revision))
 
     async def _from_disk(self, db: Database, key: Key) -> M | None:
-        """The matrix of the key's file when the database still holds exactly its rows."""
+        """The matrix of the key's file when the database still holds exactly its rows; any
+        problem with the file or its check is a miss."""
         assert self.store is not None
-        path, identity = self._file(db, key)
-        saved = await asyncio.to_thread(self.store.read, path, identity)
-        if saved is None:
-            return None
-        if not saved.matches(await self._fingerprint(db, key, saved.revision)):
-            self.disk["stale"] += 1
+        try:
+            path, identity = self._file(db, key)
+            saved = await asyncio.to_thread(self.store.read, path, identity)
+            if saved is None:
+                return None
+            matrix: M = saved.matrix
+            if getattr(matrix, "source_rows", -1) != saved.rows or not saved.matches(
+                    await self._fingerprint(db, key, saved.revision)):
+                self.disk["stale"] += 1
+                return None
+        except Exception:  # the file is an aid only: the database answers
+            log.warning("could not use the kept matrix of %r", key[1], exc_info=True)
             return None
         self.disk["loads"] += 1
-        self._saved_size[key] = saved.size
-        matrix: M = saved.matrix
+        self._saved_size[key] = saved.rows
         return matrix
 
     async def _to_disk(self, db: Database, key: Key, matrix: M, appended: bool) -> None:
-        """Keep a matrix built afresh, or one grown by the store's share since its file."""
+        """Keep a matrix built afresh, or one whose rows grew by the store's share since its
+        file; only when the database, checked after, holds exactly the rows it was built from."""
         assert self.store is not None
-        size, last = self._size_of(matrix), self._saved_size.get(key)
-        if appended and last is not None and size < last * (1 + self.store.growth):
+        last = self._saved_size.get(key)
+        if appended and last is not None and matrix.source_rows < last * (1 + self.store.growth):
             return
-        found = await self._fingerprint(db, key, matrix.revision)
-        if found.reset > matrix.revision:
-            return  # rows it holds changed meanwhile: the next load rebuilds anyway
-        path, identity = self._file(db, key)
-        if await asyncio.to_thread(self._write, path, identity, matrix, found, size):
-            self.disk["saves"] += 1
-            self._saved_size[key] = size
+        try:
+            found = await self._fingerprint(db, key, matrix.revision)
+            if found.reset > matrix.revision or found.rows != matrix.source_rows:
+                return  # rows it holds changed or left meanwhile: the next load builds it again
+            path, identity = self._file(db, key)
+            if await asyncio.to_thread(self._write, path, identity, matrix, found, matrix.source_rows):
+                self.disk["saves"] += 1
+                self._saved_size[key] = matrix.source_rows
+        except Exception:  # the file is an aid only: the answer stands
+            log.warning("could not keep the matrix of %r", key[1], exc_info=True)
 
     def _write(self, path: Path, identity: dict[str, str], matrix: M, found: Fingerprint, size: int) -> bool:
         assert self.store is not None

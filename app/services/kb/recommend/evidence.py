@@ -55,6 +55,7 @@ class EvidenceMatrix:
     index: EvidenceIndex | None = None
     raw_cells: Any = None  # the cells as sums and counts, for appends
     windows: Any = None  # the per-window columns, for appends
+    source_rows: int = 0  # the database rows it was built from, kept or not (set by the cache that loads it)
 
     def __getstate__(self) -> dict[str, Any]:
         """What a file keeps: everything but the derived results (`memo`), which may hold tasks."""

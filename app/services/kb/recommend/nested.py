@@ -19,7 +19,8 @@ At each decision (the start of a window with enough earlier windows):
    and adapts to the misses so far (adaptive conformal inference, Gibbs and Candes 2021):
    a = 0.2 + GAMMA * (0.2 * answers - misses), so when the realised Sharpe left earlier
    intervals more often than one time in five, later intervals widen until the long-run
-   share of misses is one in five again, whatever the drift of the market; `confidence`
+   share of misses is one in five again (`a` is kept within [0, 0.5]: at 0 the band spans
+   every earlier residual, so a realised Sharpe beyond all of them still misses); `confidence`
    is the share of those residuals that would leave the answer's Sharpe above zero, i.e.
    P(realised Sharpe > 0).
 `Model.now()` applies the same rules to every decision so far: what recommend answers with.
@@ -114,8 +115,9 @@ def conformal_band(residuals: np.ndarray, miss_rate: float) -> tuple[float, floa
     ceil((1 - a/2)(n+1)), clipped to the smallest and largest residual."""
     ordered = np.sort(residuals)
     n = len(ordered)
-    lo = min(max(math.floor(miss_rate / 2 * (n + 1)), 1), n)
-    hi = min(max(math.ceil((1 - miss_rate / 2) * (n + 1)), 1), n)
+    # Exact ranks: 0.2 is not exact in binary, and floor(0.1 * 50) must be 5, not 4.
+    lo = min(max(math.floor(miss_rate / 2 * (n + 1) + 1e-9), 1), n)
+    hi = min(max(math.ceil((1 - miss_rate / 2) * (n + 1) - 1e-9), 1), n)
     return float(ordered[lo - 1]), float(ordered[hi - 1])
 
 

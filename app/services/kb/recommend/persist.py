@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import pickle
 import stat
-import threading
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,19 @@ from app.errors import BadInput
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when a matrix class changes shape: older files are then ignored
+
+def _format() -> str:
+    """The version of the files: a digest of the modules whose classes they hold, so a file
+    written by any other version of them is ignored (and replaced), never half-understood."""
+    from app.services.kb.recommend import evidence, scaling, trial_matrix  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    for module in (trial_matrix, evidence, scaling):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+FORMAT = _format()
 ENV = "KB_MATRIX_CACHE"
 LIMIT_ENV = "KB_MATRIX_CACHE_MB"
 _OFF = {"off", "0", "false", "no", "none"}
@@ -77,9 +91,12 @@ class MatrixStore:
             return None
         limit = os.environ.get(LIMIT_ENV, "").strip()
         try:
-            max_bytes = int(float(limit) * 2**20) if limit else 8 * 2**30
+            megabytes = float(limit) if limit else 8 * 2**10
         except ValueError:
-            raise BadInput(f"{LIMIT_ENV} must be a number of megabytes, got {limit!r}") from None
+            megabytes = math.nan
+        if not 0 <= megabytes < 2**40:
+            raise BadInput(f"{LIMIT_ENV} must be a number of megabytes, got {limit!r}")
+        max_bytes = int(megabytes * 2**20)
         return cls(Path(configured).expanduser() if configured else kb_home() / "matrices", max_bytes=max_bytes)
 
     def path(self, dsn: str, kind: str, workspace_id: uuid.UUID, strategy: str, scope: str) -> Path:
@@ -112,18 +129,25 @@ class MatrixStore:
         when it could not be written (disk full, no permission): the cache is an aid only."""
         header = {"identity": identity, "revision": revision, "rows": found.rows, "digest": found.digest,
                   "size": size}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp: Path | None = None
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
+            if not _own_dir(self.root):  # files there would never be read back
+                log.warning("not keeping matrices in %s: others may write there", self.root)
+                return False
+            fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=self.root)  # 0600, new
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as f:
                 pickle.dump((FORMAT, header, matrix), f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
-            self.trim(keep=path)
         except Exception as exc:  # disk full, no permission: answer anyway
             log.warning("could not keep the matrix in %s: %s", path, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
             return False
+        with contextlib.suppress(OSError):
+            self.trim(keep=path)
         return True
 
 
@@ -131,6 +155,10 @@ class MatrixStore:
         """Remove the files used least recently until the directory holds at most
         `max_bytes` (never `keep`, the file just written); returns how many went."""
         files = []
+        for p in self.root.glob("*.tmp"):  # left by a process stopped while writing
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < time.time() - 86_400:
+                    p.unlink()
         for p in self.root.glob("*.pickle"):
             with contextlib.suppress(OSError):
                 st = p.stat()
@@ -150,8 +178,12 @@ class MatrixStore:
 def _own(path: Path, fd: int) -> bool:
     """The file and its directory belong to this user and no one else may write them: a
     pickle runs code when read, so only files this user wrote are read."""
-    uid = os.getuid()
-    for st in (os.fstat(fd), path.parent.stat()):
-        if st.st_uid != uid or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return False
-    return True
+    return _mine(os.fstat(fd)) and _own_dir(path.parent)
+
+
+def _own_dir(folder: Path) -> bool:
+    return _mine(folder.stat())
+
+
+def _mine(st: os.stat_result) -> bool:
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)

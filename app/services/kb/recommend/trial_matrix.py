@@ -211,6 +211,7 @@ class TrialMatrix:
     tag_vocab: dict[str, int]
     combo_bits: np.ndarray  # per tag set (code): one bit per tag in tag_vocab
     _by_tags: list[np.ndarray] | None = None
+    source_rows: int = 0  # the database rows it was built from (set by the cache that loads it)
 
     @classmethod
     def of(cls, columns: TrialColumns, revision: int, tag_sets: Vocabulary, labels: Vocabulary,
