@@ -44,7 +44,10 @@ def _format() -> str:
 
     digest = hashlib.sha256()
     for module in (trial_matrix, evidence, scaling):
-        digest.update(Path(str(module.__file__)).read_bytes())
+        try:
+            digest.update(Path(str(module.__file__)).read_bytes())
+        except OSError:  # no source beside the code (a frozen install): this process's own format
+            digest.update(f"{os.getpid()}:{time.time_ns()}".encode())
     return digest.hexdigest()[:16]
 
 
