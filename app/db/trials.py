@@ -51,11 +51,11 @@ async def strategy_revision(db: Database | Conn, workspace_id: uuid.UUID, strate
     return (0, 0) if row is None else (int(row["revision"]), int(row["reset_revision"]))
 
 
-async def rows_fingerprint(db: Database, query: str, workspace_id: uuid.UUID, strategy: str,
+async def rows_fingerprint(db: Database, kind: str, workspace_id: uuid.UUID, strategy: str,
                            revision: int) -> tuple[int, str, int]:
-    """(rows, digest, reset revision) of a strategy's rows up to `revision` (`query`: the
-    named fingerprint query of trials or evidence), in one statement's snapshot."""
-    row = await db.fetchrow(q(query), workspace_id, strategy, revision)
+    """(rows, digest, reset revision) of a strategy's rows up to `revision` that a matrix of
+    `kind` (trials or evidence) is built from, in one statement's snapshot."""
+    row = await db.fetchrow(q("rows_fingerprint"), workspace_id, strategy, revision, kind)
     assert row is not None  # an aggregate always returns its row
     return int(row["n"]), str(row["digest"]), int(row["reset"])
 

@@ -308,26 +308,24 @@ ANALYZE kb_evidence (workspace_id, source_run_id, strategy_name, symbol, timefra
         kb_trials (id, workspace_id, source_run_id, strategy_name, symbol, timeframe, sharpe, kb_status, archived_at,
                    dsr_inputs, change_revision)
 
--- name: trials_fingerprint
--- A strategy's active trials up to revision $3: how many, a digest (the database's oid, and
--- the sum of a hash of each row's id, revision and content), and the strategy's reset
--- revision (above $3: rows up to $3 changed or left).
+-- name: rows_fingerprint
+-- A strategy's rows up to revision $3 that a matrix of kind $4 is built from (`trials`: the
+-- active trials `load_trials` reads; `evidence`: the rows `load_evidence` reads): how many,
+-- a digest (the database's oid, and the sum of a hash of each row's id, revision and
+-- content), and the strategy's reset revision (above $3: rows up to $3 changed or left).
+WITH source AS (
+    SELECT id AS row_id, change_revision, content_hash FROM kb_trials
+    WHERE $4::text = 'trials' AND workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL
+      AND change_revision <= $3
+    UNION ALL
+    SELECT source_run_id, change_revision, content_hash FROM kb_evidence
+    WHERE $4::text = 'evidence' AND workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL
+      AND change_revision <= $3
+)
 SELECT count(*) AS n,
        (SELECT oid FROM pg_database WHERE datname = current_database())::text || ':'
-         || coalesce(sum(uuid_hash_extended(id, change_revision) # hashtextextended(content_hash, 0)), 0)::text
+         || coalesce(sum(uuid_hash_extended(row_id, change_revision) # hashtextextended(content_hash, 0)), 0)::text
          AS digest,
        coalesce((SELECT reset_revision FROM kb_strategy_revisions
                  WHERE workspace_id = $1 AND strategy_name = $2), 0) AS reset
-FROM kb_trials
-WHERE workspace_id = $1 AND strategy_name = $2 AND archived_at IS NULL AND change_revision <= $3
-
--- name: evidence_fingerprint
--- The same of the strategy's evidence rows that `load_evidence` reads.
-SELECT count(*) AS n,
-       (SELECT oid FROM pg_database WHERE datname = current_database())::text || ':'
-         || coalesce(sum(uuid_hash_extended(source_run_id, change_revision) # hashtextextended(content_hash, 0)), 0)::text
-         AS digest,
-       coalesce((SELECT reset_revision FROM kb_strategy_revisions
-                 WHERE workspace_id = $1 AND strategy_name = $2), 0) AS reset
-FROM kb_evidence
-WHERE workspace_id = $1 AND strategy_name = $2 AND sharpe IS NOT NULL AND change_revision <= $3
+FROM source

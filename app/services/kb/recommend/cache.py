@@ -175,7 +175,7 @@ class RevisionCache(Generic[M]):
         return self.store.path(db.dsn, self.kind, key[0], key[1], key[2].key()), identity
 
     async def _fingerprint(self, db: Database, key: Key, revision: int) -> Fingerprint:
-        return Fingerprint(*await trials.rows_fingerprint(db, f"{self.kind}_fingerprint", key[0], key[1], revision))
+        return Fingerprint(*await trials.rows_fingerprint(db, self.kind, key[0], key[1], revision))
 
     async def _from_disk(self, db: Database, key: Key) -> M | None:
         """The matrix of the key's file when the database still holds exactly its rows; any
@@ -210,15 +210,15 @@ class RevisionCache(Generic[M]):
             if found.reset > matrix.revision or found.rows != matrix.source_rows:
                 return  # rows it holds changed or left meanwhile: the next load builds it again
             path, identity = self._file(db, key)
-            if await asyncio.to_thread(self._write, path, identity, matrix, found, matrix.source_rows):
+            if await asyncio.to_thread(self._write, path, identity, matrix, found):
                 self.disk["saves"] += 1
                 self._saved_size[key] = matrix.source_rows
         except Exception:  # the file is an aid only: the answer stands
             log.warning("could not keep the matrix of %r", key[1], exc_info=True)
 
-    def _write(self, path: Path, identity: dict[str, str], matrix: M, found: Fingerprint, size: int) -> bool:
+    def _write(self, path: Path, identity: dict[str, str], matrix: M, found: Fingerprint) -> bool:
         assert self.store is not None
-        return self.store.write(path, identity, matrix, matrix.revision, found, size)
+        return self.store.write(path, identity, matrix, matrix.revision, found)
 
     @staticmethod
     def _size_of(matrix: M) -> int:
@@ -245,10 +245,9 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
     def __init__(self, store: MatrixStore | Literal["env"] | None = None) -> None:
         super().__init__("load_evidence", EvidenceBuilder, kind="evidence", store=store)
 
-    def _write(self, path: Path, identity: dict[str, str], matrix: EvidenceMatrix, found: Fingerprint,
-               size: int) -> bool:
+    def _write(self, path: Path, identity: dict[str, str], matrix: EvidenceMatrix, found: Fingerprint) -> bool:
         with matrix.codes_held() as held:  # no builder adds window or set codes while they are written
-            return held and super()._write(path, identity, matrix, found, size)
+            return held and super()._write(path, identity, matrix, found)
 
     def _adopt(self, base: EvidenceMatrix | None, matrix: EvidenceMatrix) -> None:
         # The last finished walk-forward check, for answers that may use it while the new one runs.

@@ -74,7 +74,6 @@ class Saved:
     revision: int
     rows: int  # rows in the database at that revision
     digest: str
-    size: int  # the matrix's own size when saved (trials or cells)
 
     def matches(self, found: Fingerprint) -> bool:
         """The database still holds exactly the rows this matrix was built from."""
@@ -124,14 +123,12 @@ class MatrixStore:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # used now: the last to go when the directory is trimmed
-        return Saved(matrix, int(header["revision"]), int(header["rows"]), str(header["digest"]), int(header["size"]))
+        return Saved(matrix, int(header["revision"]), int(header["rows"]), str(header["digest"]))
 
-    def write(self, path: Path, identity: dict[str, str], matrix: Any, revision: int, found: Fingerprint,
-              size: int) -> bool:
+    def write(self, path: Path, identity: dict[str, str], matrix: Any, revision: int, found: Fingerprint) -> bool:
         """Write the matrix (atomically: a reader sees the old file or the new one). False
         when it could not be written (disk full, no permission): the cache is an aid only."""
-        header = {"identity": identity, "revision": revision, "rows": found.rows, "digest": found.digest,
-                  "size": size}
+        header = {"identity": identity, "revision": revision, "rows": found.rows, "digest": found.digest}
         tmp: Path | None = None
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
