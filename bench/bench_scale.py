@@ -148,7 +148,7 @@ async def api_load(url: str, ws: uuid.UUID, rounds: int) -> None:
                       for s in ("mean_rev", "breakout", "trend_follow") for t in tags]
             for body in bodies[::len(tags)]:  # one per strategy: load each trial matrix once
                 t0 = time.perf_counter()
-                await client.post("/kb/trials/recommend", json=body)
+                await client.post("/kb/trials/recommend", json=body, timeout=900)  # reads every row at 10M
                 print(f"API: cold first recommend for {body['strategy_name']} "
                       f"{(time.perf_counter() - t0) * 1000:,.0f} ms (loads its trials)", flush=True)
 
