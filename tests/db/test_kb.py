@@ -246,6 +246,8 @@ async def test_seed_twice_and_into_two_workspaces(cli, db) -> None:
         assert code == 0, err
     counts = dict(await db.fetch("SELECT workspace_id, count(*) FROM backtest_runs GROUP BY 1"))
     assert counts == {a: 3000, b: 1500}
+    # A sweep's grid: sets recur across windows, so a walk-forward can score its choices.
+    assert await db.fetchval("SELECT count(DISTINCT params) FROM backtest_runs WHERE workspace_id = $1", a) <= 40
 
 
 async def test_kb_serve_process_under_concurrent_requests(db, db_url, make_workspace, insert_runs):

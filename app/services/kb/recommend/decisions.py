@@ -45,27 +45,40 @@ class History:
         return float(self.squares[s] / self.n[s] - (self.total[s] / self.n[s]) ** 2)
 
     def add(self, sets: np.ndarray, values: np.ndarray, eligible: np.ndarray) -> None:
-        """One ended window's cells (each set at most once)."""
-        for s, v, e in zip(sets.tolist(), values.tolist(), eligible.tolist(), strict=True):
-            was = self.n[s]
-            if was > 1:
-                self.var_sum -= self._var(s)
-            if self.eligible[s]:
-                self.mean_sum -= self.mean(s)
-            self.n[s] = was + 1
-            self.total[s] += v
-            self.squares[s] += v * v
-            if was >= 1:
-                self.var_sum += self._var(s)
-                self.var_count += int(was == 1)
-            if e and not self.eligible[s]:
-                self.eligible[s] = True
-                self.candidates += 1
-            if self.eligible[s]:
-                mean = self.mean(s)
-                self.mean_sum += mean
-                heapq.heappush(self.by_n.setdefault(int(was + 1), []), (-mean, s))
-                heapq.heappush(self.by_mean, (-mean, s, int(was + 1)))
+        """One ended window's cells (each set at most once): the per-set figures in place,
+        then the running sums over the cells in order (the rounding of one cell at a time)."""
+        was = self.n[sets]
+        before = np.where(was > 0, was, 1.0)
+        old_mean = self.total[sets] / before
+        old_var = self.squares[sets] / before - old_mean ** 2
+        was_eligible = self.eligible[sets]
+        self.n[sets] = was + 1
+        self.total[sets] += values
+        self.squares[sets] += values * values
+        new_mean = self.total[sets] / (was + 1)
+        new_var = self.squares[sets] / (was + 1) - new_mean ** 2
+        now_eligible = was_eligible | eligible
+        self.eligible[sets] = now_eligible
+        self.candidates += int(np.count_nonzero(now_eligible & ~was_eligible))
+        self.var_count += int(np.count_nonzero(was == 1))
+        var_sum, mean_sum = self.var_sum, self.mean_sum
+        for w, ov, nv, we, ne, om, nm in zip(was.tolist(), old_var.tolist(), new_var.tolist(), was_eligible.tolist(),
+                                             now_eligible.tolist(), old_mean.tolist(), new_mean.tolist(), strict=True):
+            if w > 1:
+                var_sum -= ov
+            if we:
+                mean_sum -= om
+            if w >= 1:
+                var_sum += nv
+            if ne:
+                mean_sum += nm
+        self.var_sum, self.mean_sum = var_sum, mean_sum
+        by_n, by_mean = self.by_n, self.by_mean
+        for s, nm, w in zip(sets[now_eligible].tolist(), new_mean[now_eligible].tolist(),
+                            was[now_eligible].tolist(), strict=True):
+            count = int(w) + 1
+            heapq.heappush(by_n.setdefault(count, []), (-nm, s))
+            heapq.heappush(by_mean, (-nm, s, count))
 
     @property
     def pooled_sd(self) -> float:
@@ -136,33 +149,37 @@ def _row(m: EvidenceMatrix, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _choices(m: EvidenceMatrix, h: History, near: np.ndarray, near_d: np.ndarray,
              tunings: tuple[Tuning, ...], sd: float, z: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per tuning: the set with the best local score and its estimate."""
+    """Per tuning: the set with the best local score and its estimate. The weighted sums
+    depend on k only: taken once per distinct k; the tunings' scores then in one array."""
     cells = m.cells(near)
     position = np.repeat(np.arange(len(near)), m.ptr[near + 1] - m.ptr[near])
     inside, inv = np.unique(m.cell_set[cells], return_inverse=True)
     values = m.cell_sharpe[cells]
-    mean0 = h.total[inside] / h.n[inside]
-    outside = h.best_outside(set(inside.tolist()))
-    chosen = np.zeros(len(tunings), dtype=np.int64)
-    estimate = np.full(len(tunings), np.nan)
-    for i, tuning in enumerate(tunings):
-        k = min(tuning.k, len(near))
+    ks = sorted({min(t.k, len(near)) for t in tunings})
+    l_mean, n_eff = np.zeros((len(ks), len(inside))), np.zeros((len(ks), len(inside)))
+    for i, k in enumerate(ks):
         bandwidth = max(float(near_d[k - 1]), 1e-6)
         weight = np.where(position < k, np.exp(-0.5 * (near_d[np.minimum(position, k - 1)] / bandwidth) ** 2), 0.0)
         wsum = np.bincount(inv, weights=weight, minlength=len(inside))
         wsharpe = np.bincount(inv, weights=weight * values, minlength=len(inside))
         w2 = np.bincount(inv, weights=weight * weight, minlength=len(inside))
-        l_mean = np.divide(wsharpe, wsum, out=np.zeros(len(inside)), where=wsum > 0)
-        n_eff = np.divide(wsum * wsum, w2, out=np.zeros(len(inside)), where=w2 > 0)
-        est = (n_eff * l_mean + tuning.shrink * mean0) / (n_eff + tuning.shrink)
-        score = np.where(h.eligible[inside], est - z * (sd / np.sqrt(n_eff + tuning.shrink)), -np.inf)
-        best = int(np.argmax(score))
-        chosen[i], estimate[i] = int(inside[best]), float(est[best])
-        if outside >= 0:
-            out_est = (0.0 * 0.0 + tuning.shrink * h.mean(outside)) / (0.0 + tuning.shrink)
-            out_score = out_est - z * (sd / math.sqrt(0.0 + tuning.shrink))
-            if out_score > score[best] or (out_score == score[best] and outside < chosen[i]):
-                chosen[i], estimate[i] = outside, out_est
+        np.divide(wsharpe, wsum, out=l_mean[i], where=wsum > 0)
+        np.divide(wsum * wsum, w2, out=n_eff[i], where=w2 > 0)
+    row = np.array([ks.index(min(t.k, len(near))) for t in tunings])
+    shrink = np.array([[t.shrink] for t in tunings])
+    mean0 = h.total[inside] / h.n[inside]
+    est = (n_eff[row] * l_mean[row] + shrink * mean0) / (n_eff[row] + shrink)
+    score = np.where(h.eligible[inside], est - z * (sd / np.sqrt(n_eff[row] + shrink)), -np.inf)
+    best = np.argmax(score, axis=1)
+    chosen, estimate = inside[best].astype(np.int64), est[np.arange(len(tunings)), best]
+    outside = h.best_outside(set(inside.tolist()))
+    if outside >= 0:  # the best set outside the near windows: no local evidence, its mean shrunk
+        s_out = shrink[:, 0]
+        out_est = (0.0 * 0.0 + s_out * h.mean(outside)) / (0.0 + s_out)
+        out_score = out_est - z * (sd / np.sqrt(0.0 + s_out))
+        best_score = score[np.arange(len(tunings)), best]
+        wins = (out_score > best_score) | ((out_score == best_score) & (outside < chosen))
+        chosen[wins], estimate[wins] = outside, out_est[wins]
     return chosen, estimate
 
 

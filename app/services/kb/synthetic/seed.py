@@ -17,6 +17,10 @@ _COLUMNS = ("id", "workspace_id", "created_at", "run_kind", "status", "strategy_
 _STRATEGIES = ("mean_rev", "breakout", "trend_follow")
 _CHUNK = 50_000
 SEED_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+# A sweep's grid: each run tests one of these 40 sets, so a set recurs across windows as
+# in a real KB (a walk-forward can score the set it would have chosen in a later window).
+_LOOKBACKS = np.array([5, 10, 15, 20, 30, 45, 60, 90])
+_Z_ENTRIES = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
 
 
 def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Generator,
@@ -28,8 +32,8 @@ def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Gen
     dd = np.where(eligible | (failure != 1), rng.uniform(1, 25, count), rng.uniform(25.5, 80, count))
     sharpe = np.where(eligible | (failure != 2), rng.uniform(0.1, 3, count), rng.uniform(-2, 0.09, count))
     ret = rng.normal(5, 10, count)
-    lookback = rng.integers(5, 100, count)
-    z = rng.uniform(0.5, 3, count)
+    lookback = _LOOKBACKS[rng.integers(0, len(_LOOKBACKS), count)]
+    z = _Z_ENTRIES[rng.integers(0, len(_Z_ENTRIES), count)]
     strategy = rng.integers(0, len(strategies), count)
     oos_start = rng.integers(0, 300, count)
     oos_len = rng.integers(20, 120, count)
@@ -47,7 +51,7 @@ def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Gen
             "completed",
             strategies[strategy[i]],
             None,
-            f'{{"lookback": {lookback[i]}, "z_entry": {z[i]:.3f}}}',
+            f'{{"lookback": {lookback[i]}, "z_entry": {z[i]:.1f}}}',
             f'{{"symbol": "SYM{strategy[i]}", "timeframe": "1d", "oos_start": {base_ms + int(day0) * 86_400_000},'
             f' "oos_end": {base_ms + int(day0 + oos_len[i]) * 86_400_000}}}',
             f'{{"trades": {trades[i]}, "sharpe": {sharpe[i]:.4f}, "max_drawdown_pct": -{dd[i]:.3f},'
