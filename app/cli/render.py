@@ -238,6 +238,8 @@ def ingest_report(r: IngestResult) -> str:
     lines += [f"  kept, {reason}: {n}" for reason, n in sorted(r.evidence_notes.items())]
     lines += [f"  not evidence, {reason}: {n}" for reason, n in sorted(r.evidence_skipped.items())]
     lines.append(_label("Errors", r.errors))
+    if r.deleted_meanwhile:
+        lines.append(f"  {r.deleted_meanwhile} run(s) deleted while the ingest ran: left out")
     if r.retried_pages:
         lines.append(f"  {r.retried_pages} page(s) written again after a lost connection (their rows may count "
                      "as unchanged)")

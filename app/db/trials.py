@@ -122,6 +122,14 @@ async def existing_trial_hashes(conn: Conn, workspace_id: uuid.UUID, run_ids: li
     return {r["source_run_id"]: r for r in await conn.fetch(q("existing_trial_hashes"), workspace_id, run_ids)}
 
 
+# Writing a KB row whose run is gone (deleted after the row's page was read).
+RUN_DELETED = asyncpg.ForeignKeyViolationError
+
+
+async def runs_still_there(conn: Conn, workspace_id: uuid.UUID, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    return {r["id"] for r in await conn.fetch(q("runs_still_there"), workspace_id, run_ids)}
+
+
 async def upsert_trials(conn: Conn, workspace_id: uuid.UUID, rows: Sequence[tuple[Any, ...]],
                         revision: int) -> list[Record]:
     """Rows (inserted, strategy_name, old_strategy) of the trials inserted or changed."""

@@ -75,3 +75,33 @@ async def test_deleted_runs_take_their_trials_and_evidence(db, make_workspace, i
         assert left == 0, table
     assert await db.fetchval("SELECT count(*) FROM kb_trials WHERE workspace_id = $1", ws) == 12 - 2 - 2
 
+
+
+async def test_runs_deleted_between_read_and_write_are_left_out_and_counted(db, make_workspace, insert_runs,
+                                                                            monkeypatch) -> None:
+    """A run deleted after its page was read and before the page is written: the page is
+    written without it (no foreign-key failure of the whole ingest), and the count says so."""
+    from app.services.kb import ingest as ingest_module
+
+    ws = await make_workspace()
+    rows = _runs(ws, 20)
+    await insert_runs(rows)
+    doomed = [rows[3]["id"], rows[4]["id"], rows[14]["id"]]  # trial and evidence twice; evidence only
+    classify = ingest_module._classify_page
+
+    async def then_delete(page, result, incremental):
+        out = await classify(page, result, incremental)
+        ids = [r["id"] for r in page if r["id"] in doomed]
+        if ids:  # the delete commits before this page is written
+            await db.execute("DELETE FROM backtest_runs WHERE workspace_id = $1 AND id = ANY($2::uuid[])", ws, ids)
+        return out
+
+    monkeypatch.setattr(ingest_module, "_classify_page", then_delete)
+    result = await ingest(db, ws, batch_size=5)
+    trials = sum(1 for i in range(20) if i % 7 != 0)
+    assert result.deleted_meanwhile == 3
+    assert (result.inserted, result.errors) == (trials - 2, 0)
+    assert result.scanned == result.inserted + result.updated + result.skipped + result.errors + 2
+    assert await db.fetchval("SELECT count(*) FROM kb_trials WHERE workspace_id = $1", ws) == trials - 2
+    assert await db.fetchval("SELECT count(*) FROM kb_evidence WHERE workspace_id = $1 AND source_run_id = ANY($2)",
+                             ws, doomed) == 0

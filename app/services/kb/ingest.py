@@ -18,8 +18,6 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-import orjson
-
 from app.db import Database, trials
 from app.db.connector import Conn
 from app.db.retry import retrying
@@ -28,14 +26,15 @@ from app.db.workspaces import require_workspace
 from app.far_time import INVALID_CREATED_AT, FarTime
 from app.services.kb.ingest_rows import (
     ELIGIBLE,
+    NO_DSR_TEXT,
     NO_TRADES,
     EvidenceRow,
     TrialRow,
+    deflate_windows,
     evidence_row,
     evidence_skip_reason,
     trial_from_row,
 )
-from app.services.kb.runs.deflated import window_dsr
 from app.services.kb.runs.fields import parse_run
 from app.services.kb.runs.scan import keyset_start
 
@@ -61,6 +60,7 @@ class IngestResult:
     mode: str = "full"  # or "incremental": only the runs changed since the last ingest were read
     # Pages written again after a lost connection: their rows may count as unchanged the second time.
     retried_pages: int = 0
+    deleted_meanwhile: int = 0  # runs deleted after their page was read: left out of its write
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +198,19 @@ async def _write(db: Database, workspace_id: uuid.UUID, result: IngestResult, fo
         async with db.acquire() as conn:
             return await _write_page(conn, workspace_id, found, evidence, gone, result.dry_run)
 
-    done = await retrying("writing trials", write)
+    while True:
+        try:
+            done = await retrying("writing trials", write)
+            break
+        except trials.RUN_DELETED:
+            # A run deleted after its page was read: the page again without it, counted.
+            read = {t.run_id for t in found} | {e.run_id for e in evidence}
+            async with db.acquire() as conn:
+                there = await trials.runs_still_there(conn, workspace_id, sorted(read))
+            if there == read:
+                raise
+            result.deleted_meanwhile += len(read - there)
+            found, evidence = [t for t in found if t.run_id in there], [e for e in evidence if e.run_id in there]
     result.evidence += done.evidence + done.evidence_removed
     result.inserted += done.inserted
     result.updated += done.updated
@@ -277,9 +289,9 @@ async def _finish(db: Database, scan: Pass, dry_run: bool, written: int, touched
             # DSR depends only on trials and evidence: recomputed in the windows they changed
             # in, then everywhere if some trial is still unevaluated (a workspace ingested
             # before DSR existed).
-            deflated = await _deflate(conn, workspace_id, touched) if written or archived or stale else 0
+            deflated = await deflate_windows(conn, workspace_id, touched) if written or archived or stale else 0
             if (touched is not None or not deflated) and await trials.trials_awaiting_dsr(conn, workspace_id):
-                deflated += await _deflate(conn, workspace_id, None)
+                deflated += await deflate_windows(conn, workspace_id, None)
             if archived:
                 await trials.bump_revision(conn, workspace_id, revision, archived, archived)
             elif stale or deflated:
@@ -350,35 +362,12 @@ def _classify(page: list[Record], result: IngestResult,
         result.scanned += 1
         # A trial whose run has no evidence window has no DSR: a new one is stored evaluated
         # with the reason at once (one write instead of an insert and then an update).
-        trial, reason = trial_from_row(row, run, _NO_DSR_TEXT if window is None else None)
+        trial, reason = trial_from_row(row, run, NO_DSR_TEXT if window is None else None)
         if trial is None:
             _count_error(result, str(reason), row["id"])
         else:
             found.append(trial)
     return found, evidence
-
-
-_NO_DSR = {"unavailable": "bars of the OOS window, bar size or Sharpe unknown"}
-_NO_DSR_TEXT = orjson.dumps({"unavailable": "no evidence window (the run has no regime)"}).decode()
-
-
-async def _deflate(conn: Conn, workspace_id: uuid.UUID, touched: list[uuid.UUID] | None) -> int:
-    """Each active trial's deflated Sharpe ratio, from its window's sets and their spread
-    (after the evidence of this ingest is in), in the windows of the runs touched (None:
-    everywhere); only changed values are written. A trial with no window (no evidence)
-    is marked evaluated with the reason."""
-    written = 0
-    async for rows in trials.trial_window_stats(conn, workspace_id, touched):
-        changed = []
-        for r in rows:
-            found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
-            value = None if found is None else round(found.dsr, 6)
-            if value != r["dsr"] or not r["evaluated"]:
-                # A trial whose DSR cannot be computed is marked evaluated all the same.
-                inputs = orjson.dumps(found.to_dict() if found is not None else _NO_DSR).decode()
-                changed.append((r["id"], value, inputs))
-        written += await trials.update_trial_dsr(conn, workspace_id, changed)
-    return written + await trials.mark_trials_without_dsr(conn, workspace_id, _NO_DSR_TEXT, touched)
 
 
 def _count_error(result: IngestResult, reason: str, run_id: uuid.UUID) -> None:

@@ -1,6 +1,7 @@
 """The rows ingest writes: a run as a KB trial and as performance evidence, each built in
 the order of the database's unnest columns, with a content hash so a rerun skips what
-did not change."""
+did not change; and each trial's deflated Sharpe ratio, written once its window's
+evidence is in."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from app.db import trials
+from app.db.connector import Conn
 from app.db.trials import EVIDENCE_COLUMNS, TRIAL_COLUMNS, Record
+from app.services.kb.runs.deflated import window_dsr
 from app.services.kb.runs.fields import ParsedRun
 from app.services.kb.runs.windows import BadTimestamp, extract_windows, timestamp
 
@@ -148,3 +152,26 @@ def trial_from_row(row: Record, run: ParsedRun,
         pre_tags=run.pre_tags_literal, ts_end=ts_end,
         kb_status=row["kb_status"], content_hash=hashlib.sha256(content).hexdigest()[:32], dsr_inputs=dsr_inputs,
     ), None
+
+
+_NO_DSR = {"unavailable": "bars of the OOS window, bar size or Sharpe unknown"}
+NO_DSR_TEXT = orjson.dumps({"unavailable": "no evidence window (the run has no regime)"}).decode()
+
+
+async def deflate_windows(conn: Conn, workspace_id: uuid.UUID, touched: list[uuid.UUID] | None) -> int:
+    """Each active trial's deflated Sharpe ratio, from its window's sets and their spread
+    (after the evidence of this ingest is in), in the windows of the runs touched (None:
+    everywhere); only changed values are written. A trial with no window (no evidence)
+    is marked evaluated with the reason."""
+    written = 0
+    async for rows in trials.trial_window_stats(conn, workspace_id, touched):
+        changed = []
+        for r in rows:
+            found = window_dsr(r["sharpe"], r["n_bars"], r["timeframe"], r["n_sets"], float(r["sharpe_var"]))
+            value = None if found is None else round(found.dsr, 6)
+            if value != r["dsr"] or not r["evaluated"]:
+                # A trial whose DSR cannot be computed is marked evaluated all the same.
+                inputs = orjson.dumps(found.to_dict() if found is not None else _NO_DSR).decode()
+                changed.append((r["id"], value, inputs))
+        written += await trials.update_trial_dsr(conn, workspace_id, changed)
+    return written + await trials.mark_trials_without_dsr(conn, workspace_id, NO_DSR_TEXT, touched)

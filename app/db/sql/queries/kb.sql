@@ -38,6 +38,10 @@ SELECT snapshot::text FROM kb_ingest_state WHERE workspace_id = $1
 INSERT INTO kb_ingest_state (workspace_id, snapshot, ingested_at) VALUES ($1, $2::text::pg_snapshot, now())
 ON CONFLICT (workspace_id) DO UPDATE SET snapshot = EXCLUDED.snapshot, ingested_at = now()
 
+-- name: runs_still_there
+-- Which of these runs ($2) the workspace still holds (an ingest's page read before a delete).
+SELECT id FROM backtest_runs WHERE workspace_id = $1 AND id = ANY($2::uuid[])
+
 -- name: existing_trial_hashes
 SELECT source_run_id, content_hash, archived_at IS NOT NULL AS archived
 FROM kb_trials
