@@ -101,7 +101,7 @@ def write_sweep(path: Path, rows: int, seed: int) -> Path:
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    from app.services.kb.synthetic.seed import SEED_EPOCH  # noqa: PLC0415
+    from app.services.kb.synthetic.seed import GRID_LOOKBACKS, GRID_Z_ENTRIES, SEED_EPOCH  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     strategies = np.array(["mean_rev", "breakout", "trend_follow"])
@@ -114,8 +114,9 @@ def write_sweep(path: Path, rows: int, seed: int) -> Path:
         sharpe = np.where(eligible | (failure != 2), rng.uniform(0.1, 3, n), rng.uniform(-2, 0.09, n))
         drawdown = np.where(eligible | (failure != 1), rng.uniform(1, 25, n), rng.uniform(25.5, 80, n))
         table = pa.table({
-            "strategy_name": strategies[k], "param_lookback": rng.integers(5, 100, n),
-            "param_z_entry": rng.uniform(0.5, 3, n).round(3), "symbol": np.char.add("SYM", k.astype(str)),
+            "strategy_name": strategies[k], "param_lookback": GRID_LOOKBACKS[rng.integers(0, len(GRID_LOOKBACKS), n)],
+            "param_z_entry": GRID_Z_ENTRIES[rng.integers(0, len(GRID_Z_ENTRIES), n)],
+            "symbol": np.char.add("SYM", k.astype(str)),
             "timeframe": np.full(n, "1d"), "Start": start,
             "End": start + rng.integers(20, 120, n) * np.timedelta64(1, "D"),
             "Sharpe Ratio": sharpe.round(4), "Max. Drawdown [%]": -drawdown.round(3),

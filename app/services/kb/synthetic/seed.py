@@ -19,8 +19,8 @@ _CHUNK = 50_000
 SEED_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 # A sweep's grid: each run tests one of these 40 sets, so a set recurs across windows as
 # in a real KB (a walk-forward can score the set it would have chosen in a later window).
-_LOOKBACKS = np.array([5, 10, 15, 20, 30, 45, 60, 90])
-_Z_ENTRIES = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
+GRID_LOOKBACKS = np.array([5, 10, 15, 20, 30, 45, 60, 90])
+GRID_Z_ENTRIES = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
 
 
 def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Generator,
@@ -32,8 +32,8 @@ def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Gen
     dd = np.where(eligible | (failure != 1), rng.uniform(1, 25, count), rng.uniform(25.5, 80, count))
     sharpe = np.where(eligible | (failure != 2), rng.uniform(0.1, 3, count), rng.uniform(-2, 0.09, count))
     ret = rng.normal(5, 10, count)
-    lookback = _LOOKBACKS[rng.integers(0, len(_LOOKBACKS), count)]
-    z = _Z_ENTRIES[rng.integers(0, len(_Z_ENTRIES), count)]
+    lookback = GRID_LOOKBACKS[rng.integers(0, len(GRID_LOOKBACKS), count)]
+    z = GRID_Z_ENTRIES[rng.integers(0, len(GRID_Z_ENTRIES), count)]
     strategy = rng.integers(0, len(strategies), count)
     oos_start = rng.integers(0, 300, count)
     oos_len = rng.integers(20, 120, count)
