@@ -101,7 +101,7 @@ async def test_runs_deleted_between_read_and_write_are_left_out_and_counted(db, 
     trials = sum(1 for i in range(20) if i % 7 != 0)
     assert result.deleted_meanwhile == 3
     assert (result.inserted, result.errors) == (trials - 2, 0)
-    assert result.scanned == result.inserted + result.updated + result.skipped + result.errors + 2
+    assert result.scanned == result.inserted + result.updated + result.skipped + result.errors == trials - 2
     assert await db.fetchval("SELECT count(*) FROM kb_trials WHERE workspace_id = $1", ws) == trials - 2
     assert await db.fetchval("SELECT count(*) FROM kb_evidence WHERE workspace_id = $1 AND source_run_id = ANY($2)",
                              ws, doomed) == 0

@@ -5,6 +5,7 @@ appended to. Both sides run on the same random inputs; the answers must agree.""
 
 from __future__ import annotations
 
+import heapq
 import math
 import uuid
 from dataclasses import astuple, dataclass
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.services.kb.recommend.decisions import walk_forward
+from app.services.kb.recommend.decisions import History, walk_forward
 from app.services.kb.recommend.evidence import EvidenceBuilder, EvidenceMatrix, build_matrix, extend_matrix
 from app.services.kb.recommend.nearest import (
     W_FEATURES,
@@ -403,3 +404,43 @@ def test_two_appends_to_one_matrix_at_once_and_a_failed_one_leave_every_matrix_r
     assert failed.index is fresh.index
     assert _cells(extend_matrix(fresh, rows[400:], 4)) == _cells(build_matrix(rows, 4))
     assert _cells(extend_matrix(fresh, rows[400:600], 2)) == _cells(build_matrix(rows[:600], 2))
+
+
+def _add_one_cell_at_a_time(h: History, sets: np.ndarray, values: np.ndarray, eligible: np.ndarray) -> None:
+    """The running figures as first written: one cell at a time, each from numpy scalars."""
+    for s, v, e in zip(sets.tolist(), values.tolist(), eligible.tolist(), strict=True):
+        was = h.n[s]
+        if was > 1:
+            h.var_sum -= float(h.squares[s] / h.n[s] - (h.total[s] / h.n[s]) ** 2)
+        if h.eligible[s]:
+            h.mean_sum -= h.mean(s)
+        h.n[s] = was + 1
+        h.total[s] += v
+        h.squares[s] += v * v
+        if was >= 1:
+            h.var_sum += float(h.squares[s] / h.n[s] - (h.total[s] / h.n[s]) ** 2)
+            h.var_count += int(was == 1)
+        if e and not h.eligible[s]:
+            h.eligible[s] = True
+            h.candidates += 1
+        if h.eligible[s]:
+            mean = h.mean(s)
+            h.mean_sum += mean
+            heapq.heappush(h.by_n.setdefault(int(was + 1), []), (-mean, s))
+            heapq.heappush(h.by_mean, (-mean, s, int(was + 1)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_history_added_as_arrays_equals_one_cell_at_a_time_to_the_bit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    fast, slow = History(400, 0.5), History(400, 0.5)
+    for _ in range(1500):
+        sets = np.sort(rng.choice(400, size=int(rng.integers(0, 30)), replace=False)).astype(np.int64)
+        values = rng.standard_normal(len(sets)) * 0.3 + 2.0
+        eligible = rng.random(len(sets)) < 0.7
+        fast.add(sets, values, eligible)
+        _add_one_cell_at_a_time(slow, sets, values, eligible)
+        assert (fast.var_sum, fast.mean_sum, fast.var_count, fast.candidates) == \
+            (slow.var_sum, slow.mean_sum, slow.var_count, slow.candidates)
+    assert fast.by_n == slow.by_n and fast.by_mean == slow.by_mean
+    assert np.array_equal(fast.total, slow.total) and np.array_equal(fast.squares, slow.squares)

@@ -60,7 +60,7 @@ class IngestResult:
     mode: str = "full"  # or "incremental": only the runs changed since the last ingest were read
     # Pages written again after a lost connection: their rows may count as unchanged the second time.
     retried_pages: int = 0
-    deleted_meanwhile: int = 0  # runs deleted after their page was read: left out of its write
+    deleted_meanwhile: int = 0  # runs deleted after their page was read: left out (and out of `scanned`)
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,11 +205,11 @@ async def _write(db: Database, workspace_id: uuid.UUID, result: IngestResult, fo
         except trials.RUN_DELETED:
             # A run deleted after its page was read: the page again without it, counted.
             read = {t.run_id for t in found} | {e.run_id for e in evidence}
-            async with db.acquire() as conn:
-                there = await trials.runs_still_there(conn, workspace_id, sorted(read))
+            there = await retrying("checking the runs of a page", partial(_still_there, db, workspace_id, read))
             if there == read:
                 raise
             result.deleted_meanwhile += len(read - there)
+            result.scanned -= sum(1 for t in found if t.run_id not in there)  # as if never read
             found, evidence = [t for t in found if t.run_id in there], [e for e in evidence if e.run_id in there]
     result.evidence += done.evidence + done.evidence_removed
     result.inserted += done.inserted
@@ -217,6 +217,11 @@ async def _write(db: Database, workspace_id: uuid.UUID, result: IngestResult, fo
     result.archived += done.archived
     result.skipped += len(found) - done.inserted - done.updated
     result.dsr_updated += done.evaluated
+
+
+async def _still_there(db: Database, workspace_id: uuid.UUID, runs: set[uuid.UUID], _attempt: int) -> set[uuid.UUID]:
+    async with db.acquire() as conn:
+        return await trials.runs_still_there(conn, workspace_id, sorted(runs))
 
 
 @dataclass(frozen=True)

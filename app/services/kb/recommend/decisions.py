@@ -50,26 +50,29 @@ class History:
         was = self.n[sets]
         before = np.where(was > 0, was, 1.0)
         old_mean = self.total[sets] / before
-        old_var = self.squares[sets] / before - old_mean ** 2
+        old_sq = self.squares[sets] / before
         was_eligible = self.eligible[sets]
         self.n[sets] = was + 1
         self.total[sets] += values
         self.squares[sets] += values * values
         new_mean = self.total[sets] / (was + 1)
-        new_var = self.squares[sets] / (was + 1) - new_mean ** 2
+        new_sq = self.squares[sets] / (was + 1)
         now_eligible = was_eligible | eligible
         self.eligible[sets] = now_eligible
         self.candidates += int(np.count_nonzero(now_eligible & ~was_eligible))
         self.var_count += int(np.count_nonzero(was == 1))
         var_sum, mean_sum = self.var_sum, self.mean_sum
-        for w, ov, nv, we, ne, om, nm in zip(was.tolist(), old_var.tolist(), new_var.tolist(), was_eligible.tolist(),
-                                             now_eligible.tolist(), old_mean.tolist(), new_mean.tolist(), strict=True):
+        # Each variance squares its mean one value at a time (C pow, as `_var` does): an
+        # array square rounds differently about once in a thousand values.
+        cells = zip(was.tolist(), old_sq.tolist(), new_sq.tolist(), was_eligible.tolist(), now_eligible.tolist(),
+                    old_mean.tolist(), new_mean.tolist(), strict=True)
+        for w, osq, nsq, we, ne, om, nm in cells:
             if w > 1:
-                var_sum -= ov
+                var_sum -= osq - om ** 2
             if we:
                 mean_sum -= om
             if w >= 1:
-                var_sum += nv
+                var_sum += nsq - nm ** 2
             if ne:
                 mean_sum += nm
         self.var_sum, self.mean_sum = var_sum, mean_sum
