@@ -195,3 +195,30 @@ async def test_bar_sizes_are_never_mixed(cli, db, make_workspace, insert_runs) -
         code, out, err = await cli(*argv, "--timeframe", "1d", "--json")
         assert code == 0, err
         assert orjson.loads(out)["scope"]["timeframe"] == "1d"
+
+
+async def test_a_check_after_an_ingest_lends_the_decisions_it_cannot_have_changed(db, make_workspace,
+                                                                                insert_runs) -> None:
+    """A server's check of the new revision replays only the decisions the new windows can
+    reach, and reports what a check from scratch reports."""
+    from app.services.kb.recommend.evaluate import evaluate_matrix
+
+    ws = await make_workspace()
+    rng = np.random.default_rng(4)
+    sharpe = lambda name, up, w: round((1.5 if (name == "A") == up else -1.0) + rng.normal(0, 0.2), 3)  # noqa: E731
+    rows = _windows(ws, 70, sharpe)
+    await insert_runs(rows[:120])  # 60 windows first
+    await ingest(db, ws)
+    cache = TrialCache()
+    query = RecommendQuery(ws, "s", regime=RegimeSnapshot.from_dict(UP), top_k=5)
+    await recommend(db, query, cache)
+    await insert_runs(rows[120:])  # 10 later windows
+    await ingest(db, ws)
+    answer = (await recommend(db, query, cache)).to_dict()
+    matrix = await cache.evidence.get(db, ws, "s", scope=query.scope)
+    check = matrix.memo["check"].result()
+    assert check.revision == answer["walk_forward"]["kb_revision"] and matrix.n_windows == 70
+    assert check.reused >= 30 and check.reused < len(check.outcomes)
+    fresh = evaluate_matrix(await TrialCache().evidence.get(db, ws, "s", scope=query.scope))  # nothing to lend
+    assert fresh.reused == 0 and fresh.summary == check.summary
+    assert fresh.model.to_json() == check.model.to_json()

@@ -122,8 +122,9 @@ def reference_walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> li
     window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order. Only
     windows with an ex-ante snapshot are decided: an OOS snapshot describes the very
     window the decision is scored on, which no one knew at its start.
-    Distances, the all-history figures and the baselines are computed once per decision;
-    only the local scores depend on the tuning."""
+    Distances (in the scale of the windows ended by then), the all-history figures and
+    the baselines are computed once per decision; only the local scores depend on the
+    tuning."""
     out: list[Outcome] = []
     if not tunings:
         return out
@@ -160,7 +161,9 @@ def reference_walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> li
         if not math.isfinite(row[gb]):
             continue
         idx = by_end[:seen]
-        d = distances(m, idx, m.scaled_features[j], frozenset(m.tags[j]))
+        # In the robust scale of the windows ended by then (refitted from scratch here).
+        scale = RobustScale.fit(m.features[idx]).scale
+        d = np.sqrt((((m.features[idx] - m.features[j]) / scale) ** 2).mean(axis=1))
         near = nearest(d, max_k)
         near_windows, near_d = idx[near], d[near]
         cand = np.flatnonzero(np.isfinite(g.score) & np.isfinite(row))

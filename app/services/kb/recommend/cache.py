@@ -21,10 +21,12 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from app.db import Database, trials
 from app.db.trials import strategy_revision
+from app.services.kb.recommend.decisions import Reuse
 from app.services.kb.recommend.evidence import EvidenceBuilder, EvidenceMatrix
 from app.services.kb.recommend.persist import Fingerprint, MatrixStore
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.trial_matrix import TrialBuilder, TrialMatrix
+from app.services.kb.recommend.walkforward import TUNINGS
 
 __all__ = ["EvidenceCache", "RevisionCache", "TrialCache", "strategy_revision"]
 
@@ -250,11 +252,15 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
             return held and super()._write(path, identity, matrix, found)
 
     def _adopt(self, base: EvidenceMatrix | None, matrix: EvidenceMatrix) -> None:
-        # The last finished walk-forward check, for answers that may use it while the new one runs.
+        # The last finished walk-forward check, for answers that may use it while the new one
+        # runs; its decisions, for the new check of rows appended to the base's.
         if base is not None:
             done = base.memo.get("check")
             if done is not None and done.done() and not done.cancelled() and done.exception() is None:
-                matrix.memo["previous_check"] = done.result()
+                check = matrix.memo["previous_check"] = done.result()
+                touched = matrix.memo.pop("appended_windows", None)
+                if touched is not None and check.outcomes:
+                    matrix.memo["reuse"] = Reuse(check.outcomes, TUNINGS, touched)
             elif "previous_check" in base.memo:
                 matrix.memo["previous_check"] = base.memo["previous_check"]
 

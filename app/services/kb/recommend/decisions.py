@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import heapq
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from app.services.kb.recommend.evidence import EvidenceMatrix
-from app.services.kb.recommend.scaling import rms_distances
+from app.services.kb.recommend.scaling import ExpandingScale, scaled_distances
 from app.services.kb.recommend.walkforward import MIN_PRIOR_WINDOWS, Outcome, Tuning, nearest
 from app.timestamps import UNKNOWN_NS
 
@@ -186,18 +187,50 @@ def _choices(m: EvidenceMatrix, h: History, near: np.ndarray, near_d: np.ndarray
     return chosen, estimate
 
 
-def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome]:
+@dataclass(frozen=True)
+class Reuse:
+    """What a check of the matrix this one was appended to can lend it: its outcomes, for
+    the tunings they were made with, and the windows the append gave rows (new or not)."""
+
+    outcomes: tuple[Outcome, ...]
+    tunings: tuple[Tuning, ...]
+    touched: np.ndarray
+
+
+def _reusable(m: EvidenceMatrix, reuse: Reuse | None,
+              tunings: tuple[Tuning, ...]) -> tuple[np.ndarray, dict[int, Outcome]]:
+    """Windows whose decision is the one made before the append, and those decisions. A
+    decision reads only its own window and windows that ended before it started, scaled
+    by those windows alone: one that started no later than the earliest end among the
+    touched windows (and is not touched itself) reads what it read before."""
+    same = np.zeros(m.n_windows, dtype=bool)
+    if reuse is None or reuse.tunings != tunings:
+        return same, {}
+    ends = m.end_ns[reuse.touched]
+    ends = ends[ends != UNKNOWN_NS]
+    cutoff = int(ends.min()) if len(ends) else np.iinfo(np.int64).max
+    same = (m.start_ns != UNKNOWN_NS) & (m.start_ns <= cutoff)
+    same[reuse.touched] = False
+    return same, {o.window: o for o in reuse.outcomes if o.window < len(same) and same[o.window]}
+
+
+def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...], reuse: Reuse | None = None) -> list[Outcome]:
     """Replay history for several tunings at once: one decision at the start of each
     window with at least MIN_PRIOR_WINDOWS earlier (ended) windows, in start order. Only
     windows with an ex-ante snapshot are decided: an OOS snapshot describes the very
     window the decision is scored on, which no one knew at its start. A decision needs
-    the global best and at least two sets tested in its window."""
+    the global best and at least two sets tested in its window. Distances are in the
+    robust scale of the windows ended by then (no later window shapes an earlier
+    decision), so `reuse` (an earlier check of the rows before an append) lends every
+    decision the append cannot have changed."""
     out: list[Outcome] = []
     if not tunings:
         return out
     order, by_end = _orders(m)
-    scaled, norms = m.scaled_features[by_end], m.squared_norms[by_end]
+    raw = m.features[by_end]
+    raw_squared, scale = raw * raw, ExpandingScale(raw)
     comparable = m.tested() >= 2
+    same, lent = _reusable(m, reuse, tunings)
     h = History(m.n_sets, tunings[0].haircut)
     max_k = max(t.k for t in tunings)
     seen = 0
@@ -206,7 +239,12 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome
             w = int(by_end[seen])
             lo, hi = int(m.ptr[w]), int(m.ptr[w + 1])
             h.add(m.cell_set[lo:hi], m.cell_sharpe[lo:hi], m.cell_eligible[lo:hi])
+            scale.add(seen)
             seen += 1
+        if same[j]:
+            if j in lent:
+                out.append(lent[j])
+            continue
         if not comparable[j] or seen < MIN_PRIOR_WINDOWS or h.candidates == 0:
             continue
         sd, z = h.pooled_sd, h.z
@@ -215,7 +253,7 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...]) -> list[Outcome
         realised_gb = m.value(j, gb)
         if gb < 0 or not math.isfinite(realised_gb):
             continue
-        d = rms_distances(scaled[:seen], norms[:seen], m.scaled_features[j])
+        d = scaled_distances(raw[:seen], raw_squared[:seen], m.features[j], scale.scale())
         near = nearest(d, max_k)
         chosen, estimate = _choices(m, h, by_end[near], d[near], tunings, sd, z)
         cand_at = np.flatnonzero(h.eligible[sets_j])

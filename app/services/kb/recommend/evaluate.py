@@ -17,12 +17,19 @@ from app.db import Database
 from app.db.trials import load_walkforward, save_walkforward
 from app.db.workspaces import require_workspace
 from app.services.kb.recommend.cache import DEFAULT_CACHE, TrialCache
-from app.services.kb.recommend.decisions import walk_forward
+from app.services.kb.recommend.decisions import Reuse, walk_forward
 from app.services.kb.recommend.evidence import EvidenceMatrix
 from app.services.kb.recommend.nested import Model, replay
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.report import summarize
-from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, global_stats, no_skill_prior, sums_of
+from app.services.kb.recommend.walkforward import (
+    DEFAULT_TUNING,
+    TUNINGS,
+    Outcome,
+    global_stats,
+    no_skill_prior,
+    sums_of,
+)
 
 
 @dataclass(frozen=True)
@@ -32,15 +39,22 @@ class WalkForwardCheck:
     model: Model
     summary: dict[str, Any]
     revision: int = 0
+    outcomes: tuple[Outcome, ...] = ()  # of a replay in this process (a stored check has none)
+    reused: int = 0  # decisions lent by the check of the rows before an append
 
 
 def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
-    """The nested walk-forward replay of one strategy's evidence and its report."""
+    """The nested walk-forward replay of one strategy's evidence and its report; the
+    decisions an append cannot have changed come from the check of the rows before it."""
     spread = float(np.std(matrix.cell_sharpe)) if len(matrix.cell_sharpe) > 1 else 1.0
     everything = global_stats(matrix, *sums_of(matrix, np.arange(matrix.n_windows)), TUNINGS[0].haircut)
-    model = replay(walk_forward(matrix, TUNINGS), TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread,
+    reuse: Reuse | None = matrix.memo.pop("reuse", None)
+    outcomes = walk_forward(matrix, TUNINGS, reuse)
+    lent = {id(o) for o in reuse.outcomes} if reuse is not None else set()
+    model = replay(outcomes, TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread,
                    no_skill_prior(everything))
-    return WalkForwardCheck(model, summarize(matrix, model), matrix.revision)
+    return WalkForwardCheck(model, summarize(matrix, model), matrix.revision, tuple(outcomes),
+                            sum(id(o) in lent for o in outcomes))
 
 
 async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:

@@ -369,6 +369,8 @@ class EvidenceBuilder:
         n_sets = len(self.index.sets)
         cells = _sorted_cells(new, n_sets) if self.base is None else self.base.raw_cells.merged(new, n_sets)
         matrix = _assemble(cells, self.windows, self.index, revision)
+        if self.base is not None:  # what a walk-forward of the base cannot have seen
+            matrix.memo["appended_windows"] = np.unique(new.window)
         self.index.owner = None
         return matrix
 
