@@ -7,8 +7,9 @@ prints errors and latency percentiles.
 
 Then one strategy of BENCH_TRIALS (1,000,000) trials in its own workspace: the cold
 first answer of a `kb serve`, the server's memory per cached trial, `kb evaluate`, and
-the first answer after 1,000 more runs were seeded, backfilled and ingested (the cached
-matrices take the new rows), then warm latency percentiles of one client, then the
+the first answer after a new sweep of 1,000 runs on the latest windows was seeded,
+backfilled and ingested (the cached matrices take the new rows; the new revision's check
+replays only the decisions those windows reach), then warm latency percentiles of one client, then the
 first answer of a second `kb serve` started after the first stopped (from the matrix
 files the first kept).
 
@@ -219,7 +220,8 @@ async def one_strategy(url: str, db_url: str, trials: int, ohlcv: Path) -> None:
             r = await client.get("/kb/evaluate", params={"workspace_id": str(ws), "strategy_name": strategy})
             print(f"kb evaluate (API, check stored by the answer above): {(time.perf_counter() - t0) * 1000:,.0f} ms, "
                   f"{r.json().get('decisions')} decisions", flush=True)
-            await seed_runs(db, ws, 1000, eligible_share=1.0, strategies=(strategy,))
+            # A new sweep on the latest windows (its OOS windows start after every earlier one).
+            await seed_runs(db, ws, 1000, eligible_share=1.0, strategies=(strategy,), days=(300, 310))
             for argv in steps:
                 report, wall, _ = run_measured(url, *argv, "--workspace-id", str(ws))
                 extra = f" ({report['mode']}, {report['inserted']:,} trials added)" if argv[0] == "ingest" else ""
@@ -229,8 +231,11 @@ async def one_strategy(url: str, db_url: str, trials: int, ohlcv: Path) -> None:
                   f"{answer['walk_forward'].get('kb_revision')}, stale={answer['walk_forward'].get('stale')}; "
                   f"considered {answer['considered']:,})", flush=True)
             ms, answer = await timed_post(client, "/kb/trials/recommend", {**body, "wait_for_check": True})
+            checks = [e["check"] for e in (await client.get("/kb/cache")).json()["evidence"] if e["check"]]
+            lent = ", ".join(f"{c['lent']:,} / {c['decisions']:,}" for c in checks)
             print(f"the same with the new revision's check awaited: {ms:,.0f} ms "
-                  f"(stale={answer['walk_forward'].get('stale')})", flush=True)
+                  f"(stale={answer['walk_forward'].get('stale')}; decisions lent by the check before / all: {lent})",
+                  flush=True)
             latencies = [(await timed_post(client, "/kb/trials/recommend", body))[0] for _ in range(200)]
             print(f"warm, one client, 200 answers: p50 {np.percentile(latencies, 50):,.1f} ms, "
                   f"p95 {np.percentile(latencies, 95):,.1f} ms, p99 {np.percentile(latencies, 99):,.1f} ms", flush=True)

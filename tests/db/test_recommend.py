@@ -219,6 +219,8 @@ async def test_a_check_after_an_ingest_lends_the_decisions_it_cannot_have_change
     check = matrix.memo["check"].result()
     assert check.revision == answer["walk_forward"]["kb_revision"] and matrix.n_windows == 70
     assert check.reused >= 30 and check.reused < len(check.outcomes)
+    shown = [e["check"] for e in cache.evidence.describe() if e["check"]]  # as GET /kb/cache shows it
+    assert shown == [{"revision": check.revision, "decisions": len(check.outcomes), "lent": check.reused}]
     fresh = evaluate_matrix(await TrialCache().evidence.get(db, ws, "s", scope=query.scope))  # nothing to lend
     assert fresh.reused == 0 and fresh.summary == check.summary
     assert fresh.model.to_json() == check.model.to_json()

@@ -247,6 +247,18 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
     def __init__(self, store: MatrixStore | Literal["env"] | None = None) -> None:
         super().__init__("load_evidence", EvidenceBuilder, kind="evidence", store=store)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each cached matrix, and the walk-forward check this server replayed for it (None:
+        none, or one read from the database): its decisions, and those lent by the check before."""
+        out = super().describe()
+        for entry, m in zip(out, self._entries.values(), strict=True):
+            done = m.memo.get("check")
+            check = done.result() if done is not None and done.done() and not done.cancelled() \
+                and done.exception() is None else None
+            entry["check"] = {"revision": check.revision, "decisions": len(check.outcomes), "lent": check.reused} \
+                if check is not None and check.replayed else None
+        return out
+
     def _write(self, path: Path, identity: dict[str, str], matrix: EvidenceMatrix, found: Fingerprint) -> bool:
         with matrix.codes_held() as held:  # no builder adds window or set codes while they are written
             return held and super()._write(path, identity, matrix, found)

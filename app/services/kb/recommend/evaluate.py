@@ -41,6 +41,7 @@ class WalkForwardCheck:
     revision: int = 0
     outcomes: tuple[Outcome, ...] = ()  # of a replay in this process (a stored check has none)
     reused: int = 0  # decisions lent by the check of the rows before an append
+    replayed: bool = False  # computed in this process (not read from the database)
 
 
 def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
@@ -54,7 +55,7 @@ def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
     model = replay(outcomes, TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread,
                    no_skill_prior(everything))
     return WalkForwardCheck(model, summarize(matrix, model), matrix.revision, tuple(outcomes),
-                            sum(id(o) in lent for o in outcomes))
+                            sum(id(o) in lent for o in outcomes), replayed=True)
 
 
 async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:

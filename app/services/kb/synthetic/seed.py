@@ -24,7 +24,7 @@ GRID_Z_ENTRIES = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
 
 
 def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Generator,
-             eligible_share: float, strategies: tuple[str, ...]) -> list[tuple[object, ...]]:
+             eligible_share: float, strategies: tuple[str, ...], days: tuple[int, int]) -> list[tuple[object, ...]]:
     eligible = rng.random(count) < eligible_share
     # Ineligible rows fail one gate each, spread over the reasons.
     failure = rng.integers(0, 3, count)
@@ -35,7 +35,7 @@ def _records(workspace_id: uuid.UUID, start: int, count: int, rng: np.random.Gen
     lookback = GRID_LOOKBACKS[rng.integers(0, len(GRID_LOOKBACKS), count)]
     z = GRID_Z_ENTRIES[rng.integers(0, len(GRID_Z_ENTRIES), count)]
     strategy = rng.integers(0, len(strategies), count)
-    oos_start = rng.integers(0, 300, count)
+    oos_start = rng.integers(days[0], days[1], count)
     oos_len = rng.integers(20, 120, count)
     base_ms = int(SEED_EPOCH.timestamp() * 1000)
     ids = rng.integers(0, 2**63, size=(count, 2), dtype=np.int64).astype(np.uint64)
@@ -71,11 +71,13 @@ async def seed_runs(
     eligible_share: float = 0.3,
     strategies: tuple[str, ...] = _STRATEGIES,
     progress: Callable[[int, int], None] | None = None,
+    days: tuple[int, int] = (0, 300),
 ) -> int:
     """Insert `runs` synthetic completed test variants with COPY; returns the count.
 
     The same seed, workspace and starting count give the same rows; the workspace and
-    the rows already there are part of the seed, so run ids never collide."""
+    the rows already there are part of the seed, so run ids never collide. OOS windows
+    start on a day in `days` (from SEED_EPOCH) and last 20-120 days."""
     async with db.acquire() as conn:
         await ensure_workspace(conn, workspace_id, f"seed {workspace_id}")
         start = await count_runs(conn, workspace_id)
@@ -83,7 +85,7 @@ async def seed_runs(
         done = 0
         while done < runs:
             count = min(_CHUNK, runs - done)
-            records = _records(workspace_id, start + done, count, rng, eligible_share, strategies)
+            records = _records(workspace_id, start + done, count, rng, eligible_share, strategies, days)
             await copy_run_records(conn, records, _COLUMNS)
             done += count
             if progress is not None:
