@@ -14,6 +14,7 @@ import pytest
 
 from app.services.kb.recommend.decisions import Reuse, walk_forward
 from app.services.kb.recommend.evidence import build_matrix, extend_matrix
+from app.services.kb.recommend.scaling import ExpandingScale, RobustScale
 from app.services.kb.recommend.walkforward import TUNINGS, Outcome
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -82,3 +83,16 @@ def test_a_check_of_other_tunings_lends_nothing() -> None:
     again = walk_forward(grown, TUNINGS, Reuse(tuple(before), TUNINGS[:3], grown.memo["appended_windows"]))
     assert not {id(o) for o in before} & {id(o) for o in again}
     _same(again, walk_forward(grown, TUNINGS))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_expanding_scale_is_numpys_percentile_of_the_rows_added_to_the_bit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 700))
+    features = rng.normal(size=(n, 10)) * rng.uniform(0.001, 50, 10)
+    features[:, 3] = np.round(features[:, 3], 1)  # ties
+    scale, order = ExpandingScale(features), rng.permutation(n)
+    for i, row in enumerate(order.tolist()):
+        scale.add(row)
+        if i % 13 == 0 or i == n - 1:
+            assert np.array_equal(scale.scale(), RobustScale.fit(features[order[:i + 1]]).scale)

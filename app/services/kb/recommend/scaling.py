@@ -73,8 +73,7 @@ def _sorted_quartiles(take: Callable[[np.ndarray], np.ndarray], n: int) -> np.nd
     previous[above] = -1
     following[above] = -1
     gamma = (virtual - previous.astype(np.intp))[:, None]
-    a = take(previous.astype(np.intp))
-    b = take(following.astype(np.intp))
+    a, b = np.split(take(np.concatenate([previous, following]).astype(np.intp)), 2)
     diff = b - a
     out = np.add(a, diff * gamma)
     np.subtract(b, diff * (1 - gamma), out=out, where=np.broadcast_to(gamma >= 0.5, out.shape), casting="unsafe")
@@ -107,6 +106,7 @@ class ExpandingScale:
         self.counts = np.zeros((self.d, blocks), dtype=np.int64)
         self.n = 0
         self._features = np.arange(self.d)
+        self._scale: tuple[int, np.ndarray] | None = None
 
     def add(self, row: int) -> None:
         at = self.rank[:, row]
@@ -127,8 +127,10 @@ class ExpandingScale:
         return self.sorted[self._features[None, :], block * self.BLOCK + offset]
 
     def scale(self) -> np.ndarray:
-        q25, _, q75 = _sorted_quartiles(self._order_statistics, self.n)
-        return _spread(q25, q75)
+        if self._scale is None or self._scale[0] != self.n:  # decisions between two added rows share it
+            q25, _, q75 = _sorted_quartiles(self._order_statistics, self.n)
+            self._scale = (self.n, _spread(q25, q75))
+        return self._scale[1]
 
 
 def scaled_distances(raw: np.ndarray, raw_squared: np.ndarray, query: np.ndarray, scale: np.ndarray) -> np.ndarray:
