@@ -135,3 +135,25 @@ def chunked_sweep_export(path: Path, rows: int, chunk_rows: int) -> Path:
                           "symbol": pa.array(columns["symbol"], pa.int64())})
         pq.write_table(table, path, row_group_size=7_000)  # batches end at row-group ends
     return path
+
+
+SWEEP_T0 = datetime(2024, 1, 1, tzinfo=UTC)
+SWEEP_UP, SWEEP_DOWN = trend_snapshot(1, seed=1), trend_snapshot(-1, seed=2)
+
+
+def sweep_windows(ws: uuid.UUID, n_windows: int, sharpe_of: Any) -> list[dict]:
+    """One full sweep of sets A and B per window; windows alternate regime in blocks of 5.
+    The ex-ante snapshot is the window's own regime (regimes persist)."""
+    rows = []
+    for w in range(n_windows):
+        up = (w // 5) % 2 == 0
+        snap = SWEEP_UP if up else SWEEP_DOWN
+        start = SWEEP_T0 + timedelta(days=10 * w)
+        for name in ("A", "B"):
+            rows.append(run_row(
+                ws, len(rows), strategy_name="s", params={"set": name, "lookback": 10 if name == "A" else 30},
+                kb_status="candidate", regime_oos=snap, regime_pre=snap,
+                dataset_meta={"symbol": "SYN", "timeframe": "1h", "oos_start": start.isoformat(),
+                              "oos_end": (start + timedelta(days=9)).isoformat()},
+                summary={"trades": 40, "sharpe": sharpe_of(name, up, w), "max_drawdown_pct": -5.0}))
+    return rows

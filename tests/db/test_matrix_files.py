@@ -253,3 +253,42 @@ def test_the_limit_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("KB_MATRIX_CACHE_MB", "lots")
     with pytest.raises(BadInput, match="KB_MATRIX_CACHE_MB must be a number of megabytes"):
         MatrixStore.from_env()
+
+
+async def test_a_new_process_lends_the_kept_decisions_to_its_check(db, make_workspace, insert_runs, tmp_path):
+    """A check's decisions are kept beside the evidence file; a later process that appends
+    to that file replays only the decisions the new rows can change, and reports what a
+    replay from scratch reports."""
+    from app.services.kb.recommend.evaluate import evaluate_matrix
+    from app.services.kb.regime.snapshot import RegimeSnapshot
+    from tests.factories import SWEEP_UP, sweep_windows
+
+    store = MatrixStore(tmp_path / "m")
+    ws = await make_workspace()
+    rows = sweep_windows(ws, 60, lambda name, up, w: (1.5 if (name == "A") == up else -1.0) + 0.01 * (w % 7))
+    await insert_runs(rows[:100])  # 50 windows
+    await ingest(db, ws)
+    query = RecommendQuery(ws, "s", regime=RegimeSnapshot.from_dict(SWEEP_UP), top_k=5)
+    await recommend(db, query, TrialCache(store=store))  # builds, keeps both matrices and the decisions
+    assert set(_files(store.root)) == {"trials", "evidence", "decisions"}
+    await insert_runs(rows[100:])  # 10 later windows
+    await ingest(db, ws)
+    later = TrialCache(store=store)  # a new process
+    await recommend(db, query, later)
+    matrix = await later.evidence.get(db, ws, "s", scope=query.scope)
+    check = matrix.memo["check"].result()
+    assert later.describe_all()["disk"]["loads"] == 2 and matrix.n_windows == 60
+    assert 20 <= check.reused < len(check.outcomes)
+    fresh = evaluate_matrix(await TrialCache().evidence.get(db, ws, "s", scope=query.scope))
+    assert fresh.reused == 0 and fresh.model.to_json() == check.model.to_json()
+
+    # Decisions kept for another write of the file (other codes, maybe) are never lent.
+    decisions = _files(store.root)["decisions"]
+    fmt, header, outcomes = pickle.loads(decisions.read_bytes())
+    decisions.write_bytes(pickle.dumps((fmt, {**header, "kept_as": (0, "", "")}, outcomes)))
+    await insert_runs(sweep_windows(ws, 62, lambda *_: 0.5)[120:])
+    await ingest(db, ws)
+    other = TrialCache(store=store)
+    await recommend(db, query, other)
+    again = (await other.evidence.get(db, ws, "s", scope=query.scope)).memo["check"].result()
+    assert again.reused == 0 and again.outcomes

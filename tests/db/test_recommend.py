@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import orjson
@@ -10,28 +10,10 @@ import orjson
 from app.services.kb.ingest import ingest
 from app.services.kb.recommend import RecommendQuery, TrialCache, recommend
 from app.services.kb.regime.snapshot import RegimeSnapshot
-from tests.factories import run_row, trend_snapshot
-
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
-UP, DOWN = trend_snapshot(1, seed=1), trend_snapshot(-1, seed=2)
-
-
-def _windows(ws, n_windows: int, sharpe_of) -> list[dict]:
-    """One full sweep of sets A and B per window; windows alternate regime in blocks of 5.
-    The ex-ante snapshot is the window's own regime (regimes persist)."""
-    rows = []
-    for w in range(n_windows):
-        up = (w // 5) % 2 == 0
-        snap = UP if up else DOWN
-        start = T0 + timedelta(days=10 * w)
-        for name in ("A", "B"):
-            rows.append(run_row(
-                ws, len(rows), strategy_name="s", params={"set": name, "lookback": 10 if name == "A" else 30},
-                kb_status="candidate", regime_oos=snap, regime_pre=snap,
-                dataset_meta={"symbol": "SYN", "timeframe": "1h", "oos_start": start.isoformat(),
-                              "oos_end": (start + timedelta(days=9)).isoformat()},
-                summary={"trades": 40, "sharpe": sharpe_of(name, up, w), "max_drawdown_pct": -5.0}))
-    return rows
+from tests.factories import SWEEP_DOWN as DOWN
+from tests.factories import SWEEP_T0
+from tests.factories import SWEEP_UP as UP
+from tests.factories import sweep_windows as _windows
 
 
 async def _answer(db, ws, snap: dict) -> dict:
@@ -159,7 +141,7 @@ async def test_evidence_and_global_best_are_scoped_to_the_instrument(db, make_wo
     assert pooled["scope"]["pooled"] and pooled["scope"]["windows"] == 60 and "pooled_instruments" in pooled["reasons"]
     daily_answer = await ask(symbol="SPY", timeframe="1d")
     assert daily_answer["params"]["set"] == "B" and daily_answer["scope"]["windows"] == 30
-    early = await ask(symbol="SPY", timeframe="1h", as_of=T0 + timedelta(days=100))
+    early = await ask(symbol="SPY", timeframe="1h", as_of=SWEEP_T0 + timedelta(days=100))
     assert early["scope"]["windows"] == 10  # only windows that ended before as_of
     nothing = await ask(symbol="IWM", timeframe="1h")
     assert nothing["status"] == "none" and any("--pool" in a for a in nothing["suggested_actions"])

@@ -16,8 +16,11 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import numpy as np
 
 from app.db import Database, trials
 from app.db.trials import strategy_revision
@@ -26,7 +29,7 @@ from app.services.kb.recommend.evidence import EvidenceBuilder, EvidenceMatrix
 from app.services.kb.recommend.persist import Fingerprint, MatrixStore
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.trial_matrix import TrialBuilder, TrialMatrix
-from app.services.kb.recommend.walkforward import TUNINGS
+from app.services.kb.recommend.walkforward import TUNINGS, Outcome
 
 __all__ = ["EvidenceCache", "RevisionCache", "TrialCache", "strategy_revision"]
 
@@ -119,6 +122,7 @@ class RevisionCache(Generic[M]):
             self.disk["stale"] += 1
             matrix, appended = await self._current(db, key, None, reads, wanted)
         if keep:
+            self._settled(db, key, matrix)
             await self._to_disk(db, key, matrix, appended)
         current = self._entries.get(key)
         if current is None or current.revision <= matrix.revision:  # a slower, older load never replaces a newer
@@ -198,6 +202,7 @@ class RevisionCache(Generic[M]):
             return None
         self.disk["loads"] += 1
         self._saved_size[key] = saved.rows
+        self._kept_as(matrix, (saved.revision, saved.digest, saved.token))
         return matrix
 
     async def _to_disk(self, db: Database, key: Key, matrix: M, appended: bool) -> None:
@@ -212,15 +217,17 @@ class RevisionCache(Generic[M]):
             if found.reset > matrix.revision or found.rows != matrix.source_rows:
                 return  # rows it holds changed or left meanwhile: the next load builds it again
             path, identity = self._file(db, key)
-            if await asyncio.to_thread(self._write, path, identity, matrix, found):
+            token = uuid.uuid4().hex
+            if await asyncio.to_thread(self._write, path, identity, matrix, found, token):
                 self.disk["saves"] += 1
                 self._saved_size[key] = matrix.source_rows
+                self._kept_as(matrix, (matrix.revision, found.digest, token))
         except Exception:  # the file is an aid only: the answer stands
             log.warning("could not keep the matrix of %r", key[1], exc_info=True)
 
-    def _write(self, path: Path, identity: dict[str, str], matrix: M, found: Fingerprint) -> bool:
+    def _write(self, path: Path, identity: dict[str, str], matrix: M, found: Fingerprint, token: str) -> bool:
         assert self.store is not None
-        return self.store.write(path, identity, matrix, matrix.revision, found)
+        return self.store.write(path, identity, matrix, matrix.revision, found, token)
 
     @staticmethod
     def _size_of(matrix: M) -> int:
@@ -239,6 +246,12 @@ class RevisionCache(Generic[M]):
 
     def _adopt(self, base: M | None, matrix: M) -> None:
         """What a new matrix takes over from the one it replaces (nothing by default)."""
+
+    def _kept_as(self, matrix: M, file: tuple[int, str, str]) -> None:
+        """The matrix is (or was read from) this write of its file: (revision, digest, token)."""
+
+    def _settled(self, db: Database, key: Key, matrix: M) -> None:
+        """A matrix loaded, and kept on disk where it should be (nothing more by default)."""
 
 
 class EvidenceCache(RevisionCache[EvidenceMatrix]):
@@ -259,22 +272,64 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
                 if check is not None and check.replayed else None
         return out
 
-    def _write(self, path: Path, identity: dict[str, str], matrix: EvidenceMatrix, found: Fingerprint) -> bool:
+    def _kept_as(self, matrix: EvidenceMatrix, file: tuple[int, str, str]) -> None:
+        matrix.memo["kept_as"] = file
+        matrix.memo["since_kept"] = np.zeros(0, dtype=np.int64)
+
+    def _settled(self, db: Database, key: Key, matrix: EvidenceMatrix) -> None:
+        """Beside a matrix kept on disk, its walk-forward decisions: written after its check
+        is replayed, and lent to the check of a matrix appended to the same file by a later
+        process (a new `kb recommend` replays only what the rows since can change)."""
+        if self.store is None:
+            return
+        path, identity = self._file(db, key)
+        path = path.with_name(path.name.replace(f"{self.kind}-", "decisions-", 1))
+        matrix.memo["keep_check"] = partial(_keep_decisions, self.store, path, identity, matrix)
+        if "reuse" not in matrix.memo and len(matrix.memo.get("since_kept", ())):  # of the file as it is now
+            matrix.memo["reuse_kept"] = partial(_kept_decisions, self.store, path, identity, matrix.revision,
+                                                matrix.memo["kept_as"], matrix.memo["since_kept"])
+
+    def _write(self, path: Path, identity: dict[str, str], matrix: EvidenceMatrix, found: Fingerprint,
+               token: str) -> bool:
         with matrix.codes_held() as held:  # no builder adds window or set codes while they are written
-            return held and super()._write(path, identity, matrix, found)
+            return held and super()._write(path, identity, matrix, found, token)
 
     def _adopt(self, base: EvidenceMatrix | None, matrix: EvidenceMatrix) -> None:
         # The last finished walk-forward check, for answers that may use it while the new one
-        # runs; its decisions, for the new check of rows appended to the base's.
+        # runs; its decisions, for the new check of rows appended to the base's. A matrix
+        # appended to one read from (or written to) a file keeps its codes: it remembers
+        # the file and every window appended since.
         if base is not None:
+            touched = matrix.memo.pop("appended_windows", None)
+            if touched is not None and "kept_as" in base.memo:
+                matrix.memo["kept_as"] = base.memo["kept_as"]
+                matrix.memo["since_kept"] = np.union1d(base.memo["since_kept"], touched)
             done = base.memo.get("check")
             if done is not None and done.done() and not done.cancelled() and done.exception() is None:
                 check = matrix.memo["previous_check"] = done.result()
-                touched = matrix.memo.pop("appended_windows", None)
                 if touched is not None and check.outcomes:
                     matrix.memo["reuse"] = Reuse(check.outcomes, TUNINGS, touched)
             elif "previous_check" in base.memo:
                 matrix.memo["previous_check"] = base.memo["previous_check"]
+
+
+def _keep_decisions(store: MatrixStore, path: Path, identity: dict[str, str], matrix: EvidenceMatrix,
+                    outcomes: tuple[Outcome, ...]) -> bool:
+    """The decisions of a check of `matrix`, with the file its codes come from (none: not kept)."""
+    kept_as = matrix.memo.get("kept_as")
+    return kept_as is not None and store.put(path, {"identity": identity, "kept_as": kept_as,
+                                                    "revision": matrix.revision}, outcomes)
+
+
+def _kept_decisions(store: MatrixStore, path: Path, identity: dict[str, str], revision: int,
+                    kept_as: tuple[int, str, str], since: np.ndarray) -> Reuse | None:
+    """Decisions kept for the file (`kept_as`) a matrix of `revision` was appended to, made
+    at a revision no later than it: each window the appends since the file did not touch
+    was decided as then (a window touched since is in `since`, whatever its code there)."""
+    found = store.get(path, identity)
+    if found is None or tuple(found[0].get("kept_as", ())) != kept_as or found[0]["revision"] > revision:
+        return None
+    return Reuse(tuple(found[1]), TUNINGS, since)
 
 
 class TrialCache(RevisionCache[TrialMatrix]):

@@ -5,6 +5,7 @@ every answer and evaluation of it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from app.services.kb.recommend.walkforward import (
     sums_of,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class WalkForwardCheck:
@@ -49,13 +52,23 @@ def evaluate_matrix(matrix: EvidenceMatrix) -> WalkForwardCheck:
     decisions an append cannot have changed come from the check of the rows before it."""
     spread = float(np.std(matrix.cell_sharpe)) if len(matrix.cell_sharpe) > 1 else 1.0
     everything = global_stats(matrix, *sums_of(matrix, np.arange(matrix.n_windows)), TUNINGS[0].haircut)
-    reuse: Reuse | None = matrix.memo.pop("reuse", None)
+    reuse: Reuse | None = matrix.memo.pop("reuse", None) or _kept(matrix)
     outcomes = walk_forward(matrix, TUNINGS, reuse)
     lent = {id(o) for o in reuse.outcomes} if reuse is not None else set()
     model = replay(outcomes, TUNINGS, DEFAULT_TUNING, matrix.end_ns, matrix.start_ns, spread,
                    no_skill_prior(everything))
     return WalkForwardCheck(model, summarize(matrix, model), matrix.revision, tuple(outcomes),
                             sum(id(o) in lent for o in outcomes), replayed=True)
+
+
+def _kept(matrix: EvidenceMatrix) -> Reuse | None:
+    """Decisions kept on disk beside the file the matrix was appended to (an aid only)."""
+    load = matrix.memo.pop("reuse_kept", None)
+    try:
+        return None if load is None else load()
+    except Exception:
+        log.warning("could not read the kept walk-forward decisions", exc_info=True)
+        return None
 
 
 async def walk_forward_check(m: EvidenceMatrix) -> WalkForwardCheck:
@@ -104,6 +117,12 @@ async def _compute_and_store(db: Database, workspace_id: uuid.UUID, strategy: st
     check = await asyncio.to_thread(evaluate_matrix, m)
     await save_walkforward(db, workspace_id, strategy, scope.key(), m.revision, check.model.to_json(),
                            orjson.dumps(check.summary).decode())
+    keep = m.memo.get("keep_check")  # its decisions beside the matrix's file, for the next process
+    if keep is not None and check.outcomes:
+        try:
+            await asyncio.to_thread(keep, check.outcomes)
+        except Exception:  # an aid only: the check stands
+            log.warning("could not keep the walk-forward decisions", exc_info=True)
     return check
 
 

@@ -38,12 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def _format() -> str:
-    """The version of the files: a digest of the modules whose classes they hold, so a file
-    written by any other version of them is ignored (and replaced), never half-understood."""
-    from app.services.kb.recommend import evidence, scaling, trial_matrix  # noqa: PLC0415
+    """The version of the files: a digest of the modules whose classes (and, for kept
+    walk-forward decisions, whose rules) they hold, so a file written by any other version
+    of them is ignored (and replaced), never half-understood."""
+    from app.services.kb.recommend import decisions, evidence, scaling, trial_matrix, walkforward  # noqa: PLC0415
 
     digest = hashlib.sha256()
-    for module in (trial_matrix, evidence, scaling):
+    for module in (trial_matrix, evidence, scaling, decisions, walkforward):  # decisions: the kept checks
         try:
             digest.update(Path(str(module.__file__)).read_bytes())
         except OSError:  # no source beside the code (a frozen install): this process's own format
@@ -74,6 +75,7 @@ class Saved:
     revision: int
     rows: int  # rows in the database at that revision
     digest: str
+    token: str = ""  # names this write of the file (two builds of the same rows may differ in codes)
 
     def matches(self, found: Fingerprint) -> bool:
         """The database still holds exactly the rows this matrix was built from."""
@@ -108,12 +110,28 @@ class MatrixStore:
 
     def read(self, path: Path, identity: dict[str, str]) -> Saved | None:
         """The matrix in `path` when it is of this format and identity; None otherwise."""
+        found = self.get(path, identity)
+        if found is None:
+            return None
+        header, matrix = found
+        return Saved(matrix, int(header["revision"]), int(header["rows"]), str(header["digest"]),
+                     str(header.get("token", "")))
+
+    def write(self, path: Path, identity: dict[str, str], matrix: Any, revision: int, found: Fingerprint,
+              token: str = "") -> bool:
+        """Write the matrix (atomically: a reader sees the old file or the new one). False
+        when it could not be written (disk full, no permission): the cache is an aid only."""
+        return self.put(path, {"identity": identity, "revision": revision, "rows": found.rows,
+                               "digest": found.digest, "token": token}, matrix)
+
+    def get(self, path: Path, identity: dict[str, str]) -> tuple[dict[str, Any], Any] | None:
+        """The header and object in `path` when it is of this format and identity."""
         try:
             with path.open("rb") as f:
                 if not _own(path, f.fileno()):
                     log.warning("ignoring the cached matrix %s: not written by this user alone", path)
                     return None
-                fmt, header, matrix = pickle.load(f)  # noqa: S301  (this user's own file: see _own)
+                fmt, header, obj = pickle.load(f)  # noqa: S301  (this user's own file: see _own)
         except FileNotFoundError:
             return None
         except Exception as exc:  # a damaged or foreign file is a miss, never a failure
@@ -123,12 +141,11 @@ class MatrixStore:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # used now: the last to go when the directory is trimmed
-        return Saved(matrix, int(header["revision"]), int(header["rows"]), str(header["digest"]))
+        return header, obj
 
-    def write(self, path: Path, identity: dict[str, str], matrix: Any, revision: int, found: Fingerprint) -> bool:
-        """Write the matrix (atomically: a reader sees the old file or the new one). False
-        when it could not be written (disk full, no permission): the cache is an aid only."""
-        header = {"identity": identity, "revision": revision, "rows": found.rows, "digest": found.digest}
+    def put(self, path: Path, header: dict[str, Any], obj: Any) -> bool:
+        """Write `obj` with its header (atomically: a reader sees the old file or the new
+        one); False when it could not be written (disk full, no permission)."""
         tmp: Path | None = None
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -138,7 +155,7 @@ class MatrixStore:
             fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=self.root)  # 0600, new
             tmp = Path(name)
             with os.fdopen(fd, "wb") as f:
-                pickle.dump((FORMAT, header, matrix), f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump((FORMAT, header, obj), f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
         except Exception as exc:  # disk full, no permission: answer anyway
             log.warning("could not keep the matrix in %s: %s", path, exc)
