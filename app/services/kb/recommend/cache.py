@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -26,7 +27,7 @@ from app.db import Database, trials
 from app.db.trials import strategy_revision
 from app.services.kb.recommend.decisions import Reuse
 from app.services.kb.recommend.evidence import EvidenceBuilder, EvidenceMatrix
-from app.services.kb.recommend.persist import Fingerprint, MatrixStore
+from app.services.kb.recommend.persist import DECISIONS_FORMAT, Fingerprint, MatrixStore
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.trial_matrix import TrialBuilder, TrialMatrix
 from app.services.kb.recommend.walkforward import TUNINGS, Outcome
@@ -285,7 +286,7 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
         path, identity = self._file(db, key)
         path = path.with_name(path.name.replace(f"{self.kind}-", "decisions-", 1))
         matrix.memo["keep_check"] = partial(_keep_decisions, self.store, path, identity, matrix)
-        if "reuse" not in matrix.memo and len(matrix.memo.get("since_kept", ())):  # of the file as it is now
+        if "reuse" not in matrix.memo and "kept_as" in matrix.memo:  # of the file as it is now
             matrix.memo["reuse_kept"] = partial(_kept_decisions, self.store, path, identity, matrix.revision,
                                                 matrix.memo["kept_as"], matrix.memo["since_kept"])
 
@@ -306,9 +307,10 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
                 matrix.memo["since_kept"] = np.union1d(base.memo["since_kept"], touched)
             done = base.memo.get("check")
             if done is not None and done.done() and not done.cancelled() and done.exception() is None:
-                check = matrix.memo["previous_check"] = done.result()
+                check = done.result()
                 if touched is not None and check.outcomes:
                     matrix.memo["reuse"] = Reuse(check.outcomes, TUNINGS, touched)
+                matrix.memo["previous_check"] = replace(check, outcomes=())  # what a stale answer reads
             elif "previous_check" in base.memo:
                 matrix.memo["previous_check"] = base.memo["previous_check"]
 
@@ -318,7 +320,7 @@ def _keep_decisions(store: MatrixStore, path: Path, identity: dict[str, str], ma
     """The decisions of a check of `matrix`, with the file its codes come from (none: not kept)."""
     kept_as = matrix.memo.get("kept_as")
     return kept_as is not None and store.put(path, {"identity": identity, "kept_as": kept_as,
-                                                    "revision": matrix.revision}, outcomes)
+                                                    "revision": matrix.revision}, outcomes, DECISIONS_FORMAT)
 
 
 def _kept_decisions(store: MatrixStore, path: Path, identity: dict[str, str], revision: int,
@@ -326,7 +328,7 @@ def _kept_decisions(store: MatrixStore, path: Path, identity: dict[str, str], re
     """Decisions kept for the file (`kept_as`) a matrix of `revision` was appended to, made
     at a revision no later than it: each window the appends since the file did not touch
     was decided as then (a window touched since is in `since`, whatever its code there)."""
-    found = store.get(path, identity)
+    found = store.get(path, identity, DECISIONS_FORMAT)
     if found is None or tuple(found[0].get("kept_as", ())) != kept_as or found[0]["revision"] > revision:
         return None
     return Reuse(tuple(found[1]), TUNINGS, since)

@@ -94,6 +94,8 @@ async def stored_check(db: Database, workspace_id: uuid.UUID, strategy: str, sco
             done: asyncio.Future[WalkForwardCheck] = asyncio.get_running_loop().create_future()
             done.set_result(_stored(found))
             m.memo.setdefault("check", done)
+            m.memo.pop("reuse", None)  # nothing to replay: what it would lend is let go
+            m.memo.pop("reuse_kept", None)
         else:
             if found is not None:
                 m.memo.setdefault("previous_check", _stored(found))

@@ -37,14 +37,14 @@ from app.errors import BadInput
 log = logging.getLogger(__name__)
 
 
-def _format() -> str:
-    """The version of the files: a digest of the modules whose classes (and, for kept
-    walk-forward decisions, whose rules) they hold, so a file written by any other version
-    of them is ignored (and replaced), never half-understood."""
+def _format(decided: bool = False) -> str:
+    """The version of the files: a digest of the modules whose classes they hold (and, for
+    kept walk-forward decisions, of the rules that made them), so a file written by any
+    other version of them is ignored (and replaced), never half-understood."""
     from app.services.kb.recommend import decisions, evidence, scaling, trial_matrix, walkforward  # noqa: PLC0415
 
     digest = hashlib.sha256()
-    for module in (trial_matrix, evidence, scaling, decisions, walkforward):  # decisions: the kept checks
+    for module in (trial_matrix, evidence, scaling, *((decisions, walkforward) if decided else ())):
         try:
             digest.update(Path(str(module.__file__)).read_bytes())
         except OSError:  # no source beside the code (a frozen install): this process's own format
@@ -53,6 +53,7 @@ def _format() -> str:
 
 
 FORMAT = _format()
+DECISIONS_FORMAT = _format(decided=True)
 ENV = "KB_MATRIX_CACHE"
 LIMIT_ENV = "KB_MATRIX_CACHE_MB"
 _OFF = {"off", "0", "false", "no", "none"}
@@ -124,26 +125,26 @@ class MatrixStore:
         return self.put(path, {"identity": identity, "revision": revision, "rows": found.rows,
                                "digest": found.digest, "token": token}, matrix)
 
-    def get(self, path: Path, identity: dict[str, str]) -> tuple[dict[str, Any], Any] | None:
-        """The header and object in `path` when it is of this format and identity."""
+    def get(self, path: Path, identity: dict[str, str], fmt: str = FORMAT) -> tuple[dict[str, Any], Any] | None:
+        """The header and object in `path` when it is of format `fmt` and this identity."""
         try:
             with path.open("rb") as f:
                 if not _own(path, f.fileno()):
                     log.warning("ignoring the cached matrix %s: not written by this user alone", path)
                     return None
-                fmt, header, obj = pickle.load(f)  # noqa: S301  (this user's own file: see _own)
+                found, header, obj = pickle.load(f)  # noqa: S301  (this user's own file: see _own)
         except FileNotFoundError:
             return None
         except Exception as exc:  # a damaged or foreign file is a miss, never a failure
             log.warning("ignoring the cached matrix %s: %s", path, exc)
             return None
-        if fmt != FORMAT or not isinstance(header, dict) or header.get("identity") != identity:
+        if found != fmt or not isinstance(header, dict) or header.get("identity") != identity:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # used now: the last to go when the directory is trimmed
         return header, obj
 
-    def put(self, path: Path, header: dict[str, Any], obj: Any) -> bool:
+    def put(self, path: Path, header: dict[str, Any], obj: Any, fmt: str = FORMAT) -> bool:
         """Write `obj` with its header (atomically: a reader sees the old file or the new
         one); False when it could not be written (disk full, no permission)."""
         tmp: Path | None = None
@@ -155,7 +156,7 @@ class MatrixStore:
             fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=self.root)  # 0600, new
             tmp = Path(name)
             with os.fdopen(fd, "wb") as f:
-                pickle.dump((FORMAT, header, obj), f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump((fmt, header, obj), f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
         except Exception as exc:  # disk full, no permission: answer anyway
             log.warning("could not keep the matrix in %s: %s", path, exc)

@@ -128,8 +128,11 @@ class ExpandingScale:
 
     def scale(self) -> np.ndarray:
         if self._scale is None or self._scale[0] != self.n:  # decisions between two added rows share it
-            q25, _, q75 = _sorted_quartiles(self._order_statistics, self.n)
-            self._scale = (self.n, _spread(q25, q75))
+            if self.n == 0:
+                self._scale = (0, MIN_SCALE.copy())
+            else:
+                q25, _, q75 = _sorted_quartiles(self._order_statistics, self.n)
+                self._scale = (self.n, _spread(q25, q75))
         return self._scale[1]
 
 
