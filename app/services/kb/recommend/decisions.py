@@ -38,6 +38,25 @@ class History:
         self.mean_sum, self.candidates = 0.0, 0  # over candidates
         self.by_n: dict[int, list[tuple[float, int]]] = {}  # candidates by windows tested: (-mean, set)
         self.by_mean: list[tuple[float, int, int]] = []  # every candidate: (-mean, set, windows tested)
+        self.heaps_kept = True  # False: the heaps are built when next read (decisions lent meanwhile)
+
+    def defer_heaps(self) -> None:
+        """Stop keeping the heaps until a decision reads them: they are built then from
+        the running figures, with the same minimum as if kept all along."""
+        self.heaps_kept, self.by_n, self.by_mean = False, {}, []
+
+    def _heaps(self) -> None:
+        if self.heaps_kept:
+            return
+        cand = np.flatnonzero(self.eligible)
+        means, counts = (self.total[cand] / self.n[cand]).tolist(), self.n[cand].astype(np.int64).tolist()
+        for s, m, c in zip(cand.tolist(), means, counts, strict=True):
+            self.by_n.setdefault(c, []).append((-m, s))
+        for heap in self.by_n.values():
+            heapq.heapify(heap)
+        self.by_mean = [(-m, s, c) for s, m, c in zip(cand.tolist(), means, counts, strict=True)]
+        heapq.heapify(self.by_mean)
+        self.heaps_kept = True
 
     def mean(self, s: int) -> float:
         return float(self.total[s] / self.n[s])
@@ -77,6 +96,8 @@ class History:
             if ne:
                 mean_sum += nm
         self.var_sum, self.mean_sum = var_sum, mean_sum
+        if not self.heaps_kept:
+            return
         by_n, by_mean = self.by_n, self.by_mean
         for s, nm, w in zip(sets[now_eligible].tolist(), new_mean[now_eligible].tolist(),
                             was[now_eligible].tolist(), strict=True):
@@ -95,6 +116,7 @@ class History:
 
     def global_best(self, sd: float, z: float) -> int:
         """The candidate with the best penalised mean (-1: none)."""
+        self._heaps()
         best, best_score = -1, -math.inf
         for count in list(self.by_n):
             heap = self.by_n[count]
@@ -111,6 +133,7 @@ class History:
 
     def best_outside(self, inside: set[int]) -> int:
         """The candidate with the best mean among those not in `inside` (-1: none)."""
+        self._heaps()
         held: list[tuple[float, int, int]] = []
         found = -1
         while self.by_mean:
@@ -232,6 +255,8 @@ def walk_forward(m: EvidenceMatrix, tunings: tuple[Tuning, ...], reuse: Reuse | 
     comparable = m.tested() >= 2
     same, lent = _reusable(m, reuse, tunings)
     h = History(m.n_sets, tunings[0].haircut)
+    if lent:
+        h.defer_heaps()  # most windows pass by without a decision made
     max_k = max(t.k for t in tunings)
     seen = 0
     for j in order.tolist():
