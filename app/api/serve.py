@@ -53,8 +53,19 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+# How long an idle keep-alive connection stays open. Above the idle expiry of common clients
+# and proxies (httpx 5 s, nginx upstreams 60 s): the client closes an idle connection first.
+# At uvicorn's 5 s, a client reusing a connection just as the server closed it got a bare
+# read error (2 of 1,000 requests in rounds of 200 at 10M runs).
+KEEP_ALIVE_S = 75
+
+
+def server_config(db: Database, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(create_app(db), host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S)
+
+
 async def serve(host: str, port: int, db: Database) -> int:
     """Serve until SIGINT or SIGTERM, then return."""
-    server = _Server(uvicorn.Config(create_app(db), host=host, port=port, log_level="info"))
+    server = _Server(server_config(db, host, port))
     await server.serve()
     return 0 if server.started else 1
