@@ -266,9 +266,7 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
         none, or one read from the database): its decisions, and those lent by the check before."""
         out = super().describe()
         for entry, m in zip(out, self._entries.values(), strict=True):
-            done = m.memo.get("check")
-            check = done.result() if done is not None and done.done() and not done.cancelled() \
-                and done.exception() is None else None
+            check = _finished(m.memo.get("check"))
             entry["check"] = {"revision": check.revision, "decisions": len(check.outcomes), "lent": check.reused} \
                 if check is not None and check.replayed else None
         return out
@@ -305,14 +303,20 @@ class EvidenceCache(RevisionCache[EvidenceMatrix]):
             if touched is not None and "kept_as" in base.memo:
                 matrix.memo["kept_as"] = base.memo["kept_as"]
                 matrix.memo["since_kept"] = np.union1d(base.memo["since_kept"], touched)
-            done = base.memo.get("check")
-            if done is not None and done.done() and not done.cancelled() and done.exception() is None:
-                check = done.result()
+            check = _finished(base.memo.get("check"))
+            if check is not None:
                 if touched is not None and check.outcomes:
                     matrix.memo["reuse"] = Reuse(check.outcomes, TUNINGS, touched)
                 matrix.memo["previous_check"] = replace(check, outcomes=())  # what a stale answer reads
             elif "previous_check" in base.memo:
                 matrix.memo["previous_check"] = base.memo["previous_check"]
+
+
+def _finished(task: asyncio.Future[Any] | None) -> Any:
+    """A check task's result once it finished well (None: none, running, failed or cancelled)."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 def _keep_decisions(store: MatrixStore, path: Path, identity: dict[str, str], matrix: EvidenceMatrix,
