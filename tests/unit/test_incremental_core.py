@@ -26,15 +26,18 @@ from app.services.kb.recommend.nearest import (
     _top_by_tags,
 )
 from app.services.kb.recommend.nested import (
+    BLOCKS,
     Decision,
     Model,
     _best_tuning,
     _now,
     _rule,
+    block_se,
     calibrate,
     replay,
 )
 from app.services.kb.recommend.query import RecommendQuery, Scope
+from app.services.kb.recommend.ranked import RankedSums
 from app.services.kb.recommend.scaling import RobustScale
 from app.services.kb.recommend.trial_matrix import TrialBuilder, build_trial_matrix
 from app.services.kb.recommend.walkforward import (
@@ -243,6 +246,52 @@ def test_replay_with_a_running_history_equals_the_recomputing_one(seed: int) -> 
     assert len(new.decisions) > 40 and (new.tuning, new.conditioned) == (old.tuning, old.conditioned)
     for a, b in zip(new.decisions, old.decisions, strict=True):
         assert np.allclose(np.array(astuple(a), dtype=float), np.array(astuple(b), dtype=float), equal_nan=True)
+
+
+def _scattered_outcomes(n: int, seed: int) -> tuple[list[Outcome], np.ndarray, np.ndarray]:
+    """Outcomes of windows of random lengths: windows end in another order than they start,
+    so decisions end out of order (and some long windows end long after later ones)."""
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.integers(0, 10**6, n)).astype(np.int64)
+    ends = starts + rng.choice([rng.integers(1, 3000, n), rng.integers(1, 60_000, n)], axis=0, p=[0.8, 0.2])[0]
+    out = []
+    for w in range(n):
+        realised = rng.normal(0.2, 1.0, len(TUNINGS))
+        out.append(Outcome(w, rng.random(len(TUNINGS)) > 0.05, rng.integers(0, 40, len(TUNINGS)),
+                           rng.normal(0.5, 0.5, len(TUNINGS)), realised, 3, 0.4, float(rng.normal(0.1 * seed, 1)),
+                           0.0, 0.0, float(realised.max()), 0.3))
+    return out, ends, starts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_replay_of_decisions_ending_out_of_order_equals_the_recomputing_one(seed: int) -> None:
+    outcomes, ends, starts = _scattered_outcomes(700, seed)
+    new = replay(outcomes, TUNINGS, 7, ends, starts, 1.0, 0.1)
+    old = reference_replay(outcomes, TUNINGS, 7, ends, starts, 1.0, 0.1)
+    assert len(new.decisions) == len(old.decisions) > 600
+    assert (new.tuning, new.conditioned) == (old.tuning, old.conditioned)
+    assert len({d.conditioned for d in new.decisions}) == 2  # the rule switched on this path
+    for a, b in zip(new.decisions, old.decisions, strict=True):
+        assert (a.window, a.tuning, a.conditioned, a.chosen) == (b.window, b.tuning, b.conditioned, b.chosen)
+        assert np.allclose(np.array(astuple(a), dtype=float), np.array(astuple(b), dtype=float), rtol=1e-12,
+                           atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_sums_by_rank_of_values_placed_out_of_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(0, 1, 300)
+    sums = RankedSums(len(values))
+    placed: list[int] = []
+    for position in rng.permutation(len(values))[:250].tolist():
+        sums.place(position, float(values[position]))
+        placed.append(position)
+        series = values[sorted(placed)]
+        for r in {0, 1, len(series) // 3, len(series) - 1, len(series)}:
+            assert math.isclose(sums.first(r), float(series[:r].sum()), rel_tol=1e-9, abs_tol=1e-9)
+        expected = block_se(series)
+        assert (math.isnan(expected) and math.isnan(sums.block_se(BLOCKS))) or math.isclose(
+            sums.block_se(BLOCKS), expected, rel_tol=1e-9)
 
 
 def _cells(m: EvidenceMatrix) -> dict[tuple[str, str], tuple[float, bool]]:

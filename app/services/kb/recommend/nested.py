@@ -30,13 +30,16 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import orjson
+from sortedcontainers import SortedList
 
+from app.services.kb.recommend.ranked import RankedSums
 from app.services.kb.recommend.walkforward import Outcome, Tuning
 
 MIN_TUNE_DECISIONS = 5
@@ -46,6 +49,8 @@ COVERAGE = 0.8
 Z_COVERAGE = 1.2816  # the normal quantile of 90%: an 80% two-sided interval before residuals exist
 BLOCKS = 10
 METHOD = 2  # of the replay's rules: a stored check of another method is computed again
+# Values in ascending order: a sorted array, or the replay's sorted list as it grows.
+Ordered = Sequence[float] | np.ndarray
 GAMMA = 0.01  # step of the adaptive miss rate; fixed beforehand, never fitted to the decisions scored
 
 
@@ -71,32 +76,58 @@ class Promise:
     confidence: float
 
 
+@dataclass(frozen=True)
+class Past:
+    """What the earlier answers show, as a promise reads it: their count, the means of
+    their raw and realised Sharpe, the (population) variance of raw and its covariance
+    with realised, their realised-minus-calibrated residuals in ascending order, and how
+    many missed their interval (None: aim at the nominal miss rate)."""
+
+    n: int
+    mean_raw: float
+    mean_realised: float
+    var_raw: float
+    cov: float
+    residuals: Ordered
+    missed: int | None
+
+    @classmethod
+    def of(cls, raws: np.ndarray, reals: np.ndarray, cals: np.ndarray, missed: int | None = None) -> Past:
+        n = len(raws)
+        if n == 0:
+            return cls(0, math.nan, math.nan, 0.0, 0.0, (), missed)
+        mx, my = float(raws.mean()), float(reals.mean())
+        return cls(n, mx, my, float(((raws - mx) ** 2).mean()), float(((raws - mx) * (reals - my)).mean()),
+                   np.sort(reals - cals), missed)
+
+
 def calibrate(raw: float, past_raw: np.ndarray, past_realised: np.ndarray, past_cal: np.ndarray,
               fallback_sd: float, prior: float, past_missed: int | None = None) -> Promise:
+    """The promise for an answer whose method expects `raw`, from earlier answers only
+    (see `promise_of`)."""
+    return promise_of(raw, Past.of(past_raw, past_realised, past_cal, past_missed), fallback_sd, prior)
+
+
+def promise_of(raw: float, past: Past, fallback_sd: float, prior: float) -> Promise:
     """The promise for an answer whose method expects `raw`, from earlier answers only.
     `prior` is the no-skill expectation: the mean all-history Sharpe of the sets that may
     be recommended. Until MIN_CALIBRATION earlier answers show how raw estimates relate to
-    what was realised, the promise is that prior moved toward the earlier answers' mean.
-    `past_missed`: how many earlier answers' realised Sharpe fell outside their interval
-    (None: aim at the nominal miss rate)."""
-    n = len(past_raw)
+    what was realised, the promise is that prior moved toward the earlier answers' mean."""
+    n = past.n
     base = prior if np.isfinite(prior) else 0.0
     if n >= MIN_CALIBRATION and np.isfinite(raw):
-        mx, my = float(past_raw.mean()), float(past_realised.mean())
-        var = float(((past_raw - mx) ** 2).mean())
-        slope = float(((past_raw - mx) * (past_realised - my)).mean()) / var if var > 1e-12 else 0.0
-        expected = my + min(max(slope, 0.0), 1.0) * (raw - mx)
+        slope = past.cov / past.var_raw if past.var_raw > 1e-12 else 0.0
+        expected = past.mean_realised + min(max(slope, 0.0), 1.0) * (raw - past.mean_raw)
     elif n >= 1:
         w = n / (n + MIN_CALIBRATION)
-        expected = (1 - w) * base + w * float(past_realised.mean())
+        expected = (1 - w) * base + w * past.mean_realised
     else:
         expected = base
-    residuals = past_realised - past_cal
-    if len(residuals) >= MIN_CALIBRATION:
-        rate = 1 - COVERAGE if past_missed is None else adaptive_miss_rate(len(residuals), past_missed)
-        lo_r, hi_r = conformal_band(residuals, rate)
-        above = int((residuals > -expected).sum())
-        confidence = (above + 1) / (len(residuals) + 2)
+    if n >= MIN_CALIBRATION:
+        rate = 1 - COVERAGE if past.missed is None else adaptive_miss_rate(n, past.missed)
+        lo_r, hi_r = band_of_sorted(past.residuals, rate)
+        above = n - _at_most(past.residuals, -expected)
+        confidence = (above + 1) / (n + 2)
         return Promise(expected, expected + lo_r, expected + hi_r, confidence)
     sd = max(fallback_sd, 1e-6)
     confidence = 0.5 * (1.0 + math.erf(expected / sd / math.sqrt(2.0)))
@@ -110,10 +141,21 @@ def adaptive_miss_rate(answers: int, misses: int) -> float:
     return min(max(1 - COVERAGE + GAMMA * ((1 - COVERAGE) * answers - misses), 0.0), 0.5)
 
 
+def _at_most(ordered: Ordered, value: float) -> int:
+    """How many of the ascending `ordered` are at most `value`."""
+    if isinstance(ordered, SortedList):
+        return int(ordered.bisect_right(value))
+    return int(np.searchsorted(np.asarray(ordered), value, side="right"))
+
+
 def conformal_band(residuals: np.ndarray, miss_rate: float) -> tuple[float, float]:
     """The residuals' order statistics of finite-sample ranks floor(a/2 (n+1)) and
     ceil((1 - a/2)(n+1)), clipped to the smallest and largest residual."""
-    ordered = np.sort(residuals)
+    return band_of_sorted(np.sort(residuals), miss_rate)
+
+
+def band_of_sorted(ordered: Ordered, miss_rate: float) -> tuple[float, float]:
+    """`conformal_band` of residuals already in ascending order."""
     n = len(ordered)
     # Exact ranks: 0.2 is not exact in binary, and floor(0.1 * 50) must be 5, not 4.
     lo = min(max(math.floor(miss_rate / 2 * (n + 1) + 1e-9), 1), n)
@@ -188,17 +230,15 @@ class Model:
                    0.0 if data.get("prior") is None else data["prior"])
 
     @cached_property
-    def _history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(raw expected, realised, calibrated expected) of every decision, and how many
-        missed their interval, built once: each answer asks for several promises (the
-        answer, its runner-ups, the global best)."""
+    def _past(self) -> Past:
+        """What every decision so far shows, built once: each answer asks for several
+        promises (the answer, its runner-ups, the global best)."""
         ds = self.decisions
-        return (np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
-                np.array([d.expected for d in ds]), sum(not (d.low <= d.realised <= d.high) for d in ds))
+        return Past.of(np.array([d.raw_expected for d in ds]), np.array([d.realised for d in ds]),
+                       np.array([d.expected for d in ds]), sum(not (d.low <= d.realised <= d.high) for d in ds))
 
     def promise(self, raw: float) -> Promise:
-        raws, reals, cals, missed = self._history
-        return calibrate(raw, raws, reals, cals, self.fallback_sd, self.prior, missed)
+        return promise_of(raw, self._past, self.fallback_sd, self.prior)
 
 
 def _decision(values: list[Any]) -> Decision:
@@ -227,23 +267,67 @@ def _rule(diffs: np.ndarray) -> tuple[bool, float, float]:
     return bool(math.isfinite(se) and mean > se), mean, se
 
 
+class Ended:
+    """The decisions whose windows have ended so far, kept as they end (windows end in
+    another order than they start): what the rule and the promise of a later decision
+    read, each updated per decision that ends instead of recomputed from all of them.
+    Sums in decision order come from a Fenwick tree, the co-moments of raw and realised
+    Sharpe from Welford's updates, the residuals from a sorted list."""
+
+    def __init__(self, size: int) -> None:
+        self.diffs = RankedSums(size)  # regime-conditioned uplift over the global best
+        self.mean_raw = self.mean_realised = self.m2_raw = self.co_moment = 0.0
+        self.residuals = SortedList()
+        self.missed = 0
+        self._rule: tuple[int, bool] = (-1, True)
+
+    def add(self, decision: int, diff: float, raw: float, realised: float, calibrated: float, missed: bool) -> None:
+        self.diffs.place(decision, diff)
+        n = self.diffs.placed
+        dx = raw - self.mean_raw
+        self.mean_raw += dx / n
+        self.mean_realised += (realised - self.mean_realised) / n
+        self.m2_raw += dx * (raw - self.mean_raw)
+        self.co_moment += dx * (realised - self.mean_realised)
+        self.residuals.add(realised - calibrated)
+        self.missed += int(missed)
+
+    def conditioned(self) -> bool:
+        """`_rule` over the ended decisions' uplifts, in decision order."""
+        n = self.diffs.placed
+        if self._rule[0] != n:
+            if n < MIN_RULE_DECISIONS:
+                self._rule = (n, True)
+            else:
+                se = self.diffs.block_se(BLOCKS)
+                self._rule = (n, bool(math.isfinite(se) and self.diffs.total / n > se))
+        return self._rule[1]
+
+    def past(self) -> Past:
+        n = self.diffs.placed
+        if n == 0:
+            return Past(0, math.nan, math.nan, 0.0, 0.0, (), 0)
+        return Past(n, self.mean_raw, self.mean_realised, self.m2_raw / n, self.co_moment / n, self.residuals,
+                    self.missed)
+
+
 def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, end_ns: np.ndarray,
            start_ns: np.ndarray, fallback_sd: float, prior_now: float = 0.0) -> Model:
     """Decisions in time order, each from earlier decisions only (those whose window ended
-    before its start), and the model as of now."""
+    before its start), and the model as of now. Each decision costs the logarithm of the
+    decisions before it, not their number."""
     n_t, size = len(tunings), len(outcomes)
     made: list[Decision] = []
     pending: list[tuple[int, int]] = []  # (window end, decision) not yet ended
-    ended = np.zeros(size, dtype=bool)
-    # Per decision made: regime uplift, raw and calibrated expectation, realised Sharpe.
-    diffs, raws, cals, reals = (np.zeros(size) for _ in range(4))
-    missed = np.zeros(size, dtype=bool)  # realised outside the decision's own interval
+    ended = Ended(size)
     gain_rows, ok_rows = np.zeros((size, n_t)), np.zeros((size, n_t), dtype=bool)
     gains, counts = np.zeros(n_t), np.zeros(n_t)  # over the decisions ended so far
     for o in outcomes:
         while pending and pending[0][0] < start_ns[o.window]:
             i = heapq.heappop(pending)[1]
-            ended[i] = True
+            d = made[i]
+            ended.add(i, d.realised_regime - d.realised_global, d.raw_expected, d.realised, d.expected,
+                      not d.low <= d.realised <= d.high)
             gains += gain_rows[i] * ok_rows[i]
             counts += ok_rows[i]
         t = _best_tuning(gains, counts) if made else -1
@@ -251,18 +335,14 @@ def replay(outcomes: list[Outcome], tunings: tuple[Tuning, ...], default: int, e
         if not o.ok[t]:
             continue
         n = len(made)
-        prior = ended[:n]
-        conditioned, _, _ = _rule(diffs[:n][prior])
+        conditioned = ended.conditioned()
         chosen = int(o.chosen[t]) if conditioned else o.global_best
         raw = float(o.estimate[t]) if conditioned else o.global_mean
-        promise = calibrate(raw, raws[:n][prior], reals[:n][prior], cals[:n][prior], fallback_sd, o.prior,
-                            int(missed[:n][prior].sum()))
+        promise = promise_of(raw, ended.past(), fallback_sd, o.prior)
         realised = float(o.realised[t]) if conditioned else o.realised_global
         made.append(Decision(o.window, t, conditioned, chosen, o.global_best, raw, promise.expected, promise.low,
                              promise.high, promise.confidence, realised, o.realised_global,
                              o.realised_median, o.realised_random, o.realised_oracle, float(o.realised[t])))
-        diffs[n], raws[n], cals[n], reals[n] = float(o.realised[t]) - o.realised_global, raw, promise.expected, realised
-        missed[n] = not promise.low <= realised <= promise.high
         gain_rows[n], ok_rows[n] = np.where(o.ok, o.realised - o.realised_global, 0.0), o.ok
         heapq.heappush(pending, (int(end_ns[o.window]), n))
     n = len(made)
