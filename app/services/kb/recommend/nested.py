@@ -29,6 +29,7 @@ At each decision (the start of a window with enough earlier windows):
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
@@ -39,7 +40,7 @@ import numpy as np
 import orjson
 from sortedcontainers import SortedList
 
-from app.services.kb.recommend.ranked import RankedSums
+from app.services.kb.recommend.ranked import RankedSums, block_edges, se_of_block_means
 from app.services.kb.recommend.walkforward import Outcome, Tuning
 
 MIN_TUNE_DECISIONS = 5
@@ -57,13 +58,8 @@ GAMMA = 0.01  # step of the adaptive miss rate; fixed beforehand, never fitted t
 def block_se(diff: np.ndarray, blocks: int = BLOCKS) -> float:
     """Standard error of the mean of a serially dependent series (overlapping windows):
     the spread of the means of `blocks` consecutive blocks."""
-    if len(diff) < 2:
-        return math.nan
-    size = math.ceil(len(diff) / blocks)
-    means = np.array([diff[i:i + size].mean() for i in range(0, len(diff), size)])
-    if len(means) < 2:
-        return math.nan
-    return float(np.std(means, ddof=1) / math.sqrt(len(means)))
+    edges = block_edges(len(diff), blocks)
+    return se_of_block_means([float(diff[a:b].mean()) for a, b in itertools.pairwise(edges)])
 
 
 @dataclass(frozen=True)
@@ -92,10 +88,15 @@ class Past:
     missed: int | None
 
     @classmethod
+    def none(cls, missed: int | None = None) -> Past:
+        """No earlier answers."""
+        return cls(0, math.nan, math.nan, 0.0, 0.0, (), missed)
+
+    @classmethod
     def of(cls, raws: np.ndarray, reals: np.ndarray, cals: np.ndarray, missed: int | None = None) -> Past:
         n = len(raws)
         if n == 0:
-            return cls(0, math.nan, math.nan, 0.0, 0.0, (), missed)
+            return cls.none(missed)
         mx, my = float(raws.mean()), float(reals.mean())
         return cls(n, mx, my, float(((raws - mx) ** 2).mean()), float(((raws - mx) * (reals - my)).mean()),
                    np.sort(reals - cals), missed)
@@ -258,13 +259,18 @@ def _best_tuning(gains: np.ndarray, counts: np.ndarray) -> int:
 
 
 def _rule(diffs: np.ndarray) -> tuple[bool, float, float]:
-    """Condition on the regime only when its uplift beats one standard error. Before
-    MIN_RULE_DECISIONS decisions exist there is nothing to check: the regime choice is
-    used, unchecked (and said so)."""
+    """Condition on the regime only when its uplift beats one standard error (see `_verdict`)."""
     if len(diffs) < MIN_RULE_DECISIONS:
         return True, float(diffs.mean()) if len(diffs) else math.nan, math.nan
     mean, se = float(diffs.mean()), block_se(diffs)
-    return bool(math.isfinite(se) and mean > se), mean, se
+    return _verdict(len(diffs), mean, se), mean, se
+
+
+def _verdict(n: int, mean: float, se: float) -> bool:
+    """Whether to condition on the regime: when its mean uplift over n earlier decisions
+    beats one standard error. Before MIN_RULE_DECISIONS decisions exist there is nothing
+    to check: the regime choice is used, unchecked (and said so)."""
+    return n < MIN_RULE_DECISIONS or bool(math.isfinite(se) and mean > se)
 
 
 class Ended:
@@ -296,17 +302,14 @@ class Ended:
         """`_rule` over the ended decisions' uplifts, in decision order."""
         n = self.diffs.placed
         if self._rule[0] != n:
-            if n < MIN_RULE_DECISIONS:
-                self._rule = (n, True)
-            else:
-                se = self.diffs.block_se(BLOCKS)
-                self._rule = (n, bool(math.isfinite(se) and self.diffs.total / n > se))
+            se = self.diffs.block_se(BLOCKS) if n >= MIN_RULE_DECISIONS else math.nan
+            self._rule = (n, _verdict(n, self.diffs.total / n if n else math.nan, se))
         return self._rule[1]
 
     def past(self) -> Past:
         n = self.diffs.placed
         if n == 0:
-            return Past(0, math.nan, math.nan, 0.0, 0.0, (), 0)
+            return Past.none(0)
         return Past(n, self.mean_raw, self.mean_realised, self.m2_raw / n, self.co_moment / n, self.residuals,
                     self.missed)
 

@@ -7,7 +7,10 @@ ended, in decision order, and windows end in another order than they start."""
 
 from __future__ import annotations
 
+import itertools
 import math
+
+import numpy as np
 
 
 class RankedSums:
@@ -43,18 +46,26 @@ class RankedSums:
             step >>= 1
         return total
 
+    def block_means(self, blocks: int) -> list[float]:
+        """The means of `blocks` consecutive blocks of the placed values, in position order."""
+        edges = block_edges(self.placed, blocks)
+        sums = {r: self.first(r) for r in edges}
+        return [(sums[b] - sums[a]) / (b - a) for a, b in itertools.pairwise(edges)]
+
     def block_se(self, blocks: int) -> float:
-        """Standard error of the mean of the placed values in position order, from the
-        spread of the means of `blocks` consecutive blocks (NaN with fewer than two)."""
-        n = self.placed
-        if n < 2:
-            return math.nan
-        size = math.ceil(n / blocks)
-        edges = [*range(0, n, size), n]
-        if len(edges) < 3:
-            return math.nan
-        sums = [self.first(r) for r in edges]
-        means = [(sums[i + 1] - sums[i]) / (edges[i + 1] - edges[i]) for i in range(len(edges) - 1)]
-        mean = sum(means) / len(means)
-        var = sum((m - mean) ** 2 for m in means) / (len(means) - 1)
-        return math.sqrt(var) / math.sqrt(len(means))
+        """Standard error of the mean of the placed values in position order (`se_of_block_means`)."""
+        return se_of_block_means(self.block_means(blocks))
+
+
+def block_edges(n: int, blocks: int) -> list[int]:
+    """Where `blocks` consecutive blocks of a series of n values start, and its end: blocks
+    of ceil(n / blocks) values, the last one shorter."""
+    return [*range(0, n, math.ceil(n / blocks)), n] if n else [0]
+
+
+def se_of_block_means(means: list[float]) -> float:
+    """Standard error of the mean of a serially dependent series from the means of its
+    consecutive blocks (NaN with fewer than two blocks)."""
+    if len(means) < 2:
+        return math.nan
+    return float(np.std(means, ddof=1) / math.sqrt(len(means)))
