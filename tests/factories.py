@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app.services.kb.recommend.nested import Past, Promise, band_of_sorted, promise_of
 from app.services.kb.regime import compute_regime_snapshot
 
 API_TOKEN = "s3cret"
@@ -157,3 +158,14 @@ def sweep_windows(ws: uuid.UUID, n_windows: int, sharpe_of: Any) -> list[dict]:
                               "oos_end": (start + timedelta(days=9)).isoformat()},
                 summary={"trades": 40, "sharpe": sharpe_of(name, up, w), "max_drawdown_pct": -5.0}))
     return rows
+
+
+def calibrate(raw: float, past_raw: np.ndarray, past_realised: np.ndarray, past_cal: np.ndarray,
+              fallback_sd: float, prior: float, past_missed: int | None = None) -> Promise:
+    """The promise the replay makes for `raw`, from earlier answers given as arrays."""
+    return promise_of(raw, Past.of(past_raw, past_realised, past_cal, past_missed), fallback_sd, prior)
+
+
+def conformal_band(residuals: np.ndarray, miss_rate: float) -> tuple[float, float]:
+    """The replay's conformal band of residuals in any order."""
+    return band_of_sorted(np.sort(residuals), miss_rate)

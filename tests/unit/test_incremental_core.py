@@ -33,7 +33,6 @@ from app.services.kb.recommend.nested import (
     _now,
     _rule,
     block_se,
-    calibrate,
     replay,
 )
 from app.services.kb.recommend.query import RecommendQuery, Scope
@@ -54,6 +53,7 @@ from app.services.kb.recommend.walkforward import (
     sums_of,
 )
 from app.timestamps import UNKNOWN_NS
+from tests.factories import calibrate
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 

@@ -19,13 +19,12 @@ from app.services.kb.recommend.nested import (
     MIN_CALIBRATION,
     Model,
     adaptive_miss_rate,
-    calibrate,
-    conformal_band,
     replay,
 )
 from app.services.kb.recommend.query import Scope
 from app.services.kb.recommend.scaling import MIN_SCALE, RobustScale
 from app.services.kb.recommend.walkforward import DEFAULT_TUNING, TUNINGS, Outcome, Tuning
+from tests.factories import calibrate, conformal_band
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 UP = [0.01, 60.0, 0.04, 0.01, 0.1, 1.0, 0.9, 1.0, 0.8, 0.05]

@@ -102,13 +102,6 @@ class Past:
                    np.sort(reals - cals), missed)
 
 
-def calibrate(raw: float, past_raw: np.ndarray, past_realised: np.ndarray, past_cal: np.ndarray,
-              fallback_sd: float, prior: float, past_missed: int | None = None) -> Promise:
-    """The promise for an answer whose method expects `raw`, from earlier answers only
-    (see `promise_of`)."""
-    return promise_of(raw, Past.of(past_raw, past_realised, past_cal, past_missed), fallback_sd, prior)
-
-
 def promise_of(raw: float, past: Past, fallback_sd: float, prior: float) -> Promise:
     """The promise for an answer whose method expects `raw`, from earlier answers only.
     `prior` is the no-skill expectation: the mean all-history Sharpe of the sets that may
@@ -149,14 +142,9 @@ def _at_most(ordered: Ordered, value: float) -> int:
     return int(np.searchsorted(np.asarray(ordered), value, side="right"))
 
 
-def conformal_band(residuals: np.ndarray, miss_rate: float) -> tuple[float, float]:
-    """The residuals' order statistics of finite-sample ranks floor(a/2 (n+1)) and
-    ceil((1 - a/2)(n+1)), clipped to the smallest and largest residual."""
-    return band_of_sorted(np.sort(residuals), miss_rate)
-
-
 def band_of_sorted(ordered: Ordered, miss_rate: float) -> tuple[float, float]:
-    """`conformal_band` of residuals already in ascending order."""
+    """The ascending residuals' order statistics of finite-sample ranks floor(a/2 (n+1))
+    and ceil((1 - a/2)(n+1)), clipped to the smallest and largest residual."""
     n = len(ordered)
     # Exact ranks: 0.2 is not exact in binary, and floor(0.1 * 50) must be 5, not 4.
     lo = min(max(math.floor(miss_rate / 2 * (n + 1) + 1e-9), 1), n)
