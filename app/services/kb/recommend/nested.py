@@ -184,7 +184,7 @@ class Model:
     uplift: float  # regime-conditioned choice over the global best, over every decision
     uplift_se: float
     fallback_sd: float
-    prior: float = 0.0  # the no-skill expectation now (see `calibrate`)
+    prior: float = 0.0  # the no-skill expectation now (see `promise_of`)
 
     @property
     def checked(self) -> bool:
